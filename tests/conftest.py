@@ -10,22 +10,13 @@ import tensorflow as tf  # noqa: E402
 
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
-from tfcompress.models import residual_cnn  # noqa: E402
+from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def digits():
     """``((x_train, y_train), (x_test, y_test))`` of sklearn's digits at 16x16."""
     return load_digits(size=16)
-
-
-def compile_classifier(model, learning_rate=1e-3):
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +29,11 @@ def trained_cnn(digits):
     return model
 
 
-def clone_trained(model):
-    """A compiled copy of ``model`` with the same weights."""
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+@pytest.fixture
+def fresh_cnn(trained_cnn):
+    """A compiled copy of the trained CNN that a test may change freely."""
+    clone = keras.models.clone_model(trained_cnn)
+    clone.set_weights(trained_cnn.get_weights())
     return compile_classifier(clone)
 
 
