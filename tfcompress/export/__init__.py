@@ -1,0 +1,51 @@
+"""Export tf_keras models to SavedModel and TFLite, and check the result.
+
+* :func:`to_tflite` - float32, dynamic-range, float16 or int8 ``.tflite`` files.
+* :func:`to_saved_model`, :func:`save_model`, :func:`load_model` - Keras model files.
+* :func:`verify` - Keras vs TFLite parity (max difference, top-1 agreement, float fallbacks).
+* :func:`tflite_ops`, :func:`activation_ranges` - what is inside a ``.tflite`` file.
+* :mod:`tfcompress.export.litert` - run and time ``.tflite`` files with LiteRT.
+
+All writes are atomic: a failed export leaves no file and never clobbers an existing one.
+
+Example:
+  >>> from tfcompress import export
+  >>> path = export.to_tflite(model, "model.tflite", quantize="int8",  # doctest: +SKIP
+  ...                         representative_data=x_train[:100])
+  >>> export.verify(model, path, x_test).top1_agreement  # doctest: +SKIP
+  0.997
+"""
+
+from tfcompress.export import litert
+from tfcompress.export.flatbuffer import (
+    QuantRange,
+    TFLiteOp,
+    activation_ranges,
+    float_fallback_ops,
+    quantization_kind,
+    tflite_ops,
+)
+from tfcompress.export.saved_model import load_model, model_format, save_model, to_saved_model
+from tfcompress.export.tflite import QUANTIZE_OPTIONS, ConversionError, is_qat_model, to_tflite
+from tfcompress.export.verify import ParityError, ParityReport, verify
+
+__all__ = [
+    "QUANTIZE_OPTIONS",
+    "ConversionError",
+    "ParityError",
+    "ParityReport",
+    "QuantRange",
+    "TFLiteOp",
+    "activation_ranges",
+    "float_fallback_ops",
+    "is_qat_model",
+    "litert",
+    "load_model",
+    "model_format",
+    "quantization_kind",
+    "save_model",
+    "tflite_ops",
+    "to_saved_model",
+    "to_tflite",
+    "verify",
+]

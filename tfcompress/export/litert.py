@@ -1,0 +1,220 @@
+"""Running and timing ``.tflite`` files with the LiteRT interpreter (``ai_edge_litert``).
+
+Quantized model inputs and outputs are handled for the caller: float data is quantized
+with the input tensor's scale and zero point, integer outputs are dequantized, so
+:func:`run` always takes and returns float arrays like ``keras.Model.predict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import statistics
+import time
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["Latency", "run", "latency", "compare_latency"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    if dtype.type in _QUANTIZED_DTYPES and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if y.dtype.type in _QUANTIZED_DTYPES and scale:
+        return (y.astype(np.float32) - zero_point) * np.float32(scale)
+    return y
+
+
+class _Runner:
+    """One interpreter for a single-input, single-output model; resizes the batch on demand."""
+
+    def __init__(self, path: PathLike, threads: Optional[int] = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No TFLite file at {str(path)!r}. Check the path.")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"`threads` must be a positive int, got {threads!r}.")
+        self.path = path
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(
+                f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs; tfcompress runs "
+                "single-input, single-output models only. Use ai_edge_litert's "
+                "`Interpreter.get_signature_runner()` for others."
+            )
+        self.input, self.output = inputs[0], outputs[0]
+        self.batch = None
+
+    @property
+    def sample_shape(self) -> tuple:
+        """Input shape without the batch dimension (unknown dims reported as 1)."""
+        signature = self.input.get("shape_signature", self.input["shape"])
+        return tuple(int(d) if d > 0 else 1 for d in signature[1:])
+
+    def set_input(self, x: np.ndarray) -> None:
+        if tuple(x.shape[1:]) != tuple(self.input["shape"][1:]):
+            expected = (None,) + tuple(int(d) for d in self.input["shape"][1:])
+            raise ValueError(
+                f"Input of shape {x.shape} does not fit {self.path.name}, which expects "
+                f"{expected}. Pass data with the model's input shape."
+            )
+        if x.shape[0] != self.batch:
+            self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.output = self.interpreter.get_output_details()[0]
+            self.batch = x.shape[0]
+        self.interpreter.set_tensor(self.input["index"], _quantize(x, self.input))
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def get_output(self) -> np.ndarray:
+        return _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.set_input(x)
+        self.invoke()
+        return self.get_output()
+
+
+def _as_batch(x, argument: str = "x") -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 0 or x.dtype == object:
+        raise ValueError(f"`{argument}` must be a numeric array with a batch dimension, got {x!r:.80}.")
+    return x
+
+
+def run(path: PathLike, x, batch_size: int = 256, threads: Optional[int] = None) -> np.ndarray:
+    """Runs a ``.tflite`` model on a batch of samples, like ``keras.Model.predict``.
+
+    Args:
+      path: a single-input, single-output TFLite file.
+      x: array of shape ``(n, *input_shape)``; float data is quantized for int8 inputs.
+      batch_size: samples per interpreter call; the input tensor is resized to it.
+      threads: interpreter threads (``None``: the runtime's default).
+
+    Returns:
+      Float outputs of shape ``(n, *output_shape)`` (integer outputs are dequantized).
+
+    Raises:
+      FileNotFoundError: if ``path`` does not exist.
+      ValueError: for a model with several inputs or outputs, or data of the wrong shape.
+
+    Example:
+      >>> logits = run("model.tflite", x_test)  # doctest: +SKIP
+      >>> accuracy = (logits.argmax(-1) == y_test).mean()  # doctest: +SKIP
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    x = _as_batch(x)
+    runner = _Runner(path, threads)
+    chunks = [runner(x[i : i + batch_size]).copy() for i in range(0, len(x), batch_size)]
+    if not chunks:
+        raise ValueError("`x` is empty. Pass at least one sample.")
+    return np.concatenate(chunks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    """Latency of one invoke of a model on one batch, over ``runs`` timed runs."""
+
+    path: str
+    median_ms: float
+    min_ms: float
+    runs: int
+    threads: int
+
+
+def latency(path: PathLike, x=None, *, threads: int = 1, runs: int = 50, warmup: int = 5) -> Latency:
+    """Median latency of one model; see :func:`compare_latency`.
+
+    Example:
+      >>> latency("model.tflite", threads=1).median_ms  # doctest: +SKIP
+      0.41
+    """
+    return compare_latency([path], x, threads=threads, runs=runs, warmup=warmup)[0]
+
+
+def compare_latency(
+    paths: Sequence[PathLike],
+    x=None,
+    *,
+    threads: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    progress: bool = False,
+) -> List[Latency]:
+    """Times several models with interleaved runs, so that slow drifts of the machine
+    (frequency scaling, other processes) hit every model alike.
+
+    Each round invokes every model once, in an order that rotates from round to round.
+    Only ``invoke`` is timed; setting the input is not.
+
+    Args:
+      paths: TFLite files taking the same input.
+      x: one input batch (default: one standard-normal sample of each model's input shape).
+      threads: interpreter threads per model.
+      runs: timed rounds; the median is reported.
+      warmup: untimed rounds first.
+      progress: show a progress bar.
+
+    Returns:
+      One :class:`Latency` per path, in the order given.
+
+    Raises:
+      ValueError: for an empty ``paths``, ``runs < 1`` or ``warmup < 0``.
+
+    Example:
+      >>> base, slim = compare_latency(["float.tflite", "slim_int8.tflite"])  # doctest: +SKIP
+      >>> slim.median_ms / base.median_ms  # doctest: +SKIP
+      0.31
+    """
+    if not paths:
+        raise ValueError("`paths` is empty. Pass at least one .tflite file.")
+    if not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"`runs` must be an int >= 1, got {runs!r}.")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"`warmup` must be an int >= 0, got {warmup!r}.")
+    runners = [_Runner(p, threads) for p in paths]
+    rng = np.random.default_rng(0)
+    for runner in runners:
+        sample = _as_batch(x) if x is not None else rng.standard_normal((1,) + runner.sample_shape)
+        runner.set_input(sample.astype(np.float32))
+    bar = None
+    if progress:
+        from tfcompress._keras import keras
+
+        bar = keras.utils.Progbar(warmup + runs, unit_name="round")
+    times = [[] for _ in runners]
+    for round_index in range(warmup + runs):
+        for k in range(len(runners)):
+            i = (round_index + k) % len(runners)
+            start = time.perf_counter_ns()
+            runners[i].invoke()
+            elapsed = time.perf_counter_ns() - start
+            if round_index >= warmup:
+                times[i].append(elapsed / 1e6)
+        if bar is not None:
+            bar.update(round_index + 1)
+    return [
+        Latency(str(r.path), statistics.median(t), min(t), runs, threads)
+        for r, t in zip(runners, times)
+    ]
