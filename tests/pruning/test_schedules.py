@@ -95,3 +95,16 @@ def test_invalid_arguments_name_the_value(make, error, fragment):
 def test_abstract_base_cannot_be_instantiated():
     with pytest.raises(TypeError):
         PruningSchedule()
+
+
+def test_final_ratio():
+    assert ConstantRatio(0.3).final_ratio == 0.3
+    assert PolynomialRatio(0.1, 0.6, 0, 10).final_ratio == 0.6
+    schedule = PolynomialRatio(0.1, 0.6, 0, 10, power=2, frequency=3)
+    assert schedule(10)[1] == schedule.final_ratio
+
+
+def test_final_step():
+    assert ConstantRatio(0.3).final_step is None
+    assert ConstantRatio(0.3, begin_step=2, end_step=9).final_step == 9
+    assert PolynomialRatio(0.1, 0.6, 0, 10).final_step == 10

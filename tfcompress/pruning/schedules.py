@@ -91,6 +91,24 @@ class PruningSchedule(abc.ABC):
         """Recreates a schedule from :meth:`get_config`'s output."""
         return cls(**config)
 
+    @property
+    def final_ratio(self) -> Optional[float]:
+        """The ratio the schedule ends at, or ``None`` if it has no fixed end.
+
+        The callback ramps its ``per_layer`` ratios in proportion to ``ratio / final_ratio``;
+        with ``None`` they apply unchanged from the first update on.
+        """
+        return None
+
+    @property
+    def final_step(self) -> Optional[int]:
+        """The last update step, or ``None`` if updates never stop.
+
+        After it, the callback keeps pruned channels at zero in every mode: there is no
+        later update that could use regrown filters.
+        """
+        return None
+
     def last_update_step(self, step: int) -> Optional[int]:
         """Returns the latest update step ``<= step``, or ``None`` if there was none yet.
 
@@ -125,6 +143,10 @@ class _PeriodicSchedule(PruningSchedule):
                 f"({self.begin_step})"
                 + (", or -1 to never stop." if open_ended else ".")
             )
+
+    @property
+    def final_step(self) -> Optional[int]:
+        return None if self.end_step == -1 else self.end_step
 
     def _should_update(self, step: int) -> bool:
         if step < self.begin_step or (self.end_step != -1 and step > self.end_step):
@@ -172,6 +194,10 @@ class ConstantRatio(_PeriodicSchedule):
     def __call__(self, step: int) -> Tuple[bool, float]:
         return self._should_update(int(step)), self.ratio
 
+    @property
+    def final_ratio(self) -> float:
+        return self.ratio
+
     def get_config(self) -> Dict[str, Any]:
         return {"ratio": self.ratio, "begin_step": self.begin_step, "end_step": self.end_step,
                 "frequency": self.frequency}
@@ -214,7 +240,7 @@ class PolynomialRatio(_PeriodicSchedule):
                  end_step: int, power: float = 3, frequency: int = 100):
         super().__init__(begin_step, end_step, frequency, open_ended=False)
         self.initial_ratio = _check_ratio("initial_ratio", initial_ratio)
-        self.final_ratio = _check_ratio("final_ratio", final_ratio)
+        self._final_ratio = _check_ratio("final_ratio", final_ratio)
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
             raise ValueError(f"`power` must be a positive number, got {power!r}; 3 is the usual "
                              "choice, 1 gives a linear ramp.")
@@ -226,6 +252,10 @@ class PolynomialRatio(_PeriodicSchedule):
         progress = min(1.0, max(0.0, progress))
         ratio = self.final_ratio + (self.initial_ratio - self.final_ratio) * (1.0 - progress) ** self.power
         return self._should_update(step), float(ratio)
+
+    @property
+    def final_ratio(self) -> float:
+        return self._final_ratio
 
     def get_config(self) -> Dict[str, Any]:
         return {"initial_ratio": self.initial_ratio, "final_ratio": self.final_ratio,

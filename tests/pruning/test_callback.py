@@ -1,0 +1,229 @@
+"""FPGMPruning: schedules during fit, logs, hard/soft modes, resume, custom loops, errors."""
+
+import csv
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcompress._keras import keras
+from tfcompress.models import compile_classifier
+from tfcompress.pruning import (
+    ChannelGraph,
+    ConstantRatio,
+    FPGMPruning,
+    PolynomialRatio,
+    PruningSchedule,
+    rebuild,
+)
+
+
+def tiny_model(compile=True):
+    """Two prunable groups of 8 channels: conv1+bn1, and conv2 (into GAP -> Dense)."""
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        layers.Conv2D(8, 3, padding="same", name="conv1"),
+        layers.BatchNormalization(name="bn1"),
+        layers.ReLU(name="relu1"),
+        layers.Conv2D(8, 3, padding="same", name="conv2"),
+        layers.GlobalAveragePooling2D(name="pool"),
+        layers.Dense(3, name="logits"),
+    ])
+    return compile_classifier(model, learning_rate=1e-2) if compile else model
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 64)
+
+
+def zero_filters(layer):
+    kernel = layer.kernel.numpy()
+    return int(np.sum(np.all(kernel.reshape(-1, kernel.shape[-1]) == 0, axis=0)))
+
+
+def is_masked(model, masks):
+    """True if applying ``masks`` changes nothing, i.e. the model is already masked."""
+    before = [w.copy() for w in model.get_weights()]
+    ChannelGraph(model).apply(masks)
+    return all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+class Probe(keras.callbacks.Callback):
+    """Records the zero filters of conv1 after every batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.zeros = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.zeros.append(zero_filters(self.model.get_layer("conv1")))
+
+
+def test_constant_ratio_fit_logs_exact_values_and_masks_model(data):
+    x, y = data
+    model = tiny_model()
+    pruning = FPGMPruning(ConstantRatio(0.5, frequency=4))
+    history = model.fit(x, y, batch_size=16, epochs=2, callbacks=[pruning], verbose=0)
+    assert history.history["pruned_ratio"] == [0.5, 0.5]
+    graph = ChannelGraph(model)
+    assert history.history["macs_ratio"][-1] == pytest.approx(graph.macs(pruning.masks) / graph.macs())
+    assert history.history["macs_ratio"][-1] < 0.6
+    assert pruning.masks.pruned_ratio == 0.5
+    assert is_masked(model, pruning.masks)
+    assert zero_filters(model.get_layer("conv1")) == 4
+    slim = rebuild(model, pruning.masks)
+    assert slim.get_layer("conv1").filters == 4
+    np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_float_schedule_updates_once_per_epoch(data):
+    x, y = data
+    model = tiny_model()
+    updates = []
+    pruning = FPGMPruning(0.25)
+    pruning._update = lambda step, ratio, original=pruning._update: (
+        updates.append(step), original(step, ratio))
+    model.fit(x, y, batch_size=16, epochs=3, callbacks=[pruning], verbose=0)
+    assert updates == [0, 4, 8]  # 4 batches per epoch
+    assert pruning.pruned_ratio == 0.25
+
+
+def test_logs_reach_callbacks_listed_before_it(data, tmp_path):
+    x, y = data
+    path = tmp_path / "log.csv"
+    pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=8, power=1,
+                                          frequency=4))
+    tiny_model().fit(x, y, batch_size=16, epochs=3, verbose=0,
+                     callbacks=[keras.callbacks.CSVLogger(str(path)), pruning])
+    rows = list(csv.DictReader(path.open()))
+    assert [float(row["pruned_ratio"]) for row in rows] == [0.0, 0.25, 0.5]
+    assert float(rows[-1]["macs_ratio"]) < 1.0
+
+
+def test_hard_mode_keeps_pruned_filters_zero_after_every_batch(data):
+    x, y = data
+    probe = Probe()
+    pruning = FPGMPruning(ConstantRatio(0.5, frequency=3), mode="hard")
+    tiny_model().fit(x, y, batch_size=8, epochs=2, callbacks=[pruning, probe], verbose=0)
+    assert probe.zeros == [4] * 16
+
+
+def test_soft_mode_lets_filters_regrow_until_the_schedule_ends(data):
+    x, y = data
+    probe = Probe()
+    pruning = FPGMPruning(ConstantRatio(0.5, begin_step=0, end_step=9, frequency=3), mode="soft")
+    model = tiny_model()
+    model.fit(x, y, batch_size=8, epochs=2, callbacks=[pruning, probe], verbose=0)
+    assert probe.zeros[:9] == [0] * 9  # zeroed before each update's batch, regrown after it
+    assert probe.zeros[9:] == [4] * 7  # after the last update (step 9) they stay zero
+    assert is_masked(model, pruning.masks)
+
+
+def test_soft_mode_applies_final_masks_at_train_end(data):
+    x, y = data
+    model = tiny_model()
+    pruning = FPGMPruning(ConstantRatio(0.5, frequency=3), mode="soft")
+    model.fit(x, y, batch_size=8, epochs=1, callbacks=[pruning], verbose=0)
+    assert is_masked(model, pruning.masks)
+    assert zero_filters(model.get_layer("conv1")) == 4
+
+
+class Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated preemption")
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_backup_and_restore_resume_matches_uninterrupted_run(data, tmp_path, mode):
+    x, y = data
+    keras.utils.set_random_seed(7)
+    initial = tiny_model().get_weights()
+
+    def run(backup, extra=()):
+        model = tiny_model()
+        model.set_weights(initial)
+        pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=12, power=1,
+                                              frequency=3), mode=mode, backup_dir=backup)
+        callbacks = [pruning, keras.callbacks.BackupAndRestore(backup), *extra]
+        history = model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
+                            callbacks=callbacks)
+        return model, pruning, history
+
+    reference, reference_pruning, reference_history = run(str(tmp_path / "reference"))
+    with pytest.raises(RuntimeError, match="preemption"):
+        run(str(tmp_path / "resumed"), [Interrupt(epoch=1)])
+    # A new process: new model, new callback; steps 8.. continue with the masks of step 6.
+    resumed, resumed_pruning, resumed_history = run(str(tmp_path / "resumed"))
+    assert resumed_history.epoch == [2, 3, 4]
+    assert resumed_history.history["pruned_ratio"] == reference_history.history["pruned_ratio"][2:]
+    assert resumed_pruning.masks == reference_pruning.masks
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_custom_training_loop(data):
+    x, y = data
+    model = tiny_model(compile=False)  # no model.optimizer: the callback counts batches
+    optimizer = keras.optimizers.SGD(0.05)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=6, power=1,
+                                          frequency=2), mode="hard")
+    callbacks = keras.callbacks.CallbackList([pruning], model=model)
+    callbacks.on_train_begin()
+    ratios = []
+    for step in range(8):
+        callbacks.on_train_batch_begin(step)
+        xb, yb = x[step * 8:(step + 1) * 8], y[step * 8:(step + 1) * 8]
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                      model.trainable_variables))
+        callbacks.on_train_batch_end(step)
+        ratios.append(pruning.pruned_ratio)
+    callbacks.on_train_end()
+    assert ratios == [0.0, 0.0, 0.125, 0.125, 0.25, 0.25, 0.5, 0.5]
+    assert zero_filters(model.get_layer("conv1")) == 4
+    assert is_masked(model, pruning.masks)
+
+
+def test_config_round_trip():
+    pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, 0, 100), criterion="l2", mode="hard",
+                          per_layer={"conv1": 0.25}, exclude=["conv2"], round_to=2)
+    clone = FPGMPruning.from_config(pruning.get_config())
+    assert clone.get_config() == pruning.get_config()
+    assert clone.schedule == pruning.schedule
+    assert FPGMPruning.from_config(FPGMPruning(0.3).get_config()).schedule == 0.3
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        ({"schedule": "0.5"}, TypeError, "float ratio or a PruningSchedule"),
+        ({"schedule": 1.5}, ValueError, "got 1.5"),
+        ({"schedule": 0.5, "mode": "firm"}, ValueError, "'firm'"),
+        ({"schedule": 0.5, "criterion": "l3"}, ValueError, "'l3'"),
+        ({"schedule": 0.5, "round_to": 0}, ValueError, "`round_to` must be an integer >= 1"),
+        ({"schedule": 0.5, "min_channels": 1.5}, ValueError, "got 1.5"),
+        ({"schedule": 0.5, "per_layer": [("conv1", 0.5)]}, TypeError, "layer names to ratios"),
+        ({"schedule": 0.5, "per_layer": {"conv1": 1.0}}, ValueError, "got 1.0"),
+        ({"schedule": 0.5, "exclude": [1, 2]}, TypeError, "list of layer names"),
+    ],
+)
+def test_invalid_arguments(kwargs, error, fragment):
+    schedule = kwargs.pop("schedule")
+    with pytest.raises(error) as info:
+        FPGMPruning(schedule, **kwargs)
+    assert fragment in str(info.value)
+
+
+def test_schedule_base_is_exported():
+    assert isinstance(ConstantRatio(0.1), PruningSchedule)
