@@ -1,0 +1,220 @@
+"""``PACTQuantizeConfig``: how a layer's weights and outputs are quantized with PACT.
+
+One table, :data:`LAYER_RULES`, says for each Keras layer family which weights are
+quantized (and where their output channels are) and how the layer's result is quantized:
+
+* ``"activation"`` - through the layer's own ``activation`` attribute (Conv, Dense …):
+  tfmot's ``QuantizeAwareActivation`` quantizes after ``relu``/``linear`` and before
+  ``softmax``/``sigmoid``/``tanh``, matching how TFLite fuses them.
+* ``"output"`` - the layer's output tensor (ReLU, Add, Concatenate, pooling …).
+* ``"none"`` - the layer only moves or selects values (Flatten, MaxPooling, Dropout …), so
+  its output keeps its input's quantization, as in TFLite.
+
+A new layer family is one new row. Lookups walk the layer's MRO, so subclasses of a known
+layer inherit its rule and the most specific row wins (``DepthwiseConv2D`` before
+``Conv2D``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_config
+
+from tfcompress._keras import keras
+from tfcompress.quantization.pact import PACTQuantizer, validate_bits
+from tfcompress.quantization.weights import ChannelWeightQuantizer
+
+L = keras.layers
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRule:
+    """How one layer family is quantized.
+
+    Attributes:
+      types: the Keras layer classes the rule applies to.
+      weights: ``(attribute, layout)`` pairs of kernels to quantize; layouts are those of
+        :class:`~tfcompress.quantization.weights.ChannelWeightQuantizer`.
+      result: ``"activation"``, ``"output"`` or ``"none"`` (see the module docstring).
+    """
+
+    types: Tuple[Type, ...]
+    weights: Tuple[Tuple[str, str], ...] = ()
+    result: str = "output"
+
+
+_CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
+_TRANSPOSE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+_DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+_MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Concatenate)
+_POOL_AVG = (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+             L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D)
+_ACTIVATIONS = (L.ReLU, L.LeakyReLU, L.ELU, L.Activation)
+_PASS_THROUGH = (
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.Flatten, L.Reshape, L.Permute, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+    L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Dropout, L.SpatialDropout1D,
+    L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianDropout, L.GaussianNoise,
+    L.AlphaDropout, L.ActivityRegularization, L.InputLayer,
+)
+
+LAYER_RULES: Tuple[LayerRule, ...] = (
+    LayerRule(_TRANSPOSE, (("kernel", "transpose"),), "activation"),
+    LayerRule(_DEPTHWISE, (("depthwise_kernel", "depthwise"),), "activation"),
+    LayerRule(_SEPARABLE, (("depthwise_kernel", "depthwise"), ("pointwise_kernel", "channels_last")),
+              "activation"),
+    LayerRule(_CONV, (("kernel", "channels_last"),), "activation"),
+    # Per-tensor: TFLite stores FULLY_CONNECTED weights transposed and its converter rejects
+    # per-channel QAT ranges there ("tfl.transpose op has mismatched quantized axes").
+    LayerRule((L.Dense,), (("kernel", "per_tensor"),), "activation"),
+    LayerRule(_ACTIVATIONS + _MERGE + _POOL_AVG + (L.BatchNormalization, L.UpSampling1D,
+                                                  L.UpSampling2D, L.UpSampling3D)),
+    # TFLite gives softmax its own fixed output range; quantizing it would only add error.
+    LayerRule((L.Softmax,), (), "none"),
+    LayerRule(_PASS_THROUGH, (), "none"),
+)
+
+# Activations whose TFLite kernels have a fixed output range: never re-quantized.
+_FIXED_RANGE_ACTIVATIONS = frozenset({"softmax", "sigmoid", "tanh", "log_softmax"})
+
+
+def rule_for(layer_or_type) -> Optional[LayerRule]:
+    """Returns the rule of the most specific class in the layer's MRO, or None."""
+    cls = layer_or_type if isinstance(layer_or_type, type) else type(layer_or_type)
+    for base in cls.__mro__:
+        for rule in LAYER_RULES:
+            if base in rule.types:
+                return rule
+    return None
+
+
+def supported_types() -> List[str]:
+    """Names of the layer classes :class:`PACTQuantizeConfig` can quantize."""
+    return sorted({t.__name__ for rule in LAYER_RULES for t in rule.types})
+
+
+@keras.utils.register_keras_serializable(package="tfcompress")
+class PACTQuantizeConfig(quantize_config.QuantizeConfig):
+    """Per-channel symmetric weights and PACT-clipped activations for one layer.
+
+    Works for every family in :data:`LAYER_RULES`: Conv1D/2D/3D, DepthwiseConv1D/2D,
+    SeparableConv1D/2D, Conv*Transpose, Dense, and the activation-only layers (ReLU,
+    Activation, Add, Concatenate, average pooling, BatchNormalization …).
+
+    When tfmot calls each method: ``get_weights_and_quantizers``,
+    ``get_activations_and_quantizers`` and ``get_output_quantizers`` when the
+    ``QuantizeWrapper`` is built; ``set_quantize_weights`` and ``set_quantize_activations``
+    before every forward pass, with the fake-quantized tensors; ``get_config`` when the
+    model is saved.
+
+    Args:
+      weight_bits: bit width of kernels, 2 to 8.
+      activation_bits: bit width of the layer's activation or output, 2 to 8.
+      quantize_output: False leaves the result in float; used when the next layer is an
+        activation that TFLite fuses into this one (Conv -> ReLU), so only the fused
+        result is quantized.
+      **pact_options: forwarded to :class:`~tfcompress.quantization.PACTQuantizer`
+        (``mode``, ``alpha_init``, ``beta_init``, ``decay``, ``calibration_steps``).
+
+    Example:
+      >>> import tensorflow_model_optimization as tfmot
+      >>> from tfcompress.quantization import quantize_scope
+      >>> model = tf_keras.Sequential([
+      ...     tfmot.quantization.keras.quantize_annotate_layer(
+      ...         tf_keras.layers.Dense(4, activation="relu", input_shape=(3,)),
+      ...         PACTQuantizeConfig(weight_bits=4, activation_bits=4, mode="relu")),
+      ...     tf_keras.layers.Dense(2)])
+      >>> with quantize_scope():
+      ...     qat = tfmot.quantization.keras.quantize_apply(model)
+      >>> qat.output_shape
+      (None, 2)
+    """
+
+    def __init__(self, weight_bits: int = 8, activation_bits: int = 8,
+                 quantize_output: bool = True, **pact_options):
+        self.weight_bits = validate_bits(weight_bits, "weight_bits")
+        self.activation_bits = validate_bits(activation_bits, "activation_bits")
+        self.quantize_output = bool(quantize_output)
+        self.pact_options = dict(pact_options)
+        # Validates the options now rather than when the model is built.
+        self._activation_quantizer()
+
+    def _activation_quantizer(self) -> PACTQuantizer:
+        try:
+            return PACTQuantizer(num_bits=self.activation_bits, **self.pact_options)
+        except TypeError as err:
+            raise TypeError(
+                f"Unknown PACT option in {sorted(self.pact_options)}: {err}. Valid options: "
+                "mode, alpha_init, beta_init, decay, calibration_steps."
+            ) from None
+
+    def _rule(self, layer) -> LayerRule:
+        rule = rule_for(layer)
+        if rule is None:
+            raise ValueError(
+                f"PACTQuantizeConfig cannot quantize layer {layer.name!r} of type "
+                f"{type(layer).__name__}. Supported types: {', '.join(supported_types())}. "
+                "Leave this layer unannotated (it stays float) or give it your own QuantizeConfig."
+            )
+        return rule
+
+    def _result_quantized(self, layer) -> bool:
+        if not self.quantize_output:
+            return False
+        activation = getattr(layer, "activation", None)
+        name = getattr(activation, "__name__", type(activation).__name__)
+        return name not in _FIXED_RANGE_ACTIVATIONS or self._rule(layer).result == "activation"
+
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(layer, attr), ChannelWeightQuantizer(self.weight_bits, layout))
+                for attr, layout in self._rule(layer).weights]
+
+    def get_activations_and_quantizers(self, layer):
+        if self._rule(layer).result == "activation" and self._result_quantized(layer):
+            return [(layer.activation, self._activation_quantizer())]
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        attrs = [attr for attr, _ in self._rule(layer).weights]
+        if len(attrs) != len(quantize_weights):
+            raise ValueError(
+                f"Layer {layer.name!r} expects {len(attrs)} quantized weights ({attrs}), "
+                f"got {len(quantize_weights)}."
+            )
+        for attr, weight in zip(attrs, quantize_weights):
+            setattr(layer, attr, weight)
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        if quantize_activations:
+            layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer):
+        if self._rule(layer).result == "output" and self._result_quantized(layer):
+            return [self._activation_quantizer()]
+        return []
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
+                "quantize_output": self.quantize_output, **self.pact_options}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizeConfig":
+        return cls(**config)
+
+    def with_output(self, quantize_output: bool) -> "PACTQuantizeConfig":
+        """A copy of this config with ``quantize_output`` replaced."""
+        return type(self)(**{**self.get_config(), "quantize_output": quantize_output})
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PACTQuantizeConfig) and self.get_config() == other.get_config()
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"PACTQuantizeConfig({args})"

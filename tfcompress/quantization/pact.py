@@ -1,0 +1,207 @@
+"""PACT: activation fake-quantization on a learned clipping range.
+
+PACT (Choi et al., 2018, "PACT: Parameterized Clipping Activation for Quantized Neural
+Networks") replaces the moving-average min/max of classic quantization-aware training
+with a clipping range that is trained by back-propagation. Outliers stop dictating the
+quantization step, which is what keeps 2-4 bit activations usable.
+
+:class:`PACTQuantizer` is a tfmot :class:`~tfmot.quantization.keras.quantizers.Quantizer`,
+so it plugs into ``QuantizeConfig``/``quantize_apply`` like tfmot's own quantizers.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Dict, Optional, Union
+
+import tensorflow as tf
+from tensorflow_model_optimization.python.core.quantization.keras import quantizers
+
+from tfcompress._keras import keras
+from tfcompress.quantization.tflite_mode import exporting
+
+MODES = ("asymmetric", "symmetric", "relu")
+"""Clip ranges: ``[-beta, alpha]``, ``[-alpha, alpha]`` (PaddleSlim) and ``[0, alpha]`` (PACT)."""
+
+_MIN_RANGE = 1e-3  # keeps the quantization step positive if alpha is driven to zero
+
+
+def validate_bits(value: Any, argument: str) -> int:
+    """Returns ``value`` if it is an int bit width in [2, 8], else raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 2 <= value <= 8:
+        raise ValueError(
+            f"`{argument}` must be an integer from 2 to 8 (TFLite stores at most 8-bit "
+            f"integers), got {value!r}."
+        )
+    return int(value)
+
+
+@keras.utils.register_keras_serializable(package="tfcompress")
+class PACTQuantizer(quantizers.Quantizer):
+    """Fake-quantizes a tensor on a trainable clipping range ``[-beta, alpha]``.
+
+    When tfmot calls each method:
+      * ``build(tensor_shape, name, layer)`` once, when the ``QuantizeWrapper`` (or
+        ``QuantizeLayer``) that owns the tensor is built. It creates the trainable scalars
+        ``{name}_pact_alpha`` and, in asymmetric mode, ``{name}_pact_beta`` on ``layer``.
+      * ``__call__(inputs, training, weights)`` on every forward pass, with the dict that
+        ``build`` returned. It clips to the learned range and fake-quantizes to
+        ``num_bits`` with zero exactly representable (``tf.quantization.
+        fake_quant_with_min_max_vars``, whose range TFLite reads at conversion).
+      * ``get_config()`` when the model is saved.
+
+    Gradients are PACT's: straight-through inside the range; ``d/d alpha`` is the sum of the
+    upstream gradients where ``x >= alpha`` and ``d/d beta`` is minus the sum of those
+    where ``x <= -beta`` (the lower clip is at ``-beta``). In symmetric mode both ends are
+    ``alpha``, so its gradient is the difference of the two sums.
+
+    Args:
+      num_bits: bit width of the quantized tensor, 2 to 8.
+      mode: ``"asymmetric"`` clips to ``[-beta, alpha]`` with both trainable;
+        ``"symmetric"`` ties beta to alpha (PaddleSlim's PACT); ``"relu"`` clips to
+        ``[0, alpha]`` (the original PACT).
+      alpha_init: ``"auto"`` calibrates alpha (and beta) from the first
+        ``calibration_steps`` training batches (running mean of each batch's max and -min),
+        or a positive number used as the initial alpha.
+      beta_init: initial beta in asymmetric mode when ``alpha_init`` is a number; defaults
+        to ``alpha_init``. Ignored with ``"auto"``.
+      decay: L2 regularization factor on alpha and beta (PaddleSlim decays alpha so the
+        range keeps shrinking towards the bulk of the distribution). 0 disables it.
+      calibration_steps: number of training batches used by ``alpha_init="auto"``.
+
+    Example:
+      >>> import tensorflow as tf
+      >>> q = PACTQuantizer(num_bits=4, mode="relu", alpha_init=2.0)
+      >>> layer = tf_keras.layers.Layer()  # any layer can own the variables
+      >>> weights = q.build(tf.TensorShape([None, 3]), "act", layer)
+      >>> q(tf.constant([[-1.0, 1.0, 5.0]]), training=False, weights=weights).numpy()
+      array([[0.       , 0.9333334, 2.       ]], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        num_bits: int = 8,
+        mode: str = "asymmetric",
+        alpha_init: Union[str, float] = "auto",
+        beta_init: Optional[float] = None,
+        decay: float = 0.0,
+        calibration_steps: int = 32,
+    ):
+        self.num_bits = validate_bits(num_bits, "num_bits")
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
+        self.mode = mode
+        if isinstance(alpha_init, str):
+            if alpha_init != "auto":
+                raise ValueError(
+                    f"`alpha_init` must be 'auto' or a positive number, got {alpha_init!r}."
+                )
+        elif not isinstance(alpha_init, numbers.Real) or not alpha_init > 0:
+            raise ValueError(f"`alpha_init` must be 'auto' or a positive number, got {alpha_init!r}.")
+        self.alpha_init = alpha_init if isinstance(alpha_init, str) else float(alpha_init)
+        if beta_init is not None and (not isinstance(beta_init, numbers.Real) or beta_init < 0):
+            raise ValueError(f"`beta_init` must be a number >= 0 or None, got {beta_init!r}.")
+        self.beta_init = None if beta_init is None else float(beta_init)
+        if not isinstance(decay, numbers.Real) or decay < 0:
+            raise ValueError(f"`decay` must be a number >= 0, got {decay!r}.")
+        self.decay = float(decay)
+        if isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int) \
+                or calibration_steps < 1:
+            raise ValueError(f"`calibration_steps` must be an int >= 1, got {calibration_steps!r}.")
+        self.calibration_steps = calibration_steps
+
+    @property
+    def calibrates(self) -> bool:
+        return self.alpha_init == "auto"
+
+    def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
+        # Until calibration runs, "auto" starts from 6.0 (the range of ReLU6 and of tfmot's
+        # MovingAverageQuantizer init), so an uncalibrated model still computes sensibly.
+        alpha0 = 6.0 if self.calibrates else self.alpha_init
+        beta0 = alpha0 if self.beta_init is None or self.calibrates else self.beta_init
+        regularizer = keras.regularizers.L2(self.decay) if self.decay else None
+
+        def scalar(suffix, value, trainable=True, reg=None):
+            return layer.add_weight(
+                f"{name}_{suffix}",
+                shape=(),
+                initializer=keras.initializers.Constant(value),
+                regularizer=reg,
+                trainable=trainable,
+                aggregation=tf.VariableAggregation.MEAN,
+            )
+
+        weights = {"alpha": scalar("pact_alpha", alpha0, reg=regularizer)}
+        if self.mode == "asymmetric":
+            weights["beta"] = scalar("pact_beta", beta0, reg=regularizer)
+        if self.calibrates:
+            weights["calibrated_steps"] = scalar("pact_calibrated_steps", 0.0, trainable=False)
+        return weights
+
+    def clip_range(self, weights: Dict[str, tf.Variable]):
+        """Returns ``(low, high)`` tensors of the current clipping range."""
+        alpha = tf.maximum(weights["alpha"], _MIN_RANGE)
+        if self.mode == "relu":
+            return tf.constant(0.0), alpha
+        if self.mode == "symmetric":
+            return -alpha, alpha
+        return -tf.maximum(weights["beta"], 0.0), alpha
+
+    def _calibrate(self, inputs, weights):
+        """Folds this batch's range into the running means over the first training batches."""
+        steps = weights["calibrated_steps"]
+        alpha, beta = weights["alpha"], weights.get("beta")
+
+        def update():
+            n = steps + 1.0
+            x = tf.cast(inputs, tf.float32)
+            high, low = tf.reduce_max(x), tf.reduce_min(x)
+            if self.mode == "symmetric":
+                high = tf.maximum(high, -low)
+            # The first batch replaces the placeholder init; later ones average in.
+            keep = tf.where(steps > 0, (n - 1.0) / n, 0.0)
+            ops = [alpha.assign(keep * alpha + (1.0 - keep) * tf.maximum(high, _MIN_RANGE))]
+            if beta is not None:
+                ops.append(beta.assign(keep * beta + (1.0 - keep) * tf.maximum(-low, 0.0)))
+            with tf.control_dependencies(ops):
+                return tf.identity(steps.assign_add(1.0))
+
+        def skip():
+            return tf.identity(steps)
+
+        return tf.cond(steps < float(self.calibration_steps), update, skip)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if training and self.calibrates:
+            with tf.control_dependencies([self._calibrate(inputs, weights)]):
+                inputs = tf.identity(inputs)
+        low, high = self.clip_range(weights)
+        # TFLite runs 8-bit kernels only: on export the learned range becomes the int8 range.
+        num_bits = 8 if exporting() else self.num_bits
+        return tf.quantization.fake_quant_with_min_max_vars(
+            inputs, low, high, num_bits=num_bits, narrow_range=False
+        )
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            "num_bits": self.num_bits,
+            "mode": self.mode,
+            "alpha_init": self.alpha_init,
+            "beta_init": self.beta_init,
+            "decay": self.decay,
+            "calibration_steps": self.calibration_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizer":
+        return cls(**config)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PACTQuantizer) and self.get_config() == other.get_config()
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"PACTQuantizer({args})"

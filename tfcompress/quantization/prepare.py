@@ -1,0 +1,227 @@
+"""Graph rewrites that make a float model look like what TFLite will run.
+
+Before quantization-aware training, :func:`prepare_for_qat` rewrites a model the way the
+TFLite converter will rewrite it, so that the quantizers see the tensors that really get
+quantized:
+
+* ``SeparableConv2D`` -> ``DepthwiseConv2D`` + 1x1 ``Conv2D`` (TFLite has no separable
+  op; the tensor between the two gets its own quantization range).
+* ``Conv/DepthwiseConv/Dense -> BatchNormalization`` -> one layer with the BatchNorm folded
+  into its kernel and bias. The weight quantizer then quantizes the *folded* kernel, which
+  is what TFLite stores (tfmot issue #549: quantizing the unfolded kernel loses its meaning
+  once TFLite fuses the BatchNorm). BatchNorm statistics are frozen from then on, the usual
+  practice for QAT fine-tuning (Krishnamoorthi 2018, sec. 3.2).
+
+Both rewrites are exact in inference mode: the prepared model computes what the original
+computes (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tfcompress._keras import keras, require_graph_model
+
+L = keras.layers
+_FOLDABLE = (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.Dense)
+_NOT_FOLDABLE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose,
+                 L.SeparableConv1D, L.SeparableConv2D)
+
+
+def _functional(model: keras.Model) -> keras.Model:
+    """Returns ``model`` as a Functional model (a Sequential one is re-wired, not copied)."""
+    if isinstance(model, keras.Sequential):
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    return model
+
+
+def _inbound_names(layer_config: Dict[str, Any]) -> List[str]:
+    names = []
+    for node in layer_config.get("inbound_nodes", []):
+        for entry in node:
+            if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
+                names.append(entry[0])
+    return names
+
+
+def _consumers(config: Dict[str, Any]) -> Dict[str, List[str]]:
+    out: Dict[str, List[str]] = {}
+    for layer in config["layers"]:
+        for name in _inbound_names(layer):
+            out.setdefault(name, []).append(layer["name"])
+    for entry in config["output_layers"]:
+        out.setdefault(entry[0], []).append("<model output>")
+    return out
+
+
+def _rename_inbound(config: Dict[str, Any], old: str, new: str) -> None:
+    def fix(obj):
+        if isinstance(obj, list):
+            if obj and obj[0] == old and len(obj) >= 3 and isinstance(obj[1], int):
+                obj[0] = new
+            for item in obj:
+                fix(item)
+    for layer in config["layers"]:
+        fix(layer.get("inbound_nodes", []))
+    fix(config["output_layers"])
+
+
+def _rebuild(model: keras.Model, config: Dict[str, Any],
+             new_weights: Dict[str, List[np.ndarray]]) -> keras.Model:
+    """Builds ``config`` and copies weights: ``new_weights`` by layer name, else from ``model``."""
+    custom = {type(layer).__name__: type(layer) for layer in model.layers}
+    rebuilt = keras.Model.from_config(config, custom_objects=custom)
+    for layer in rebuilt.layers:
+        if layer.name in new_weights:
+            layer.set_weights(new_weights[layer.name])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return rebuilt
+
+
+def _bn_scale_shift(bn: keras.layers.BatchNormalization) -> Tuple[np.ndarray, np.ndarray]:
+    weights = dict(zip([w.name.split("/")[-1].split(":")[0] for w in bn.weights], bn.get_weights()))
+    mean, var = weights["moving_mean"], weights["moving_variance"]
+    gamma = weights.get("gamma", np.ones_like(mean))
+    beta = weights.get("beta", np.zeros_like(mean))
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    return scale, beta - mean * scale
+
+
+def _fold_weights(layer, bn) -> List[np.ndarray]:
+    scale, shift = _bn_scale_shift(bn)
+    kernel = layer.get_weights()[0]
+    bias = layer.get_weights()[1] if layer.use_bias else np.zeros_like(scale)
+    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        kernel = kernel * scale.reshape(kernel.shape[-2:])
+    else:
+        kernel = kernel * scale
+    return [kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)]
+
+
+def _foldable_pair(model, layer_config, consumers) -> Optional[Tuple[Any, Any]]:
+    """Returns ``(producer, bn)`` if the BatchNorm in ``layer_config`` can be folded."""
+    bn = model.get_layer(layer_config["name"])
+    if not isinstance(bn, L.BatchNormalization) or len(bn._inbound_nodes) != 1:
+        return None
+    axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+    rank = len(bn.input_shape)
+    if [a % rank for a in axis] != [rank - 1]:
+        return None
+    inbound = _inbound_names(layer_config)
+    if len(inbound) != 1:
+        return None
+    producer = model.get_layer(inbound[0])
+    if (not isinstance(producer, _FOLDABLE) or isinstance(producer, _NOT_FOLDABLE)
+            or len(producer._inbound_nodes) != 1 or consumers.get(producer.name) != [bn.name]
+            or keras.activations.serialize(producer.activation) != "linear"):
+        return None
+    return producer, bn
+
+
+def fold_batch_norms(model: keras.Model) -> keras.Model:
+    """Folds every BatchNorm that directly follows a Conv/DepthwiseConv/Dense into it.
+
+    A BatchNorm is folded when it is the only consumer of a linear-activation producer,
+    normalizes the last axis, and neither layer is shared. Others are left as they are.
+
+    Args:
+      model: a built Functional or Sequential tf_keras model.
+
+    Returns:
+      A new Functional model (the input model is unchanged). It has the same outputs in
+      inference mode; the folded producers keep their names and gain a bias.
+
+    Example:
+      >>> model = tf_keras.Sequential([tf_keras.layers.Conv2D(4, 3, input_shape=(8, 8, 1)),
+      ...                              tf_keras.layers.BatchNormalization()])
+      >>> [type(l).__name__ for l in fold_batch_norms(model).layers]
+      ['InputLayer', 'Conv2D']
+    """
+    model = _functional(require_graph_model(model))
+    config = copy.deepcopy(model.get_config())
+    consumers = _consumers(config)
+    new_weights: Dict[str, List[np.ndarray]] = {}
+    kept = []
+    for layer_config in config["layers"]:
+        pair = _foldable_pair(model, layer_config, consumers) \
+            if layer_config["class_name"] in ("BatchNormalization", "SyncBatchNormalization") else None
+        if pair is None:
+            kept.append(layer_config)
+            continue
+        producer, bn = pair
+        new_weights[producer.name] = _fold_weights(producer, bn)
+        producer_config = next(c for c in kept if c["name"] == producer.name)
+        producer_config["config"]["use_bias"] = True
+        producer_config["config"]["bias_initializer"] = keras.initializers.serialize(
+            keras.initializers.Zeros())
+        _rename_inbound(config, bn.name, producer.name)
+    if not new_weights:
+        return model
+    config["layers"] = kept
+    return _rebuild(model, config, new_weights)
+
+
+def split_separable_convs(model: keras.Model) -> keras.Model:
+    """Replaces each ``SeparableConv2D`` by ``DepthwiseConv2D`` + 1x1 ``Conv2D``.
+
+    The 1x1 convolution keeps the original layer's name (so its consumers are untouched);
+    the depthwise part is named ``{name}_depthwise``.
+
+    Returns:
+      A new Functional model computing the same function, or ``model`` if it has no
+      SeparableConv2D.
+    """
+    model = _functional(require_graph_model(model))
+    config = copy.deepcopy(model.get_config())
+    new_weights: Dict[str, List[np.ndarray]] = {}
+    layers = []
+    for layer_config in config["layers"]:
+        layer = model.get_layer(layer_config["name"])
+        if type(layer) is not L.SeparableConv2D or len(layer._inbound_nodes) != 1:
+            layers.append(layer_config)
+            continue
+        c = layer_config["config"]
+        dw_name = f"{layer.name}_depthwise"
+        depthwise = {
+            "class_name": "DepthwiseConv2D", "name": dw_name,
+            "inbound_nodes": layer_config["inbound_nodes"],
+            "config": {"name": dw_name, "kernel_size": c["kernel_size"], "strides": c["strides"],
+                       "padding": c["padding"], "depth_multiplier": c["depth_multiplier"],
+                       "data_format": c["data_format"], "dilation_rate": c["dilation_rate"],
+                       "use_bias": False, "activation": "linear", "trainable": c["trainable"],
+                       "dtype": c.get("dtype")},
+        }
+        pointwise = {
+            "class_name": "Conv2D", "name": layer.name,
+            "inbound_nodes": [[[dw_name, 0, 0, {}]]],
+            "config": {"name": layer.name, "filters": c["filters"], "kernel_size": (1, 1),
+                       "strides": (1, 1), "padding": "valid", "data_format": c["data_format"],
+                       "use_bias": c["use_bias"], "activation": c["activation"],
+                       "trainable": c["trainable"], "dtype": c.get("dtype")},
+        }
+        layers.extend([depthwise, pointwise])
+        weights = layer.get_weights()
+        new_weights[dw_name] = [weights[0]]
+        new_weights[layer.name] = [weights[1]] + weights[2:]
+    if not new_weights:
+        return model
+    config["layers"] = layers
+    return _rebuild(model, config, new_weights)
+
+
+PREPARE_PASSES: Tuple[Callable[[keras.Model], keras.Model], ...] = (
+    split_separable_convs,
+    fold_batch_norms,
+)
+"""The rewrites :func:`prepare_for_qat` applies, in order."""
+
+
+def prepare_for_qat(model: keras.Model) -> keras.Model:
+    """Applies every pass of :data:`PREPARE_PASSES` and returns the rewritten model."""
+    for rewrite in PREPARE_PASSES:
+        model = rewrite(model)
+    return model
