@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from tfcompress._io import atomic_file, output_path
 from tfcompress._keras import check_model, keras
+from tfcompress.quantization.tflite_mode import tflite_export_mode
 
 __all__ = ["QUANTIZE_OPTIONS", "ConversionError", "is_qat_model", "to_tflite"]
 
@@ -240,8 +242,11 @@ def to_tflite(
     if path.is_dir():
         raise ValueError(f"{str(path)!r} is a folder. Pass a file path such as 'model.tflite'.")
     converter = _converter(model, resolved, qat, representative_data, io_dtype)
+    # Low-bit PACT/weight quantizers trace 8-bit ops that TFLite kernels accept.
+    mode = tflite_export_mode() if qat else contextlib.nullcontext()
     try:
-        flatbuffer = converter.convert()
+        with mode:
+            flatbuffer = converter.convert()
     except (ValueError, TypeError):
         raise
     except Exception as error:  # TF raises ConverterError and assorted runtime errors.
