@@ -119,7 +119,8 @@ def _read(path: PathLike):
 
 
 def _enum_names(enum_class) -> Dict[int, str]:
-    return {v: k for k, v in vars(enum_class).items() if not k.startswith("_") and isinstance(v, int)}
+    members = vars(enum_class).items()
+    return {v: k for k, v in members if not k.startswith("_") and isinstance(v, int)}
 
 
 def _decode(name: Optional[bytes]) -> str:
@@ -160,7 +161,8 @@ def tflite_ops(path: PathLike) -> List[TFLiteOp]:
 
     Example:
       >>> ops = tflite_ops("model.tflite")  # doctest: +SKIP
-      >>> all(op.activation_dtypes == ("int8",) for op in ops if op.name == "CONV_2D")  # doctest: +SKIP
+      >>> convs = [op for op in ops if op.name == "CONV_2D"]  # doctest: +SKIP
+      >>> all(op.activation_dtypes == ("int8",) for op in convs)  # doctest: +SKIP
       True
     """
     schema, model = _read(path)
@@ -175,12 +177,14 @@ def tflite_ops(path: PathLike) -> List[TFLiteOp]:
         else:
             # Codes >= 127 live in `builtinCode`; older files only fill the deprecated byte.
             name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
+        inputs = op.inputs if op.inputs is not None else ()
+        outputs = op.outputs if op.outputs is not None else ()
         ops.append(
             TFLiteOp(
                 index=index,
                 name=name,
-                inputs=tuple(tensors[i] for i in (op.inputs if op.inputs is not None else ()) if i >= 0),
-                outputs=tuple(tensors[i] for i in (op.outputs if op.outputs is not None else ())),
+                inputs=tuple(tensors[i] for i in inputs if i >= 0),  # -1: absent optional input
+                outputs=tuple(tensors[i] for i in outputs),
             )
         )
     return ops
@@ -219,7 +223,10 @@ def activation_ranges(path: PathLike) -> Dict[str, QuantRange]:
             continue
         scale = float(q.scale[0])
         zero_point = int(q.zeroPoint[0]) if q.zeroPoint is not None and len(q.zeroPoint) else 0
-        qmin, qmax = (0, 2**bits - 1) if info.dtype.startswith("u") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        if info.dtype.startswith("u"):
+            qmin, qmax = 0, 2**bits - 1
+        else:
+            qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         ranges[info.name] = QuantRange(
             min=scale * (qmin - zero_point),
             max=scale * (qmax - zero_point),

@@ -52,7 +52,8 @@ class _Runner:
             raise ValueError(f"`threads` must be a positive int, got {threads!r}.")
         self.path = path
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError(
                 f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs; tfcompress runs "
@@ -98,7 +99,9 @@ class _Runner:
 def _as_batch(x, argument: str = "x") -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 0 or x.dtype == object:
-        raise ValueError(f"`{argument}` must be a numeric array with a batch dimension, got {x!r:.80}.")
+        raise ValueError(
+            f"`{argument}` must be a numeric array with a batch dimension, got {x!r:.80}."
+        )
     return x
 
 
@@ -143,7 +146,9 @@ class Latency:
     threads: int
 
 
-def latency(path: PathLike, x=None, *, threads: int = 1, runs: int = 50, warmup: int = 5) -> Latency:
+def latency(
+    path: PathLike, x=None, *, threads: int = 1, runs: int = 50, warmup: int = 5
+) -> Latency:
     """Median latency of one model; see :func:`compare_latency`.
 
     Example:

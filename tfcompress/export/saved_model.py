@@ -11,7 +11,7 @@ import os
 import pathlib
 import tempfile
 import zipfile
-from typing import ContextManager, Union
+from typing import Union
 
 from tfcompress._io import atomic_dir, atomic_file, output_path
 from tfcompress._keras import check_model, keras
@@ -88,7 +88,9 @@ def save_model(model: "keras.Model", path: PathLike) -> pathlib.Path:
     # staging folder next to the target, then move the file into the atomic slot.
     with atomic_file(path) as tmp, tempfile.TemporaryDirectory(dir=path.parent) as staging:
         staged = pathlib.Path(staging) / path.name
-        model.save(str(staged), save_format=save_format, include_optimizer=False)
+        # The .keras format has no include_optimizer switch; it saves what the model has.
+        options = {} if save_format == "keras" else {"include_optimizer": False}
+        model.save(str(staged), save_format=save_format, **options)
         os.replace(staged, tmp)
     return path
 
@@ -100,15 +102,6 @@ def _keras3_file_version(path: pathlib.Path) -> str:
             return str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return ""
-
-
-def _custom_object_scope() -> ContextManager:
-    """The scope that makes QAT layers loadable: tfcompress's if present, else tfmot's."""
-    try:
-        from tfcompress.quantization import quantize_scope
-    except ImportError:
-        from tensorflow_model_optimization.quantization.keras import quantize_scope
-    return quantize_scope()
 
 
 def load_model(path: PathLike) -> "keras.Model":
@@ -140,13 +133,16 @@ def load_model(path: PathLike) -> "keras.Model":
                 f"{str(path)!r} was saved by Keras {version} (Keras 3), which tf_keras cannot "
                 "load. Rebuild the model with `import tf_keras as keras` and save it again."
             )
-    with _custom_object_scope():
+    from tfcompress.quantization import quantize_scope  # on use: it loads tfmot
+
+    with quantize_scope():
         try:
             model = keras.models.load_model(str(path), compile=False)
         except (OSError, ValueError, TypeError, KeyError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
             raise ValueError(
-                f"Cannot load {str(path)!r} as a tf_keras model: {first}. Pass a .keras, .h5 "
+                f"Cannot load {str(path)!r} as a tf_keras model: {reason or type(error).__name__}. "
+                "Pass a .keras, .h5 "
                 "or SavedModel folder written by tf_keras."
             ) from error
     return check_model(model)

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
-from typing import Callable, Iterable, Iterator, List, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import tensorflow as tf

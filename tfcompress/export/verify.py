@@ -65,8 +65,8 @@ class ParityReport:
         atol = "not checked" if self.atol is None else f"{self.atol:.3g}"
         ops = ", ".join(f"{name} x{count}" for name, count in sorted(self.op_counts.items()))
         lines = [
-            f"parity {'PASSED' if self.passed else 'FAILED'}: {pathlib.Path(self.tflite_path).name} "
-            f"({self.kind}) vs Keras on {self.samples} samples",
+            f"parity {'PASSED' if self.passed else 'FAILED'}: {pathlib.Path(self.tflite_path).name}"
+            f" ({self.kind}) vs Keras on {self.samples} samples",
             f"  max |diff| {self.max_abs_diff:.3g} (tolerance {atol}), mean |diff| "
             f"{self.mean_abs_diff:.3g}, top-1 agreement {agreement} (required "
             f"{self.min_agreement:.2%})",
@@ -93,13 +93,25 @@ class ParityError(ValueError):
         self.report = report
 
 
-def _check_data(data) -> np.ndarray:
-    if not isinstance(data, np.ndarray):
-        data = np.asarray(data)
+def _check_data(model: "keras.Model", data) -> np.ndarray:
+    data = np.asarray(data)
     if data.ndim < 2 or len(data) == 0 or not np.issubdtype(data.dtype, np.number):
         raise ValueError(
             f"`data` must be a non-empty numeric array (n, *input_shape), got shape "
-            f"{getattr(data, 'shape', None)} of {data.dtype}. Pass some test samples."
+            f"{data.shape} of {data.dtype}. Pass some test samples."
+        )
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"{model.name!r} has {len(model.inputs)} inputs; verify compares single-input "
+            "models. Verify a sub-model with one input."
+        )
+    expected = tuple(model.inputs[0].shape[1:])
+    if len(expected) != data.ndim - 1 or any(
+        want is not None and want != got for want, got in zip(expected, data.shape[1:])
+    ):
+        raise ValueError(
+            f"`data` of shape {data.shape} does not fit the input (None, "
+            f"{', '.join(map(str, expected))}) of {model.name!r}. Pass samples of that shape."
         )
     return data.astype(np.float32, copy=False)
 
@@ -152,7 +164,7 @@ def verify(
         raise ValueError(f"`min_agreement` must be in [0, 1], got {min_agreement!r}.")
     if atol is not None and not atol >= 0:
         raise ValueError(f"`atol` must be >= 0 or None, got {atol!r}.")
-    data = _check_data(data)
+    data = _check_data(keras_model, data)
     kind = flatbuffer.quantization_kind(tflite_path)
     expected = keras_model.predict(data, batch_size=batch_size, verbose=0)
     if isinstance(expected, (list, tuple, dict)):

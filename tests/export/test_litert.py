@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from tfcompress.export import litert, to_tflite
+
+
+@pytest.fixture
+def float_file(tiny_model, tmp_path):
+    return to_tflite(tiny_model, tmp_path / "m.tflite", None)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_run_in_chunks_equals_predict(tiny_model, tiny_data, float_file, batch_size):
+    expected = tiny_model.predict(tiny_data[:10], verbose=0)
+    actual = litert.run(float_file, tiny_data[:10], batch_size)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_run_rejects_bad_input(float_file, tiny_data):
+    with pytest.raises(ValueError, match=r"expects \(None, 8, 8, 1\)"):
+        litert.run(float_file, np.zeros((2, 9, 9, 1), np.float32))
+    with pytest.raises(ValueError, match="batch_size"):
+        litert.run(float_file, tiny_data, batch_size=0)
+    with pytest.raises(ValueError, match="is empty"):
+        litert.run(float_file, tiny_data[:0])
+    with pytest.raises(FileNotFoundError, match="No TFLite file"):
+        litert.run(float_file.with_name("missing.tflite"), tiny_data)
+
+
+def test_compare_latency_interleaves_every_model(tiny_model, tiny_data, float_file):
+    int8 = to_tflite(tiny_model, float_file.with_name("q.tflite"), "int8", tiny_data)
+    results = litert.compare_latency([float_file, int8], runs=7, warmup=1)
+    assert [r.path for r in results] == [str(float_file), str(int8)]
+    for r in results:
+        assert r.runs == 7 and r.threads == 1 and 0 < r.min_ms <= r.median_ms
+    single = litert.latency(float_file, tiny_data[:1], runs=3, threads=2)
+    assert single.runs == 3 and single.threads == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"runs": 0}, "runs"), ({"warmup": -1}, "warmup"), ({"threads": 0}, "threads")],
+)
+def test_compare_latency_rejects_bad_arguments(float_file, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        litert.compare_latency([float_file], **kwargs)
+    with pytest.raises(ValueError, match="paths. is empty"):
+        litert.compare_latency([])
