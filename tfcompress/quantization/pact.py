@@ -36,6 +36,33 @@ def validate_bits(value: Any, argument: str) -> int:
     return int(value)
 
 
+def _pact_fake_quant(x, low, high, num_bits: int, narrow_range: bool):
+    """Clips ``x`` to ``[low, high]`` and fake-quantizes it, with PACT's gradients.
+
+    The forward op is ``FakeQuantWithMinMaxVars`` (which TFLite reads at conversion). The
+    gradient is written out rather than taken from that op, so that it is exactly PACT's:
+    the clip boundaries themselves belong to the clipped region (``x >= high`` feeds
+    ``high``), as in the paper.
+    """
+
+    @tf.custom_gradient
+    def fake_quant(x, low, high):
+        y = tf.quantization.fake_quant_with_min_max_vars(
+            x, low, high, num_bits=num_bits, narrow_range=narrow_range)
+
+        def grad(dy):
+            above, below = x >= high, x <= low
+            inside = tf.logical_not(tf.logical_or(above, below))
+            zeros = tf.zeros_like(dy)
+            return (tf.where(inside, dy, zeros),
+                    tf.reduce_sum(tf.where(below, dy, zeros)),
+                    tf.reduce_sum(tf.where(above, dy, zeros)))
+
+        return y, grad
+
+    return fake_quant(x, tf.cast(low, x.dtype), tf.cast(high, x.dtype))
+
+
 @keras.utils.register_keras_serializable(package="tfcompress")
 class PACTQuantizer(quantizers.Quantizer):
     """Fake-quantizes a tensor on a trainable clipping range ``[-beta, alpha]``.
@@ -47,7 +74,8 @@ class PACTQuantizer(quantizers.Quantizer):
       * ``__call__(inputs, training, weights)`` on every forward pass, with the dict that
         ``build`` returned. It clips to the learned range and fake-quantizes to
         ``num_bits`` with zero exactly representable (``tf.quantization.
-        fake_quant_with_min_max_vars``, whose range TFLite reads at conversion).
+        fake_quant_with_min_max_vars``, whose range TFLite reads at conversion; symmetric
+        mode uses the narrow integer range so that zero is the midpoint).
       * ``get_config()`` when the model is saved.
 
     Gradients are PACT's: straight-through inside the range; ``d/d alpha`` is the sum of the
@@ -178,9 +206,9 @@ class PACTQuantizer(quantizers.Quantizer):
         low, high = self.clip_range(weights)
         # TFLite runs 8-bit kernels only: on export the learned range becomes the int8 range.
         num_bits = 8 if exporting() else self.num_bits
-        return tf.quantization.fake_quant_with_min_max_vars(
-            inputs, low, high, num_bits=num_bits, narrow_range=False
-        )
+        # Symmetric mode uses the narrow range [-(2^(b-1) - 1), 2^(b-1) - 1] so that zero
+        # sits exactly in the middle of [-alpha, alpha].
+        return _pact_fake_quant(inputs, low, high, num_bits, self.mode == "symmetric")
 
     def get_config(self) -> Dict[str, Any]:
         return {

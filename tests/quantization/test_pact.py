@@ -1,0 +1,142 @@
+"""PACTQuantizer: forward values, PACT gradients (pinned by hand), calibration, config."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfcompress._keras import keras
+from tfcompress.quantization import MODES, PACTQuantizer
+
+
+def _build(quantizer, name="act"):
+    layer = keras.layers.Layer()
+    return layer, quantizer.build(tf.TensorShape([None, 6]), name, layer)
+
+
+# Ranges chosen so that fake-quant's "zero exactly representable" nudge is a no-op:
+# asymmetric [-1, 2] at 4 bits has step 0.2 and zero point 5; symmetric [-1.5, 1.5] at 2 bits
+# (narrow range: -1, 0, 1) has step 1.5; relu [0, 3] at 4 bits has step 0.2.
+CASES = {
+    "asymmetric": dict(num_bits=4, alpha_init=2.0, beta_init=1.0),
+    "symmetric": dict(num_bits=2, alpha_init=1.5),
+    "relu": dict(num_bits=4, alpha_init=3.0),
+}
+X = np.array([[-2.5, -1.0, -0.3, 0.5, 2.0, 4.0]], dtype=np.float32)
+UPSTREAM = np.array([[0.5, 1.0, 2.0, 3.0, 5.0, 7.0]], dtype=np.float32)
+
+
+def _hand_gradients(mode):
+    """PACT's gradients, written out element by element."""
+    if mode == "asymmetric":
+        low, high = -1.0, 2.0
+    elif mode == "symmetric":
+        low, high = -1.5, 1.5
+    else:
+        low, high = 0.0, 3.0
+    above, below = X >= high, X <= low
+    inside = ~above & ~below
+    d_x = np.where(inside, UPSTREAM, 0.0)
+    d_high = UPSTREAM[above].sum()
+    d_low = UPSTREAM[below].sum()  # d out / d low = 1 where clipped from below
+    if mode == "asymmetric":
+        return d_x, d_high, -d_low  # low = -beta
+    if mode == "symmetric":
+        return d_x, d_high - d_low, None  # low = -alpha
+    return d_x, d_high, None  # low is the constant 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_match_hand_computation(mode):
+    quantizer = PACTQuantizer(mode=mode, **CASES[mode])
+    _, weights = _build(quantizer)
+    x = tf.constant(X)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = quantizer(x, training=False, weights=weights)
+        loss = tf.reduce_sum(y * UPSTREAM)
+    variables = [weights["alpha"]] + ([weights["beta"]] if "beta" in weights else [])
+    grads = tape.gradient(loss, [x] + variables)
+    d_x, d_alpha, d_beta = _hand_gradients(mode)
+    np.testing.assert_allclose(grads[0].numpy(), d_x)
+    np.testing.assert_allclose(grads[1].numpy(), d_alpha, rtol=1e-6)
+    if d_beta is not None:
+        np.testing.assert_allclose(grads[2].numpy(), d_beta, rtol=1e-6)
+    else:
+        assert "beta" not in weights
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_clips_and_rounds_to_the_grid(mode):
+    quantizer = PACTQuantizer(mode=mode, **CASES[mode])
+    _, weights = _build(quantizer)
+    y = quantizer(tf.constant(X), training=False, weights=weights).numpy()
+    low, high = (float(v) for v in quantizer.clip_range(weights))
+    narrow = quantizer.mode == "symmetric"
+    step = (high - low) / (2 ** quantizer.num_bits - 1 - narrow)
+    assert y.min() >= low - 1e-6 and y.max() <= high + 1e-6
+    np.testing.assert_allclose((y - low) / step, np.round((y - low) / step), atol=1e-4)
+    assert quantizer(tf.zeros([1, 6]), training=False, weights=weights).numpy().max() == 0.0
+
+
+def test_variable_names_end_in_pact_alpha_and_beta():
+    layer, _ = _build(PACTQuantizer(mode="asymmetric"))
+    names = [w.name for w in layer.trainable_weights]
+    assert any(n.split(":")[0].endswith("pact_alpha") for n in names)
+    assert any(n.split(":")[0].endswith("pact_beta") for n in names)
+    layer, _ = _build(PACTQuantizer(mode="relu"))
+    assert not any("pact_beta" in w.name for w in layer.weights)
+
+
+def test_auto_init_calibrates_from_first_training_batches():
+    quantizer = PACTQuantizer(num_bits=8, mode="asymmetric", calibration_steps=2)
+    _, weights = _build(quantizer)
+    first = tf.constant([[-1.0, 0.0, 3.0]])
+    second = tf.constant([[-3.0, 0.0, 5.0]])
+    quantizer(first, training=True, weights=weights)
+    assert float(weights["alpha"]) == pytest.approx(3.0)
+    assert float(weights["beta"]) == pytest.approx(1.0)
+    quantizer(second, training=True, weights=weights)
+    assert float(weights["alpha"]) == pytest.approx(4.0)  # running mean of 3 and 5
+    assert float(weights["beta"]) == pytest.approx(2.0)
+    quantizer(tf.constant([[-100.0, 100.0]]), training=True, weights=weights)
+    assert float(weights["alpha"]) == pytest.approx(4.0)  # calibration is over
+    quantizer(tf.constant([[50.0]]), training=False, weights=weights)
+    assert float(weights["calibrated_steps"]) == 2.0
+
+
+def test_numeric_init_does_not_calibrate():
+    quantizer = PACTQuantizer(alpha_init=2.5, mode="relu")
+    _, weights = _build(quantizer)
+    quantizer(tf.constant([[9.0]]), training=True, weights=weights)
+    assert float(weights["alpha"]) == 2.5
+    assert "calibrated_steps" not in weights
+
+
+def test_decay_adds_an_l2_loss_on_alpha():
+    layer, weights = _build(PACTQuantizer(alpha_init=2.0, mode="relu", decay=0.5))
+    assert len(layer.losses) == 1
+    assert float(layer.losses[0]) == pytest.approx(0.5 * 2.0 ** 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_bits=1), "from 2 to 8"),
+    (dict(num_bits=9), "from 2 to 8"),
+    (dict(num_bits=4.0), "from 2 to 8"),
+    (dict(mode="unsigned"), "mode"),
+    (dict(alpha_init="max"), "alpha_init"),
+    (dict(alpha_init=-1.0), "alpha_init"),
+    (dict(beta_init=-1.0), "beta_init"),
+    (dict(decay=-0.1), "decay"),
+    (dict(calibration_steps=0), "calibration_steps"),
+])
+def test_bad_arguments_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PACTQuantizer(**kwargs)
+
+
+def test_config_round_trip_and_registration():
+    quantizer = PACTQuantizer(num_bits=3, mode="symmetric", alpha_init=4.0, decay=1e-4)
+    assert PACTQuantizer.from_config(quantizer.get_config()) == quantizer
+    restored = keras.utils.deserialize_keras_object(keras.utils.serialize_keras_object(quantizer))
+    assert restored == quantizer
+    assert keras.utils.get_registered_name(PACTQuantizer) == "tfcompress>PACTQuantizer"
