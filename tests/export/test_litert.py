@@ -25,6 +25,9 @@ def test_run_rejects_bad_input(float_file, tiny_data):
         litert.run(float_file, tiny_data[:0])
     with pytest.raises(FileNotFoundError, match="No TFLite file"):
         litert.run(float_file.with_name("missing.tflite"), tiny_data)
+    float_file.with_name("x.npy").write_bytes(b"\x93NUMPY" + bytes(64))
+    with pytest.raises(ValueError, match="is not a TFLite flatbuffer"):
+        litert.run(float_file.with_name("x.npy"), tiny_data)
 
 
 def test_compare_latency_interleaves_every_model(tiny_model, tiny_data, float_file):

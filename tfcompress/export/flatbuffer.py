@@ -102,10 +102,13 @@ class QuantRange:
         return self.scale
 
 
-def _read(path: PathLike):
-    # Imported here so that reading the package does not load the runtime.
-    from ai_edge_litert import schema_py_generated as schema
+def read_tflite(path: PathLike) -> bytes:
+    """Returns the bytes of a TFLite file after checking that it is one.
 
+    Raises:
+      FileNotFoundError: if ``path`` is not a file.
+      ValueError: if the file lacks the TFLite flatbuffer identifier.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No TFLite file at {str(path)!r}. Check the path.")
@@ -115,7 +118,14 @@ def _read(path: PathLike):
             f"{str(path)!r} is not a TFLite flatbuffer (no 'TFL3' identifier). "
             "Pass a file written by `tfcompress.export.to_tflite`."
         )
-    return schema, schema.ModelT.InitFromPackedBuf(data, 0)
+    return data
+
+
+def _read(path: PathLike):
+    # Imported here so that reading the package does not load the runtime.
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema, schema.ModelT.InitFromPackedBuf(read_tflite(path), 0)
 
 
 def _enum_names(enum_class) -> Dict[int, str]:

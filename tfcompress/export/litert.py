@@ -16,6 +16,8 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
+from tfcompress.export.flatbuffer import read_tflite
+
 __all__ = ["Latency", "run", "latency", "compare_latency"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -46,12 +48,11 @@ class _Runner:
         from ai_edge_litert.interpreter import Interpreter
 
         path = pathlib.Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No TFLite file at {str(path)!r}. Check the path.")
+        content = read_tflite(path)
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"`threads` must be a positive int, got {threads!r}.")
         self.path = path
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter = Interpreter(model_content=content, num_threads=threads)
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:

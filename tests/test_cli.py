@@ -1,0 +1,161 @@
+"""End to end runs of the ``tfcompress`` command on tiny models in tmp_path."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfcompress._keras import keras
+from tfcompress.cli import COMMANDS, build_parser, main
+from tfcompress.export import quantization_kind
+
+
+def _tiny_model() -> "keras.Model":
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, name="conv1"),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.ReLU(name="relu1"),
+            keras.layers.Conv2D(16, 3, name="conv2"),
+            keras.layers.ReLU(name="relu2"),
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(3, name="logits"),
+        ],
+        name="tiny",
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A saved tiny model and calibration samples, shared by the module's tests."""
+    folder = tmp_path_factory.mktemp("cli")
+    keras.utils.set_random_seed(0)
+    _tiny_model().save(folder / "tiny.keras")
+    samples = np.random.default_rng(0).uniform(0, 1, (48, 8, 8, 1)).astype(np.float32)
+    np.save(folder / "x.npy", samples)
+    return folder
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_every_command_is_registered_with_help():
+    parser = build_parser()
+    names = [command.name for command in COMMANDS]
+    assert {"export", "bench"} <= set(names)
+    for name in names:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([name, "--help"])
+        assert exit_info.value.code == 0
+
+
+def test_export_float_tflite_prints_the_parity_report(files, tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    assert main(["export", str(files / "tiny.keras"), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed
+    assert "parity PASSED: m.tflite (float32) vs Keras on 64 samples (random inputs)" in printed
+    assert quantization_kind(out) == "float32"
+
+
+def test_export_int8_with_calibration(files, tmp_path, capsys):
+    out = tmp_path / "q.tflite"
+    argv = ["export", str(files / "tiny.keras"), "--quantize", "int8",
+            "--calibration", str(files / "x.npy"), "--output", str(out), "--min-agreement", "0.8"]
+    assert main(argv) == 0
+    assert "(int8) vs Keras on 48 samples (--calibration data)" in capsys.readouterr().out
+    assert quantization_kind(out) == "int8"
+
+
+def test_export_int8_without_calibration_explains_the_fix(files, tmp_path, capsys):
+    out = tmp_path / "q.tflite"
+    argv = ["export", str(files / "tiny.keras"), "--quantize", "int8", "--output", str(out)]
+    assert main(argv) == 1
+    assert "needs --calibration FILE.npy" in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_export_fails_when_parity_breaks(files, tmp_path, capsys):
+    out = tmp_path / "d.tflite"
+    argv = ["export", str(files / "tiny.keras"), "--quantize", "dynamic", "--atol", "0",
+            "--output", str(out)]
+    assert main(argv) == 1
+    line = _error_line(capsys)
+    assert "d.tflite was written but does not match the Keras model" in line
+    assert "exceeds the tolerance 0" in line
+
+
+def test_export_saved_model_and_reload_check(files, tmp_path, capsys):
+    out = tmp_path / "sm"
+    argv = ["export", str(files / "tiny.keras"), "--format", "saved_model", "--output", str(out)]
+    assert main(argv) == 0
+    assert "reload check: max |diff| 0 on 64 samples" in capsys.readouterr().out
+    assert (out / "saved_model.pb").is_file()
+    assert main(argv + ["--quantize", "int8"]) == 1
+    assert "--quantize applies to --format tflite only" in _error_line(capsys)
+
+
+def test_bench_prints_latencies_and_the_ratio(files, tmp_path, capsys):
+    a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    model = str(files / "tiny.keras")
+    assert main(["export", model, "--output", str(a)]) == 0
+    assert main(["export", model, "--quantize", "dynamic", "--output", str(b)]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(a), str(b), "--runs", "5", "--warmup", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "median of 5 interleaved runs" in printed
+    ratio = float(printed.strip().splitlines()[-1].split(":")[1])
+    rows = [line.split() for line in printed.splitlines() if line.startswith(str(tmp_path))]
+    assert [row[0] for row in rows] == [str(a), str(b)]
+    assert ratio == pytest.approx(float(rows[1][2]) / float(rows[0][2]), rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "missing.keras", "--output", "m.tflite"], "'missing.keras' does not exist"),
+        (["export", "{model}", "--output", "m.tflite", "--quantize", "int4"], "invalid choice"),
+        (["export", "{model}", "--output", "m.tflite", "--frobnicate"], "unrecognized arguments"),
+        (["bench", "{model}", "--runs", "0"], "0 must be >= 1"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_are_one_line(files, capsys, argv, message):
+    argv = [arg.format(model=files / "tiny.keras") for arg in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    line = _error_line(capsys)
+    assert message in line and line.startswith("tfcompress") and "--help" in line
+
+
+def test_bad_files_are_one_line(files, tmp_path, capsys):
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    argv = ["export", str(files / "tiny.keras"), "--calibration", str(tmp_path / "bad.npy"),
+            "--output", str(tmp_path / "m.tflite")]
+    assert main(argv) == 1
+    assert "is not a numeric .npy array" in _error_line(capsys)
+    assert main(["export", str(files / "tiny.keras"), "--output", "/nonexistent/m.tflite"]) == 1
+    assert "does not exist. Create it first" in _error_line(capsys)
+    assert main(["bench", str(files / "x.npy")]) == 1
+    assert "x.npy' is not a TFLite flatbuffer" in _error_line(capsys)
+
+
+def test_python_m_tfcompress_reports_a_keras3_model_in_one_line(tmp_path):
+    import keras as keras3
+
+    keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)]).save(tmp_path / "k3.keras")
+    command = [sys.executable, "-m", "tfcompress", "export", str(tmp_path / "k3.keras"),
+               "--output", str(tmp_path / "m.tflite")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    (last,) = result.stderr.strip().splitlines()  # TensorFlow's load banner is muted too
+    assert last.startswith("tfcompress export: error: ") and "Keras 3" in last
+    assert "import tf_keras as keras" in last
