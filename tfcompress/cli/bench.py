@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="files to time; ratios are relative to the first",
     )
     parser.add_argument("--threads", type=positive_int, default=1, help="default: 1")
-    parser.add_argument("--runs", type=positive_int, default=100, help="timed rounds (default: 100)")
+    parser.add_argument("--runs", type=positive_int, default=100, help="timed rounds (100)")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed rounds (10)")
 
 

@@ -10,6 +10,7 @@ from tfcompress.cli.command import Command
 
 _FORMATS = ("tflite", "saved_model")
 _QUANTIZE = ("auto", "none", "dynamic", "float16", "int8")
+_RANDOM_SAMPLES = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calibration",
         type=existing_path,
         metavar="FILE.npy",
-        help="samples (n, *input_shape): int8 calibration of a float model, and the parity "
-        "check data (default for the check: random samples of the input shape)",
+        help="samples (n, *input_shape) to calibrate int8 activation ranges of a float model",
+    )
+    parser.add_argument(
+        "--data",
+        type=existing_path,
+        metavar="FILE.npy",
+        help="samples for the parity check (default: the --calibration samples, else random "
+        "inputs, which only indicate parity for quantized files)",
     )
     parser.add_argument("--output", required=True, help="the .tflite file or SavedModel folder")
     parser.add_argument(
@@ -56,18 +63,21 @@ def _check_saved_model(model, path: pathlib.Path, data) -> None:
         )
 
 
+def _check_data(args: argparse.Namespace, model, calibration):
+    """The samples of the parity check and how to name them: --data, --calibration, random."""
+    if args.data is not None:
+        return load_array(args.data, "--data"), "--data samples", True
+    if calibration is not None:
+        return calibration, "--calibration samples", True
+    return random_inputs(model, _RANDOM_SAMPLES), "random inputs in [0, 1)", False
+
+
 def run(args: argparse.Namespace) -> int:
-    from tfcompress.export import (
-        is_qat_model,
-        load_model,
-        to_saved_model,
-        to_tflite,
-        verify,
-    )
+    from tfcompress.export import is_qat_model, load_model, to_saved_model, to_tflite, verify
 
     model = load_model(args.model)
-    data = load_array(args.calibration, "--calibration") if args.calibration else None
-    check_data = data if data is not None else random_inputs(model)
+    calibration = load_array(args.calibration, "--calibration") if args.calibration else None
+    data, source, real = _check_data(args, model, calibration)
     if args.format == "saved_model":
         if args.quantize != "auto":
             raise ValueError(
@@ -75,32 +85,36 @@ def run(args: argparse.Namespace) -> int:
             )
         path = to_saved_model(model, args.output)
         print(f"wrote {path} (SavedModel)")
-        _check_saved_model(model, path, check_data)
+        _check_saved_model(model, path, data)
         return 0
     quantize = None if args.quantize == "none" else args.quantize
-    if quantize == "int8" and data is None and not is_qat_model(model):
+    if quantize == "int8" and calibration is None and not is_qat_model(model):
         raise ValueError(
             "--quantize int8 of a float model needs --calibration FILE.npy (~100 training "
             "samples) to calibrate activation ranges; or export a QAT model."
         )
-    path = to_tflite(model, args.output, quantize, representative_data=data)
+    path = to_tflite(model, args.output, quantize, representative_data=calibration)
     print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
-    source = "--calibration data" if data is not None else "random inputs"
     report = verify(
-        model,
-        path,
-        check_data,
-        atol=args.atol,
-        min_agreement=args.min_agreement,
+        model, path, data, atol=args.atol, min_agreement=args.min_agreement,
         raise_on_failure=False,
     )
-    print(report.summary().replace(" samples", f" samples ({source})", 1))
-    if not report.passed:
-        raise ValueError(
-            f"{path.name} was written but does not match the Keras model: "
-            + " ".join(report.failures)
+    print(f"parity check on {source}:")
+    print(report.summary())
+    if report.passed:
+        return 0
+    if not real and report.kind not in ("float32", "float16"):
+        # Random inputs sit far from the data a quantized model was calibrated on, and
+        # near-tied logits flip under rounding: only real samples make this check strict.
+        print(
+            "note: random inputs are only indicative for a quantized file; pass --data "
+            "FILE.npy with real samples for a strict check."
         )
-    return 0
+        return 0
+    raise ValueError(
+        f"{path.name} was written but does not match the Keras model: "
+        + " ".join(report.failures)
+    )
 
 
 COMMAND = Command(
@@ -109,7 +123,8 @@ COMMAND = Command(
     description=(
         "Exports a tf_keras model and checks the result: a TFLite file is run with LiteRT\n"
         "and compared with the Keras model (max difference, top-1 agreement, float\n"
-        "fallback ops); a SavedModel is reloaded and compared."
+        "fallback ops); a SavedModel is reloaded and compared. A failed check exits 1\n"
+        "(the file stays for inspection)."
     ),
     add_arguments=add_arguments,
     run=run,
