@@ -24,6 +24,8 @@ MODES = ("asymmetric", "symmetric", "relu")
 """Clip ranges: ``[-beta, alpha]``, ``[-alpha, alpha]`` (PaddleSlim) and ``[0, alpha]`` (PACT)."""
 
 _MIN_RANGE = 1e-3  # keeps the quantization step positive if alpha is driven to zero
+_CALIBRATION_SAMPLES = 4096  # values per batch used to pick the initial range
+_CALIBRATION_FACTORS = [0.25 + 0.05 * i for i in range(16)]  # 0.25 .. 1.0 of [min, max]
 
 
 def validate_bits(value: Any, argument: str) -> int:
@@ -89,8 +91,9 @@ class PACTQuantizer(quantizers.Quantizer):
         ``"symmetric"`` ties beta to alpha (PaddleSlim's PACT); ``"relu"`` clips to
         ``[0, alpha]`` (the original PACT).
       alpha_init: ``"auto"`` calibrates alpha (and beta) from the first
-        ``calibration_steps`` training batches (running mean of each batch's max and -min),
-        or a positive number used as the initial alpha.
+        ``calibration_steps`` training batches: for each batch, the clip range (a fraction
+        of its ``[min, max]``) with the least ``num_bits`` quantization error, averaged over
+        the batches; or a positive number used as the initial alpha.
       beta_init: initial beta in asymmetric mode when ``alpha_init`` is a number; defaults
         to ``alpha_init``. Ignored with ``"auto"``.
       decay: L2 regularization factor on alpha and beta (PaddleSlim decays alpha so the
@@ -175,22 +178,44 @@ class PACTQuantizer(quantizers.Quantizer):
             return -alpha, alpha
         return -tf.maximum(weights["beta"], 0.0), alpha
 
+    def _batch_range(self, inputs):
+        """The ``(low, high)`` that minimizes this batch's quantization error (MSE).
+
+        Candidates shrink the batch's ``[min, max]`` by a common factor; at low bit widths
+        the best clip is well inside the extremes (the reason PACT exists), at 8 bits it is
+        close to them.
+        """
+        x = tf.reshape(tf.cast(inputs, tf.float32), [-1])
+        x = x[:: tf.maximum(tf.size(x) // _CALIBRATION_SAMPLES, 1)]
+        high, low = tf.reduce_max(x), tf.minimum(tf.reduce_min(x), 0.0)
+        if self.mode == "symmetric":
+            high = tf.maximum(high, -low)
+            low = -high
+        elif self.mode == "relu":
+            low = tf.zeros_like(low)
+        high = tf.maximum(high, _MIN_RANGE)
+        factors = tf.constant(_CALIBRATION_FACTORS)[:, None]
+        lows, highs = low * factors, high * factors
+        levels = 2.0 ** self.num_bits - 1.0 - float(self.mode == "symmetric")
+        step = (highs - lows) / levels
+        clipped = tf.minimum(tf.maximum(x[None, :], lows), highs)
+        q = tf.round((clipped - lows) / step) * step + lows
+        best = tf.argmin(tf.reduce_mean(tf.square(q - x[None, :]), axis=1))
+        return lows[best, 0], highs[best, 0]
+
     def _calibrate(self, inputs, weights):
-        """Folds this batch's range into the running means over the first training batches."""
+        """Folds this batch's best range into the running means over the first batches."""
         steps = weights["calibrated_steps"]
         alpha, beta = weights["alpha"], weights.get("beta")
 
         def update():
+            low, high = self._batch_range(inputs)
             n = steps + 1.0
-            x = tf.cast(inputs, tf.float32)
-            high, low = tf.reduce_max(x), tf.reduce_min(x)
-            if self.mode == "symmetric":
-                high = tf.maximum(high, -low)
             # The first batch replaces the placeholder init; later ones average in.
             keep = tf.where(steps > 0, (n - 1.0) / n, 0.0)
-            ops = [alpha.assign(keep * alpha + (1.0 - keep) * tf.maximum(high, _MIN_RANGE))]
+            ops = [alpha.assign(keep * alpha + (1.0 - keep) * high)]
             if beta is not None:
-                ops.append(beta.assign(keep * beta + (1.0 - keep) * tf.maximum(-low, 0.0)))
+                ops.append(beta.assign(keep * beta + (1.0 - keep) * -low))
             with tf.control_dependencies(ops):
                 return tf.identity(steps.assign_add(1.0))
 

@@ -1,0 +1,175 @@
+"""quantize_model end to end on real data: accuracy, learned ranges, int8 TFLite, save/load."""
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from tfcompress._keras import keras
+from tfcompress.export import activation_ranges, litert, tflite_ops, to_tflite
+from tfcompress.models import compile_classifier
+from tfcompress.quantization import MODES, clip_ranges, quantize_model, quantize_scope
+
+L = keras.layers
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+
+
+@pytest.fixture(scope="module")
+def qat_4bit(trained_cnn, digits):
+    """The trained CNN after 4-bit/4-bit PACT QAT, with its ranges before training."""
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    qat = compile_classifier(quantize_model(trained_cnn, 4, 4), learning_rate=5e-4)
+    qat.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)  # calibrates "auto" ranges
+    calibrated = clip_ranges(qat)
+    qat.fit(x, y, batch_size=32, epochs=6, verbose=0)
+    return qat, calibrated
+
+
+def test_4bit_pact_moves_alphas_and_stays_within_one_point_of_float(qat_4bit, trained_cnn,
+                                                                   digits):
+    qat, calibrated = qat_4bit
+    _, (x_test, y_test) = digits
+    learned = clip_ranges(qat)
+    assert set(learned) == set(calibrated) and len(learned) >= 8
+    moved = [name for name in learned if abs(learned[name][1] - calibrated[name][1]) > 1e-3]
+    assert len(moved) >= len(learned) - 1, f"alphas that did not move: {set(learned) - set(moved)}"
+    float_accuracy = _accuracy(trained_cnn, x_test, y_test)
+    assert _accuracy(qat, x_test, y_test) >= float_accuracy - 0.01
+
+
+def test_fused_activations_are_quantized_once(qat_4bit):
+    qat, _ = qat_4bit
+    quantized = set(clip_ranges(qat))
+    assert "stem_relu" in quantized and "stem_conv" not in quantized  # Conv -> BN -> ReLU
+    assert "block1_out" in quantized and "block1_add" not in quantized  # Add -> ReLU
+    assert "block1b_conv" in quantized  # feeds the Add, not an activation
+    assert not any("bn" in name for name in quantized)  # BatchNorms were folded
+
+
+@pytest.fixture(scope="module")
+def int8_export(trained_cnn, digits, tmp_path_factory):
+    """8-bit activations, 4-bit weights: QAT, then an int8 TFLite file."""
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    qat = compile_classifier(quantize_model(trained_cnn, activation_bits=8, weight_bits=4),
+                             learning_rate=5e-4)
+    qat.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    path = to_tflite(qat, tmp_path_factory.mktemp("tflite") / "qat.tflite")
+    return qat, path
+
+
+def test_int8_tflite_has_no_float_compute_ops(int8_export):
+    _, path = int8_export
+    compute = [op for op in tflite_ops(path)
+               if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    assert len(compute) == 7
+    for op in compute:
+        assert [t.dtype for t in op.inputs[:2]] == ["int8", "int8"], op
+        assert op.outputs[0].dtype == "int8", op
+
+
+def test_tflite_ranges_equal_the_learned_pact_ranges(int8_export):
+    qat, path = int8_export
+    ranges = activation_ranges(path)
+    learned = clip_ranges(qat)
+    checked = 0
+    for layer, (low, high) in learned.items():
+        prefix = "quantize_layer/" if layer == "quantize_layer" else f"quant_{layer}/"
+        matches = [r for name, r in ranges.items() if prefix in name]
+        if not matches:
+            continue  # e.g. a tensor TFLite fused away
+        step = (high - low) / 255
+        assert any(abs(r.min - low) <= step and abs(r.max - high) <= step for r in matches), \
+            (layer, (low, high), matches)
+        checked += 1
+    assert checked >= len(learned) - 1
+
+
+def test_tflite_agrees_with_the_keras_qat_model(int8_export, digits):
+    qat, path = int8_export
+    _, (x_test, _) = digits
+    tflite = litert.run(path, x_test)
+    keras_out = qat.predict(x_test, verbose=0)
+    agreement = np.mean(np.argmax(tflite, 1) == np.argmax(keras_out, 1))
+    assert agreement >= 0.99
+
+
+def test_4bit_weights_take_at_most_16_values_per_output_channel(int8_export):
+    _, path = int8_export
+    interpreter = Interpreter(model_path=str(path))
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    checked = 0
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        kernel = interpreter.get_tensor(details[op["inputs"][1]]["index"])
+        channels = kernel.reshape(-1, kernel.shape[-1]).T if op["op_name"] == \
+            "DEPTHWISE_CONV_2D" else kernel.reshape(kernel.shape[0], -1)
+        assert kernel.dtype == np.int8
+        assert max(len(np.unique(c)) for c in channels) <= 16
+        checked += 1
+    assert checked == 7
+
+
+def _tiny_model():
+    inputs = keras.Input((8, 8, 2))
+    x = L.Conv2D(4, 3, padding="same")(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    y = L.DepthwiseConv2D(3, padding="same")(x)
+    x = L.Add()([x, y])
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(3)(x))
+
+
+ROUND_TRIPS = [(bits, MODES[bits % 3]) for bits in range(2, 9)] + [(4, mode) for mode in MODES]
+
+
+@pytest.mark.parametrize("bits, mode", ROUND_TRIPS)
+def test_save_and_load_in_every_format(bits, mode, tmp_path):
+    qat = compile_classifier(quantize_model(_tiny_model(), bits, bits, mode=mode))
+    data = np.random.default_rng(bits).normal(size=(8, 8, 8, 2)).astype(np.float32)
+    qat.fit(data, np.arange(8) % 3, epochs=1, verbose=0)
+    expected = qat.predict(data, verbose=0)
+    for name in ("qat.keras", "qat.h5", "qat_savedmodel"):
+        qat.save(tmp_path / name)
+        with quantize_scope():
+            restored = keras.models.load_model(tmp_path / name)
+        np.testing.assert_array_equal(restored.predict(data, verbose=0), expected)
+        assert clip_ranges(restored) == clip_ranges(qat)
+
+
+def test_unsupported_layers_are_listed_or_kept_float_on_request():
+    inputs = keras.Input((6,))
+    x = L.Dense(4, name="dense_in")(inputs)
+    x = L.LayerNormalization(name="norm")(x)
+    model = keras.Model(inputs, L.Dense(2, name="dense_out")(x))
+    with pytest.raises(ValueError, match=r"norm \(LayerNormalization\).*skip_unsupported=True"):
+        quantize_model(model)
+    qat = quantize_model(model, skip_unsupported=True)
+    assert type(qat.get_layer("norm")) is L.LayerNormalization
+    assert "dense_out" in clip_ranges(qat)
+    qat = quantize_model(model, exclude=["norm", "dense_out"])
+    assert "dense_out" not in clip_ranges(qat)
+    with pytest.raises(ValueError, match="not in the model"):
+        quantize_model(model, exclude=["nope"])
+
+
+def test_bad_models_get_clear_errors():
+    import keras as keras3  # Keras 3, what `tf.keras` is by default since TF 2.16
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    sub = Subclassed()
+    sub.build((None, 3))
+    with pytest.raises(ValueError, match="subclassed"):
+        quantize_model(sub)
+    with pytest.raises(TypeError, match="Keras 3"):
+        quantize_model(keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)]))
+    with pytest.raises(ValueError, match="from 2 to 8"):
+        quantize_model(_tiny_model(), activation_bits=1)
