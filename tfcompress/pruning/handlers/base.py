@@ -1,0 +1,241 @@
+"""The extension seam of the channel graph: one :class:`ChannelHandler` per layer family.
+
+The tracer (:class:`tfcompress.pruning.ChannelGraph`) walks a model call by call and asks the
+handler of each layer:
+
+* :meth:`ChannelHandler.barrier_reason` once per layer: can this configuration be reasoned
+  about at all (e.g. ``data_format="channels_first"`` cannot)? A reason makes it a barrier.
+* :meth:`ChannelHandler.propagate` once per call: given the channel :class:`Layout` of each
+  input, return the layout of each output, creating fresh channel spaces (producers),
+  coupling spaces (``tracer.unify``) or blocking them (``tracer.block``).
+
+After tracing, masking, counting and rebuilding read the declarative :attr:`weights` table
+(which axis of which weight carries input or output channels) through:
+
+* :meth:`filters` - the ``(n_out_channels, n_features)`` view that criteria score,
+* :meth:`slice_weight` / :meth:`sliced_shape` - the rebuild and the parameter count,
+* :meth:`zero_weight` - :func:`apply_masks`,
+* :meth:`edit_config` - the rebuild's config surgery,
+* :meth:`macs` - multiply-accumulates of one call.
+
+Example (a layer that scales each channel by a learned vector, output = x * gamma):
+
+    class ChannelScaleHandler(CoupledHandler):
+        weights = {"gamma": WeightSpec({0: OUT}, zero=OUT)}
+
+    HANDLERS.append((ChannelScale, ChannelScaleHandler()))   # see registry.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfcompress.pruning.layout import KeptFn, Layout
+
+__all__ = [
+    "IN", "OUT", "MID", "WeightSpec", "Call", "Tracer", "ChannelHandler", "BarrierHandler",
+    "CoupledHandler", "maps_zero_to_zero", "channels_last_reason",
+]
+
+#: Weight-axis roles: input channels, output channels, and (SeparableConv) the depthwise
+#: output between its two kernels.
+IN, OUT, MID = "in", "out", "mid"
+
+Shape = Tuple[Optional[int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    """Which axes of one weight carry channels, and what :func:`apply_masks` zeroes.
+
+    Attributes:
+      axes: ``{axis: role}`` with role IN, OUT or MID.
+      zero: role whose pruned channels are zeroed by ``apply_masks`` (None: never zeroed, e.g.
+        BatchNorm moving statistics, which do not matter once gamma and beta are 0).
+      consumes: zero the IN slice for pruned channels that arrive *non-zero* (not clean),
+        e.g. a Conv kernel after a sigmoid, so the masked model equals the rebuilt one.
+    """
+
+    axes: Mapping[int, str]
+    zero: Optional[str] = None
+    consumes: bool = False
+
+
+@dataclasses.dataclass
+class Call:
+    """One call of a layer, as seen by its handler while tracing."""
+
+    layer: Any
+    key: str
+    inputs: List[Layout]
+    input_shapes: List[Shape]
+    output_shapes: List[Shape]
+    args: Any = ()
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tensor_ids: Sequence[int] = ()
+    outputs: List[Layout] = dataclasses.field(default_factory=list)
+
+
+class Tracer(Protocol):
+    """What a handler may do to the channel graph while propagating one call."""
+
+    def fresh(self, call: Call, size: int, *, clean: bool = True, index: int = 0) -> Layout:
+        """A new space of ``size`` channels produced by this layer (same space on every call)."""
+
+    def unify(self, call: Call, layouts: Sequence[Layout]) -> Optional[Layout]:
+        """Couples the layouts (same channels everywhere); None (and blocked) if misaligned."""
+
+    def block(self, call: Call, layout: Layout, reason: str) -> None:
+        """Marks every space of ``layout`` unprunable because of this layer."""
+
+    def opaque(self, call: Call, reason: str) -> List[Layout]:
+        """Makes this call a barrier: blocks its inputs, returns blocked output layouts."""
+
+    def constrain(self, call: Call, layout: Layout, blocks: int) -> bool:
+        """Requires ``layout`` to keep the same number of channels in each of ``blocks``
+        contiguous blocks (grouped convolutions); blocks it and returns False if impossible."""
+
+
+def maps_zero_to_zero(fn: Callable[[tf.Tensor], Any]) -> bool:
+    """True if ``fn(0) == 0`` exactly (relu, swish, tanh: yes; sigmoid, exp: no)."""
+    try:
+        value = np.asarray(fn(tf.zeros((1, 1))))
+    except Exception:  # an activation that cannot run on a constant: assume the worst
+        return False
+    return bool(np.all(value == 0))
+
+
+def channels_last_reason(layer: Any) -> Optional[str]:
+    """A barrier reason for layers configured with channels first, else None."""
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return "data_format='channels_first' (only channels_last is traced)"
+    return None
+
+
+def _prod(dims: Sequence[Optional[int]]) -> int:
+    return int(math.prod(d if d is not None else 1 for d in dims))
+
+
+class ChannelHandler:
+    """Base class: how one layer family moves, consumes and produces channels.
+
+    Subclasses set :attr:`weights` (attribute name of the weight -> :class:`WeightSpec`) and
+    :attr:`size_key` (the config key holding the number of output channels, if any), and
+    override :meth:`propagate`.
+    """
+
+    weights: Mapping[str, WeightSpec] = {}
+    size_key: Optional[str] = None
+
+    def barrier_reason(self, layer: Any) -> Optional[str]:
+        """Why this layer's configuration cannot be traced, or None if it can."""
+        return channels_last_reason(layer)
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        """Returns the layout of each output of ``call`` (see the module docstring)."""
+        raise NotImplementedError
+
+    # ----- read by masking, counting and rebuilding -------------------------------------
+    def role_layout(self, layer: Any, role: str, call: Call) -> Layout:
+        """The layout that indexes weight axes with ``role`` (first call of the layer)."""
+        return call.inputs[0] if role == IN else call.outputs[0]
+
+    def filters(self, layer: Any) -> Optional[np.ndarray]:
+        """``(n_out_channels, n_features)`` filters of a producer, None for other layers."""
+        return None
+
+    def sliced_shape(self, layer: Any, attr: str, shape: Shape,
+                     counts: Mapping[str, Optional[int]]) -> Shape:
+        """The shape of weight ``attr`` once each role keeps ``counts[role]`` positions
+        (None: the role keeps all its positions)."""
+        spec = self.weights.get(attr)
+        if spec is None:
+            return shape
+        roles = [self._role_at(spec, axis, len(shape)) for axis in range(len(shape))]
+        return tuple(counts[role] if role and counts.get(role) is not None else dim
+                     for role, dim in zip(roles, shape))
+
+    @staticmethod
+    def _role_at(spec: WeightSpec, axis: int, ndim: int) -> Optional[str]:
+        return spec.axes.get(axis, spec.axes.get(axis - ndim))
+
+    def slice_weight(self, layer: Any, attr: str, value: np.ndarray,
+                     positions: Mapping[str, Optional[np.ndarray]]) -> np.ndarray:
+        """Keeps ``positions[role]`` along every channel axis of weight ``attr`` (None: all)."""
+        spec = self.weights.get(attr)
+        if spec is None:
+            return value
+        for axis in range(value.ndim):
+            role = self._role_at(spec, axis, value.ndim)
+            if role is not None and positions.get(role) is not None:
+                value = np.take(value, positions[role], axis=axis)
+        return value
+
+    def zero_weight(self, layer: Any, attr: str, value: np.ndarray, role: str,
+                    positions: np.ndarray) -> np.ndarray:
+        """Zeroes ``positions`` along the axes of weight ``attr`` that carry ``role``."""
+        spec = self.weights[attr]
+        value = value.copy()
+        for axis in range(value.ndim):
+            if self._role_at(spec, axis, value.ndim) == role:
+                index = [slice(None)] * value.ndim
+                index[axis] = positions
+                value[tuple(index)] = 0
+        return value
+
+    def edit_config(self, config: Dict[str, Any], layer: Any,
+                    positions: Mapping[str, Optional[np.ndarray]]) -> Dict[str, Any]:
+        """The layer config of the rebuilt layer (``size_key`` set to the kept count)."""
+        if self.size_key is not None and positions.get(OUT) is not None:
+            config = dict(config, **{self.size_key: int(len(positions[OUT]))})
+        return config
+
+    def after_set_weights(self, layer: Any) -> None:
+        """Called on the rebuilt layer after its weights were set (refresh derived state)."""
+
+    def macs(self, call: Call, n_in: int, n_out: int) -> int:
+        """Multiply-accumulates of one call with ``n_in``/``n_out`` channels kept."""
+        return 0
+
+
+class BarrierHandler(ChannelHandler):
+    """Layers tfcompress cannot reason about: every channel touching them stays."""
+
+    def __init__(self, reason: str = "no channel handler for this layer type "
+                 "(custom layer, Lambda or unsupported op)") -> None:
+        self.reason = reason
+
+    def barrier_reason(self, layer: Any) -> Optional[str]:
+        return self.reason
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        return tracer.opaque(call, self.reason)
+
+
+class CoupledHandler(ChannelHandler):
+    """Channel-wise layers: output channel ``c`` depends only on input channel ``c``.
+
+    ``zero_preserving`` says whether a zero input channel stays zero (pooling, padding,
+    dropout: yes). Subclasses with per-channel weights that ``apply_masks`` zeroes set
+    ``makes_clean``: the output of a pruned channel is then 0 whatever came in.
+    """
+
+    zero_preserving: bool = True
+    makes_clean: bool = False
+
+    def output_clean(self, call: Call) -> bool:
+        """Whether pruned channels are exactly zero in the output."""
+        return self.makes_clean or (call.inputs[0].clean and self.zero_preserving)
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        return [call.inputs[0].with_clean(self.output_clean(call))]
+
+
+def spatial(shape: Shape) -> int:
+    """Product of the spatial dimensions (unknown ones count as 1)."""
+    return _prod(shape[1:-1])

@@ -1,0 +1,166 @@
+"""Convolutions: Conv1D/2D/3D (grouped too), transposed, depthwise and separable."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Mapping, Optional
+
+import numpy as np
+
+from tfcompress.pruning.handlers.base import (
+    IN, MID, OUT, Call, ChannelHandler, CoupledHandler, Tracer, WeightSpec, maps_zero_to_zero,
+    spatial,
+)
+from tfcompress.pruning.layout import Layout
+
+__all__ = ["ConvHandler", "ConvTransposeHandler", "DepthwiseConvHandler", "SeparableConvHandler"]
+
+
+def _activation_clean(layer: Any) -> bool:
+    activation = getattr(layer, "activation", None)
+    return activation is None or maps_zero_to_zero(activation)
+
+
+def _kernel_volume(layer: Any) -> int:
+    return int(math.prod(layer.kernel_size))
+
+
+class ConvHandler(ChannelHandler):
+    """``Conv1D/2D/3D``: kernel ``(*k, in // groups, out)``; a producer of ``filters`` channels.
+
+    Grouped convolutions (``groups > 1``) are exact: input and output channels are split into
+    ``groups`` contiguous blocks and pruning keeps the same number of channels in every block,
+    so the rebuilt layer is again a valid grouped convolution.
+    """
+
+    weights = {
+        "kernel": WeightSpec({-1: OUT, -2: IN}, zero=OUT, consumes=True),
+        "bias": WeightSpec({0: OUT}, zero=OUT),
+    }
+    size_key = "filters"
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        layer = call.layer
+        groups = getattr(layer, "groups", 1)
+        if groups > 1:
+            tracer.constrain(call, call.inputs[0], groups)
+        out = tracer.fresh(call, layer.filters, clean=_activation_clean(layer))
+        if groups > 1:
+            tracer.constrain(call, out, groups)
+        return [out]
+
+    def filters(self, layer: Any) -> Optional[np.ndarray]:
+        kernel = layer.kernel.numpy()
+        return kernel.reshape(-1, kernel.shape[-1]).T
+
+    def sliced_shape(self, layer, attr, shape, counts):
+        shape = super().sliced_shape(layer, attr, shape, counts)
+        if attr == "kernel" and layer.groups > 1 and counts.get(IN) is not None:
+            shape = shape[:-2] + (counts[IN] // layer.groups, shape[-1])  # in // groups
+        return shape
+
+    def _grouped_in_index(self, layer: Any, in_pos: np.ndarray, out_pos: np.ndarray,
+                          n_in: int) -> np.ndarray:
+        """``(len(in_pos)//groups, len(out_pos))``: kernel in-axis rows kept per output."""
+        per_group_in = n_in // layer.groups
+        per_group_out = layer.filters // layer.groups
+        rel = in_pos.reshape(layer.groups, -1) - (np.arange(layer.groups) * per_group_in)[:, None]
+        return rel[out_pos // per_group_out].T
+
+    def slice_weight(self, layer, attr, value, positions):
+        if attr != "kernel" or layer.groups == 1:
+            return super().slice_weight(layer, attr, value, positions)
+        n_in = value.shape[-2] * layer.groups
+        in_pos = positions.get(IN)
+        out_pos = positions.get(OUT)
+        in_pos = np.arange(n_in) if in_pos is None else in_pos
+        out_pos = np.arange(layer.filters) if out_pos is None else out_pos
+        value = value[..., out_pos]
+        index = self._grouped_in_index(layer, in_pos, out_pos, n_in)
+        index = index.reshape((1,) * (value.ndim - 2) + index.shape)
+        return np.take_along_axis(value, index, axis=-2)
+
+    def zero_weight(self, layer, attr, value, role, positions):
+        if attr != "kernel" or layer.groups == 1 or role != IN:
+            return super().zero_weight(layer, attr, value, role, positions)
+        value = value.copy()
+        per_group_in = value.shape[-2]
+        per_group_out = layer.filters // layer.groups
+        for pos in positions:  # a pruned input channel feeds the outputs of its block only
+            block = pos // per_group_in
+            value[..., pos - block * per_group_in, block * per_group_out:(block + 1) * per_group_out] = 0
+        return value
+
+    def macs(self, call: Call, n_in: int, n_out: int) -> int:
+        layer = call.layer
+        return spatial(call.output_shapes[0]) * _kernel_volume(layer) * (n_in // layer.groups) * n_out
+
+
+class ConvTransposeHandler(ConvHandler):
+    """``Conv1D/2D/3DTranspose``: kernel ``(*k, out, in)``."""
+
+    weights = {
+        "kernel": WeightSpec({-2: OUT, -1: IN}, zero=OUT, consumes=True),
+        "bias": WeightSpec({0: OUT}, zero=OUT),
+    }
+
+    def barrier_reason(self, layer: Any) -> Optional[str]:
+        if getattr(layer, "groups", 1) != 1:
+            return "grouped transposed convolution"
+        return super().barrier_reason(layer)
+
+    def filters(self, layer: Any) -> Optional[np.ndarray]:
+        kernel = np.moveaxis(layer.kernel.numpy(), -2, 0)
+        return kernel.reshape(kernel.shape[0], -1)
+
+    def macs(self, call: Call, n_in: int, n_out: int) -> int:
+        return spatial(call.input_shapes[0]) * _kernel_volume(call.layer) * n_in * n_out
+
+
+class DepthwiseConvHandler(CoupledHandler):
+    """``DepthwiseConv1D/2D``: output ``c*m + k`` comes from input ``c`` (``m`` = multiplier).
+
+    The kernel ``(*k, in, m)`` and bias of pruned channels are zeroed, so its output for them
+    is 0 whatever comes in (unless its activation maps 0 elsewhere).
+    """
+
+    weights = {
+        "depthwise_kernel": WeightSpec({-2: IN}, zero=IN),
+        "bias": WeightSpec({0: OUT}, zero=OUT),
+    }
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        layout = call.inputs[0].repeated(call.layer.depth_multiplier)
+        return [layout.with_clean(_activation_clean(call.layer))]
+
+    def macs(self, call: Call, n_in: int, n_out: int) -> int:
+        return spatial(call.output_shapes[0]) * _kernel_volume(call.layer) * n_out
+
+
+class SeparableConvHandler(ConvHandler):
+    """``SeparableConv1D/2D``: a depthwise kernel ``(*k, in, m)`` then a pointwise kernel
+    ``(1, 1, in*m, out)``; produces ``filters`` channels like a Conv."""
+
+    weights = {
+        "depthwise_kernel": WeightSpec({-2: IN}, consumes=True),
+        "pointwise_kernel": WeightSpec({-2: MID, -1: OUT}, zero=OUT),
+        "bias": WeightSpec({0: OUT}, zero=OUT),
+    }
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        return [tracer.fresh(call, call.layer.filters, clean=_activation_clean(call.layer))]
+
+    def role_layout(self, layer: Any, role: str, call: Call) -> Layout:
+        if role == MID:
+            return call.inputs[0].repeated(layer.depth_multiplier)
+        return super().role_layout(layer, role, call)
+
+    def filters(self, layer: Any) -> Optional[np.ndarray]:
+        kernel = layer.pointwise_kernel.numpy()
+        return kernel.reshape(-1, kernel.shape[-1]).T
+
+    def macs(self, call: Call, n_in: int, n_out: int) -> int:
+        mid = n_in * call.layer.depth_multiplier
+        volume = spatial(call.output_shapes[0])
+        return volume * (_kernel_volume(call.layer) * mid + mid * n_out)
+

@@ -1,0 +1,52 @@
+"""Dense (on the last axis) and Embedding (its output dimension)."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import numpy as np
+
+from tfcompress.pruning.handlers.base import (
+    IN, OUT, Call, ChannelHandler, Tracer, WeightSpec, maps_zero_to_zero, spatial,
+)
+from tfcompress.pruning.layout import Layout
+
+__all__ = ["DenseHandler", "EmbeddingHandler"]
+
+
+class DenseHandler(ChannelHandler):
+    """``Dense``: kernel ``(in, out)`` on the last axis; a producer of ``units`` channels.
+
+    After ``Flatten`` its input layout is tiled, so pruning a channel removes the kernel rows
+    of that channel at every spatial position.
+    """
+
+    weights = {
+        "kernel": WeightSpec({0: IN, 1: OUT}, zero=OUT, consumes=True),
+        "bias": WeightSpec({0: OUT}, zero=OUT),
+    }
+    size_key = "units"
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        clean = maps_zero_to_zero(call.layer.activation)
+        return [tracer.fresh(call, call.layer.units, clean=clean)]
+
+    def filters(self, layer: Any) -> Optional[np.ndarray]:
+        return layer.kernel.numpy().T
+
+    def macs(self, call: Call, n_in: int, n_out: int) -> int:
+        return spatial(call.output_shapes[0]) * n_in * n_out
+
+
+class EmbeddingHandler(ChannelHandler):
+    """``Embedding``: ``embeddings (vocab, out)``; its integer input carries no channels."""
+
+    weights = {"embeddings": WeightSpec({-1: OUT}, zero=OUT)}
+    size_key = "output_dim"
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        tracer.block(call, call.inputs[0], "integer indices into an Embedding")
+        return [tracer.fresh(call, call.layer.output_dim)]
+
+    def filters(self, layer: Any) -> Optional[np.ndarray]:
+        return layer.embeddings.numpy().T

@@ -1,0 +1,127 @@
+"""Normalization and per-channel affine layers.
+
+BatchNormalization is made exact by zeroing gamma and beta of pruned channels: its output
+for them is then 0 whatever its moving statistics (with ``scale=False`` it is
+``beta - mean / sqrt(var + eps)``, not 0, so consumers zero their input slice instead).
+LayerNormalization over the channel axis mixes channels (a removed channel changes the mean
+and variance of the others), so it is a barrier; over other axes it is channel-wise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from tfcompress.pruning.handlers.base import (
+    OUT, Call, CoupledHandler, Tracer, WeightSpec,
+)
+from tfcompress.pruning.layout import Layout
+
+__all__ = [
+    "BatchNormHandler", "LayerNormHandler", "NormalizationHandler", "RescalingHandler",
+    "ChannelScaleHandler",
+]
+
+
+def _axes(axis: Any, rank: int) -> List[int]:
+    axis = [axis] if isinstance(axis, int) else list(axis or [])
+    return sorted(a % rank for a in axis)
+
+
+class _PerChannelAxisMixin:
+    """Layers whose ``axis`` must be exactly the last (channel) axis."""
+
+    def _axis_reason(self, call: Call) -> Optional[str]:
+        rank = len(call.input_shapes[0])
+        if _axes(call.layer.axis, rank) != [rank - 1]:
+            return f"axis={call.layer.axis!r} is not the channel (last) axis"
+        return None
+
+
+class BatchNormHandler(_PerChannelAxisMixin, CoupledHandler):
+    """``BatchNormalization`` on the last axis: gamma/beta zeroed, statistics sliced."""
+
+    weights = {
+        "gamma": WeightSpec({0: OUT}, zero=OUT),
+        "beta": WeightSpec({0: OUT}, zero=OUT),
+        "moving_mean": WeightSpec({0: OUT}),
+        "moving_variance": WeightSpec({0: OUT}),
+    }
+
+    def output_clean(self, call: Call) -> bool:
+        return bool(call.layer.scale)
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        reason = self._axis_reason(call)
+        return tracer.opaque(call, reason) if reason else super().propagate(call, tracer)
+
+
+class LayerNormHandler(CoupledHandler):
+    """``LayerNormalization``: a barrier over the channel axis, channel-wise otherwise."""
+
+    zero_preserving = False
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        rank = len(call.input_shapes[0])
+        if rank - 1 in _axes(call.layer.axis, rank):
+            return tracer.opaque(call, "normalizes across the channel axis")
+        return super().propagate(call, tracer)
+
+
+class NormalizationHandler(_PerChannelAxisMixin, CoupledHandler):
+    """``Normalization`` (preprocessing) with per-channel or global statistics."""
+
+    zero_preserving = False
+    weights = {
+        "adapt_mean": WeightSpec({0: OUT}),
+        "adapt_variance": WeightSpec({0: OUT}),
+    }
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        if call.layer.axis and self._axis_reason(call):
+            return tracer.opaque(call, self._axis_reason(call))
+        return super().propagate(call, tracer)
+
+    def edit_config(self, config: Dict[str, Any], layer: Any,
+                    positions: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+        config = dict(config)
+        for key in ("mean", "variance"):
+            value = config.get(key)
+            if value is not None and np.size(value) > 1 and positions.get(OUT) is not None:
+                config[key] = np.asarray(value).reshape(-1)[positions[OUT]].tolist()
+        return config
+
+    def after_set_weights(self, layer: Any) -> None:
+        if getattr(layer, "adapt_mean", None) is not None:
+            layer.finalize_state()
+
+
+class RescalingHandler(CoupledHandler):
+    """``Rescaling``: ``x * scale + offset``, scalars or one value per channel."""
+
+    def output_clean(self, call: Call) -> bool:
+        return call.inputs[0].clean and not np.any(np.asarray(call.layer.offset) != 0)
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        channels = call.input_shapes[0][-1]
+        for value in (call.layer.scale, call.layer.offset):
+            if np.ndim(value) > 0 and np.size(value) not in (1, channels):
+                return tracer.opaque(call, f"scale/offset of shape {np.shape(value)}")
+        return super().propagate(call, tracer)
+
+    def edit_config(self, config: Dict[str, Any], layer: Any,
+                    positions: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+        config = dict(config)
+        for key in ("scale", "offset"):
+            if np.size(config[key]) > 1 and positions.get(OUT) is not None:
+                config[key] = np.asarray(config[key]).reshape(-1)[positions[OUT]].tolist()
+        return config
+
+
+class ChannelScaleHandler(CoupledHandler):
+    """Per-channel learned scale ``x * gamma`` (ConvNeXt's ``LayerScale``)."""
+
+    weights = {"gamma": WeightSpec({0: OUT}, zero=OUT)}
+    makes_clean = True
+    size_key = "projection_dim"

@@ -1,0 +1,62 @@
+"""Layers that rearrange axes: Flatten, Reshape, Permute.
+
+Row-major reshapes that keep the last axis intact keep the channel layout. Reshapes that
+merge trailing axes into the last one (``Flatten``, ``Reshape((-1,))``) tile it: feature
+``p * C + c`` is channel ``c`` at position ``p``, so a consumer Dense drops the rows of a
+pruned channel at every position. Anything else is a barrier.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Sequence
+
+from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer, channels_last_reason
+from tfcompress.pruning.layout import Layout
+
+__all__ = ["ReshapeHandler", "PermuteHandler", "trailing_tile"]
+
+
+def trailing_tile(in_shape: Sequence[Optional[int]], out_shape: Sequence[Optional[int]]) -> Optional[int]:
+    """How many times the input's last axis is tiled into the output's last axis, or None.
+
+    The output's last axis must be exactly the product of some trailing input axes.
+    """
+    dims = list(in_shape[1:])
+    out_last = out_shape[-1] if len(out_shape) > 1 else None
+    if not dims or out_last is None:
+        return None
+    for start in range(len(dims) - 1, -1, -1):
+        trailing = dims[start:]
+        if any(d is None for d in trailing):
+            return None
+        product = math.prod(trailing)
+        if product == out_last:
+            return product // dims[-1]
+        if product > out_last:
+            return None
+    return None
+
+
+class ReshapeHandler(ChannelHandler):
+    """``Flatten`` and ``Reshape``."""
+
+    def barrier_reason(self, layer: Any) -> Optional[str]:
+        return channels_last_reason(layer)
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        tile = trailing_tile(call.input_shapes[0], call.output_shapes[0])
+        if tile is None:
+            return tracer.opaque(call, f"reshape {call.input_shapes[0]} -> "
+                                       f"{call.output_shapes[0]} splits the channel axis")
+        return [call.inputs[0].tiled(tile) if tile > 1 else call.inputs[0]]
+
+
+class PermuteHandler(ChannelHandler):
+    """``Permute`` that leaves the channel axis last."""
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        dims = tuple(call.layer.dims)
+        if dims[-1] != len(dims):
+            return tracer.opaque(call, f"Permute{dims} moves the channel axis")
+        return [call.inputs[0]]

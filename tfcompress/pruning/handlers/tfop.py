@@ -1,0 +1,76 @@
+"""TensorFlow ops recorded in Functional models (``TFOpLambda``), e.g. ``x + 3.0``.
+
+Only ops listed in :data:`TF_OPS` are traced; any other op is a barrier. Unary ops and ops
+with a scalar constant are channel-wise; ops between two tensors are element-wise merges.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer, maps_zero_to_zero
+from tfcompress.pruning.handlers.merge import merge_layouts
+from tfcompress.pruning.layout import Layout
+
+__all__ = ["TFOpHandler", "TF_OPS"]
+
+_UNARY = None  # channel-wise op of one tensor (plus scalar constants)
+_SUM: Callable[[Iterable[bool]], bool] = all
+_PRODUCT: Callable[[Iterable[bool]], bool] = any
+
+#: ``TFOpLambda.symbol`` -> how two tensor operands combine (None: the op is unary).
+TF_OPS: Dict[str, Optional[Callable[[Iterable[bool]], bool]]] = {
+    "__operators__.add": _SUM, "math.add": _SUM, "math.subtract": _SUM,
+    "math.maximum": _SUM, "math.minimum": _SUM,
+    "math.multiply": _PRODUCT, "math.truediv": _UNARY, "math.divide": _UNARY,
+    "identity": _UNARY, "nn.relu": _UNARY, "nn.relu6": _UNARY, "nn.leaky_relu": _UNARY,
+    "nn.elu": _UNARY, "nn.selu": _UNARY, "nn.gelu": _UNARY, "nn.silu": _UNARY,
+    "nn.swish": _UNARY, "math.sigmoid": _UNARY, "nn.sigmoid": _UNARY, "math.tanh": _UNARY,
+    "nn.tanh": _UNARY, "math.softplus": _UNARY, "nn.softplus": _UNARY, "math.abs": _UNARY,
+    "math.negative": _UNARY, "math.square": _UNARY, "math.exp": _UNARY,
+    "clip_by_value": _UNARY, "math.scalar_mul": _UNARY,
+}
+
+
+def _channel_constant(value: Any, channels: Optional[int]) -> bool:
+    """True if a constant operand has one value per channel (cannot be traced)."""
+    shape = np.shape(value)
+    return bool(shape) and shape[-1] not in (1,) and channels != 1
+
+
+class TFOpHandler(ChannelHandler):
+    """``TFOpLambda`` layers whose op is listed in :data:`TF_OPS`."""
+
+    def barrier_reason(self, layer: Any) -> Optional[str]:
+        if layer.symbol not in TF_OPS:
+            return f"TF op {layer.symbol!r} is not a known element-wise op"
+        return None
+
+    def _zero_call(self, call: Call) -> Callable[[tf.Tensor], Any]:
+        ids = set(call.tensor_ids)
+
+        def run(zero: tf.Tensor) -> Any:
+            swap = lambda v: zero if id(v) in ids else v  # noqa: E731
+            args = tf.nest.map_structure(swap, list(call.args))
+            kwargs = tf.nest.map_structure(swap, dict(call.kwargs))
+            return call.layer.function(*args, **kwargs)
+
+        return run
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        combine = TF_OPS[call.layer.symbol]
+        channels = call.output_shapes[0][-1] if call.output_shapes[0] else None
+        ids = set(call.tensor_ids)
+        constants = [v for v in tf.nest.flatten([list(call.args), dict(call.kwargs)])
+                     if id(v) not in ids and not isinstance(v, (str, type(None)))]
+        if any(_channel_constant(v, channels) for v in constants):
+            return tracer.opaque(call, f"TF op {call.layer.symbol!r} with a per-channel constant")
+        if len(call.inputs) > 1:
+            if combine is None:
+                return tracer.opaque(call, f"TF op {call.layer.symbol!r} between two tensors")
+            return merge_layouts(call, tracer, call.inputs, call.input_shapes, combine)
+        clean = call.inputs[0].clean and maps_zero_to_zero(self._zero_call(call))
+        return [call.inputs[0].with_clean(clean)]

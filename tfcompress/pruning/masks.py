@@ -1,0 +1,169 @@
+"""``Masks``: the kept channel indices of each channel group, with a JSON round trip."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tfcompress._io import PathLike, write_text
+
+__all__ = ["Masks"]
+
+_FORMAT = "tfcompress.pruning.Masks"
+_VERSION = 1
+
+
+class Masks:
+    """Kept channel indices per channel group (see :class:`~tfcompress.pruning.ChannelGraph`).
+
+    Groups missing from ``kept`` keep all their channels. Two ``Masks`` are equal when they
+    keep the same channels of the same groups of the same sizes.
+
+    Args:
+      kept: ``{group id: kept channel indices}`` (sorted, unique, non-empty).
+      sizes: ``{group id: number of channels}`` for every group (prunable or not).
+      layers: ``{group id: names of the layers the group involves}`` (for reports).
+      barriers: ``{group id: [(layer, reason), ...]}`` for groups that cannot be pruned.
+
+    Raises:
+      ValueError: if a kept group has no size, or its indices are empty, unsorted, repeated
+        or out of range.
+
+    Example:
+      >>> masks = Masks({"conv": [0, 2]}, sizes={"conv": 4})
+      >>> masks.pruned_ratio
+      0.5
+      >>> Masks.from_json(masks.to_json()) == masks
+      True
+    """
+
+    def __init__(
+        self,
+        kept: Mapping[str, Sequence[int]],
+        sizes: Mapping[str, int],
+        layers: Optional[Mapping[str, Sequence[str]]] = None,
+        barriers: Optional[Mapping[str, Iterable[Tuple[str, str]]]] = None,
+    ) -> None:
+        self.sizes: Dict[str, int] = {str(k): int(v) for k, v in sizes.items()}
+        self.layers: Dict[str, Tuple[str, ...]] = {k: tuple(v) for k, v in (layers or {}).items()}
+        self.barriers: Dict[str, Tuple[Tuple[str, str], ...]] = {
+            k: tuple((str(a), str(b)) for a, b in v) for k, v in (barriers or {}).items()}
+        self.kept: Dict[str, np.ndarray] = {}
+        for gid, idx in kept.items():
+            if gid not in self.sizes:
+                raise ValueError(f"Group {gid!r} has kept indices but no size; pass "
+                                 f"sizes={{{gid!r}: n_channels, ...}}.")
+            idx = np.asarray(idx, np.int64).reshape(-1)
+            size = self.sizes[gid]
+            if len(idx) == 0 or idx.min() < 0 or idx.max() >= size or np.any(np.diff(idx) <= 0):
+                raise ValueError(f"Kept indices of group {gid!r} must be sorted, unique and in "
+                                 f"0..{size - 1}, with at least one; got {idx.tolist()}.")
+            self.kept[gid] = idx
+
+    # ----- statistics ---------------------------------------------------------------------
+    @property
+    def pruned_ratio(self) -> float:
+        """Fraction of the channels of all prunable (masked) groups that are removed."""
+        total = sum(self.sizes[g] for g in self.kept)
+        removed = sum(self.sizes[g] - len(idx) for g, idx in self.kept.items())
+        return removed / total if total else 0.0
+
+    def pruned(self, group_id: str) -> np.ndarray:
+        """Indices of the pruned channels of ``group_id`` (empty if it is not masked)."""
+        if group_id not in self.kept:
+            return np.zeros(0, np.int64)
+        return np.setdiff1d(np.arange(self.sizes[group_id]), self.kept[group_id])
+
+    # ----- serialization ------------------------------------------------------------------
+    def get_config(self) -> Dict[str, Any]:
+        """A JSON-compatible dict (see :meth:`from_config`)."""
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "groups": [
+                {"id": gid, "size": size, "layers": list(self.layers.get(gid, ())),
+                 **({"kept": self.kept[gid].tolist()} if gid in self.kept else {}),
+                 **({"barriers": [list(b) for b in self.barriers[gid]]}
+                    if gid in self.barriers else {})}
+                for gid, size in self.sizes.items()
+            ],
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Masks":
+        """Inverse of :meth:`get_config`.
+
+        Raises:
+          ValueError: if ``config`` is not a masks document of a known version.
+        """
+        if not isinstance(config, Mapping) or config.get("format") != _FORMAT:
+            raise ValueError("Not a tfcompress masks document (expected "
+                             f"{{'format': {_FORMAT!r}, ...}}); create one with `masks.to_json()`.")
+        if config.get("version") != _VERSION:
+            raise ValueError(f"Masks format version {config.get('version')!r} is not supported "
+                             f"(this tfcompress reads version {_VERSION}).")
+        groups = config["groups"]
+        return cls(
+            kept={g["id"]: g["kept"] for g in groups if "kept" in g},
+            sizes={g["id"]: g["size"] for g in groups},
+            layers={g["id"]: g.get("layers", ()) for g in groups},
+            barriers={g["id"]: g["barriers"] for g in groups if "barriers" in g},
+        )
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        """The masks as a JSON string."""
+        return json.dumps(self.get_config(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Masks":
+        """Masks from :meth:`to_json` output.
+
+        Raises:
+          ValueError: if ``text`` is not valid JSON or not a masks document.
+        """
+        try:
+            config = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"Masks JSON could not be parsed: {error}.") from error
+        return cls.from_config(config)
+
+    def save(self, path: PathLike) -> pathlib.Path:
+        """Writes the masks as JSON, atomically. Returns the path."""
+        return write_text(path, self.to_json(indent=1))
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Masks":
+        """Reads masks written by :meth:`save`."""
+        return cls.from_json(pathlib.Path(path).read_text())
+
+    # ----- reporting ----------------------------------------------------------------------
+    def summary(self, max_layers: int = 3) -> str:
+        """A text table: group, layers, channels kept/total and what blocks a group."""
+        rows = [("group", "layers", "kept/total", "blocked by")]
+        for gid, size in self.sizes.items():
+            layers = list(self.layers.get(gid, ()))
+            shown = ", ".join(layers[:max_layers]) + (
+                f" +{len(layers) - max_layers}" if len(layers) > max_layers else "")
+            kept = f"{len(self.kept[gid])}/{size}" if gid in self.kept else f"-/{size}"
+            blocked = "; ".join(f"{layer} ({reason})" for layer, reason in self.barriers.get(gid, ()))
+            rows.append((gid, shown, kept, blocked))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3]
+                 for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"pruned {self.pruned_ratio:.1%} of the channels of {len(self.kept)} "
+                     f"prunable groups ({len(self.barriers)} groups blocked)")
+        return "\n".join(line.rstrip() for line in lines)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Masks):
+            return NotImplemented
+        return (self.sizes == other.sizes and self.kept.keys() == other.kept.keys()
+                and all(np.array_equal(v, other.kept[k]) for k, v in self.kept.items()))
+
+    def __repr__(self) -> str:
+        return (f"Masks({len(self.kept)} prunable groups of {len(self.sizes)}, "
+                f"pruned_ratio={self.pruned_ratio:.3f})")
