@@ -94,3 +94,27 @@ def test_config_round_trip():
     quantizer = config.get_output_quantizers(L.ReLU())[0]
     assert quantizer == PACTQuantizer(5, mode="relu", alpha_init=4.0, decay=1e-3)
     assert config.with_output(False).get_output_quantizers(L.ReLU()) == []
+
+
+def test_pact_scheme_quantizes_an_annotated_sequential_model():
+    from tfcompress.quantization import PACTQuantizeScheme
+
+    model = keras.Sequential([L.Dense(4, input_shape=(3,)), L.ReLU()])
+    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+    qat = quantize_apply(annotated, PACTQuantizeScheme(4, 4, mode="relu"))
+    names = sorted(w.name.split("/")[-1] for w in qat.trainable_weights if "pact" in w.name)
+    # Dense -> ReLU is fused: only the ReLU output and the model input are quantized.
+    assert names == ["output_pact_alpha:0", "quantize_layer_pact_alpha:0"]
+
+
+def test_clip_range_logger_writes_ranges_into_history():
+    from tfcompress.quantization import ClipRangeLogger, quantize_model
+
+    qat = quantize_model(keras.Sequential([L.Dense(3, input_shape=(4,)), L.ReLU(name="act")]),
+                         mode="relu", alpha_init=2.0)
+    qat.compile("sgd", "mse")
+    data = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    history = qat.fit(data, np.ones((16, 3)), epochs=2, verbose=0, callbacks=[ClipRangeLogger()])
+    assert len(history.history["pact/act/alpha"]) == 2
+    assert history.history["pact/act/alpha"][-1] == pytest.approx(clip_ranges(qat)["act"][1])
+    assert history.history["pact/act/low"] == [0.0, 0.0]

@@ -13,6 +13,7 @@ Or one call for a whole model: ``qat = quantize_model(model, activation_bits=4, 
 """
 
 from tfcompress.quantization.api import clip_ranges, quantize_apply, quantize_model, quantize_scope
+from tfcompress.quantization.callbacks import ClipRangeLogger
 from tfcompress.quantization.configs import LAYER_RULES, LayerRule, PACTQuantizeConfig
 from tfcompress.quantization.pact import MODES, PACTQuantizer
 from tfcompress.quantization.prepare import fold_batch_norms, prepare_for_qat, split_separable_convs
@@ -21,6 +22,7 @@ from tfcompress.quantization.weights import ChannelWeightQuantizer
 
 __all__ = [
     "ChannelWeightQuantizer",
+    "ClipRangeLogger",
     "LAYER_RULES",
     "LayerRule",
     "MODES",

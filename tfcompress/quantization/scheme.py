@@ -89,10 +89,10 @@ class PACTLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform):
         self._input_quantizer = input_quantizer
 
     def apply(self, model, layer_quantize_map: Dict[str, Dict[str, Any]]):
-        for name, entry in layer_quantize_map.items():
-            layer = model.get_layer(name)
-            if entry.get("quantize_config") is None and self._registry.supports(layer) \
-                    and not isinstance(layer, L.InputLayer):
+        for layer in model.layers:  # (a Sequential model does not list its InputLayer)
+            entry = layer_quantize_map.get(layer.name)
+            if entry is not None and entry.get("quantize_config") is None \
+                    and self._registry.supports(layer) and not isinstance(layer, L.InputLayer):
                 entry["quantize_config"] = self._registry.get_quantize_config(layer)
         for layer in model.layers:
             config = layer_quantize_map.get(layer.name, {}).get("quantize_config")
@@ -131,7 +131,7 @@ class PACTQuantizeScheme(quantize_scheme.QuantizeScheme):
       ...     qat = tfmot.quantization.keras.quantize_apply(
       ...         annotated, scheme=PACTQuantizeScheme(4, 4, mode="relu"))
       >>> sorted(w.name.split("/")[-1] for w in qat.trainable_weights if "pact" in w.name)
-      ['output_pact_alpha:0', 'output_pact_alpha:0']
+      ['output_pact_alpha:0', 'quantize_layer_pact_alpha:0']
     """
 
     def __init__(self, weight_bits: int = 8, activation_bits: int = 8,
