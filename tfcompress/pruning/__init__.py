@@ -22,8 +22,11 @@ from tfcompress.pruning.graph import ChannelGraph, Group
 from tfcompress.pruning.handlers import HANDLERS, ChannelHandler, handler_for
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.rebuild import rebuild
+from tfcompress.pruning.schedules import ConstantRatio, PolynomialRatio, PruningSchedule
+from tfcompress.pruning.callback import FPGMPruning
 
 __all__ = [
     "ChannelGraph", "Group", "Masks", "fpgm_masks", "apply_masks", "rebuild", "count_macs",
     "count_params", "CRITERIA", "keep_count", "HANDLERS", "ChannelHandler", "handler_for",
+    "FPGMPruning", "PruningSchedule", "ConstantRatio", "PolynomialRatio",
 ]

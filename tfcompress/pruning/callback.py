@@ -7,8 +7,14 @@ import numbers
 import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
-from tfcompress._keras import keras, require_graph_model
+import numpy as np
+import tensorflow as tf
+
 from tfcompress._io import write_text
+from tfcompress._keras import keras, require_graph_model
+from tfcompress.pruning.criteria import CRITERIA
+from tfcompress.pruning.graph import ChannelGraph
+from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.schedules import ConstantRatio, PruningSchedule
 
 __all__ = ["FPGMPruning"]
@@ -149,6 +155,7 @@ class FPGMPruning(keras.callbacks.Callback):
         self._metrics: Dict[str, float] = {"pruned_ratio": 0.0, "macs_ratio": 1.0}
         self._batches_seen = 0
         self._synced = False
+        self._zeroings: Dict[bool, "_Zeroing"] = {}
 
     # ---------------------------------------------------------------- public state
     @property
@@ -175,8 +182,6 @@ class FPGMPruning(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = require_graph_model(self.model)
         if self._graph is None or self._graph_model is not model:
-            from tfcompress.pruning.graph import ChannelGraph
-
             self._graph = ChannelGraph(model)
             self._graph_model = model
             self._dense_macs = self._graph.macs()
@@ -197,7 +202,7 @@ class FPGMPruning(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self._batches_seen += 1
         if self._masks is not None and (self.mode == "hard" or self._schedule_over()):
-            self._apply()
+            self._zero(full=True)
         if logs is not None:
             logs.update(self._metrics)
 
@@ -209,7 +214,7 @@ class FPGMPruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._masks is not None:
-            self._apply()
+            self._zero(full=True)
         if self.backup_dir is not None:
             path = os.path.join(self.backup_dir, _STATE_FILE)
             if os.path.exists(path):
@@ -246,19 +251,27 @@ class FPGMPruning(keras.callbacks.Callback):
 
     def _update(self, step: int, ratio: float) -> None:
         self._set_masks(self._compute(ratio), step)
-        self._apply()
+        self._zero(full=self.mode == "hard" or self._schedule_over())
         if self.verbose:
             print(f"FPGMPruning: step {step}: ratio {ratio:.3f}, {self.pruned_ratio:.1%} of "
                   f"prunable channels pruned, {self.macs_ratio:.1%} of MACs kept")
 
     def _set_masks(self, masks, step: Optional[int]) -> None:
         self._masks, self._update_step = masks, step
+        self._zeroings = {}
         macs = self._graph.macs(masks)
         self._metrics = {"pruned_ratio": float(masks.pruned_ratio),
                          "macs_ratio": float(macs / self._dense_macs) if self._dense_macs else 1.0}
 
-    def _apply(self) -> None:
-        self._graph.apply(self._masks)
+    def _zero(self, full: bool) -> None:
+        """Zeroes the pruned channels: of every group member (``full``), or, for a soft
+        update, only the producers' filters, so that gradients still reach them."""
+        if full not in self._zeroings:
+            layers = None
+            if not full:
+                layers = {key for group in self._graph.groups for key in group.producers}
+            self._zeroings[full] = _Zeroing(self._graph, self._masks, layers)
+        self._zeroings[full]()
 
     def _sync(self, step: int) -> None:
         """Restores the masks in force at ``step`` when a ``fit`` starts mid-schedule."""
@@ -269,14 +282,14 @@ class FPGMPruning(keras.callbacks.Callback):
         if masks is None:
             masks = self._compute(self._schedule(last)[1])
         self._set_masks(masks, last)
-        if self.mode == "hard":
-            self._apply()
+        if self.mode == "hard" or self._schedule_over():
+            self._zero(full=True)
 
     def _save_state(self) -> None:
         path = os.path.join(self.backup_dir, _STATE_FILE)
         entries = {key: value for key, value in self._read_state().items()
                    if int(key) < self._update_step}  # drops a stale file's later entries
-        entries[str(self._update_step)] = json.loads(self._masks.to_json())
+        entries[str(self._update_step)] = self._masks.get_config()
         keep = sorted(entries, key=int)[-2:]  # a crash may separate our save from the checkpoint
         os.makedirs(self.backup_dir, exist_ok=True)
         write_text(path, json.dumps({key: entries[key] for key in keep}))
@@ -290,11 +303,7 @@ class FPGMPruning(keras.callbacks.Callback):
 
     def _load_state(self, update_step: int):
         entry = self._read_state().get(str(update_step))
-        if entry is None:
-            return None
-        from tfcompress.pruning.masks import Masks
-
-        return Masks.from_json(json.dumps(entry))
+        return None if entry is None else Masks.from_config(entry)
 
     # ---------------------------------------------------------------- serialization
     def get_config(self) -> Dict[str, Any]:
@@ -316,11 +325,47 @@ class FPGMPruning(keras.callbacks.Callback):
         return cls(**config)
 
 
-def _check_criterion(criterion: Any) -> None:
-    from tfcompress.pruning.criteria import CRITERIA
+class _Zeroing:
+    """Multiplies model variables by fixed 0/1 masks in one compiled call.
 
-    if criterion not in CRITERIA:
-        raise ValueError(f"Unknown `criterion` {criterion!r}. Use one of {sorted(CRITERIA)}.")
+    The mask of each variable is what :meth:`ChannelGraph.apply` does to a variable of ones,
+    so it is exactly what ``apply_masks`` zeroes; computing it costs two copies of the
+    weights, once per mask update, and each call afterwards is a single graph execution
+    (no per-layer ``get_weights``/``set_weights``), cheap enough to run after every batch.
+    """
+
+    def __init__(self, graph: ChannelGraph, masks: Masks, layers: Optional[set] = None):
+        model = graph.model
+        allowed = None
+        if layers is not None:
+            allowed = {id(v) for key in layers for v in graph.records[key].layer.weights}
+        saved = model.get_weights()
+        try:
+            model.set_weights([np.ones_like(value) for value in saved])
+            graph.apply(masks)
+            pairs = [(v, v.numpy()) for v in model.weights
+                     if allowed is None or id(v) in allowed]
+        finally:
+            model.set_weights(saved)
+        pairs = [(v, mask) for v, mask in pairs if not mask.all()]
+        self.variables = [v for v, _ in pairs]
+        self.masks = [tf.constant(mask, dtype=v.dtype) for v, mask in pairs]
+
+    def __call__(self) -> None:
+        if self.variables:
+            _multiply(self.variables, self.masks)
+
+
+@tf.function
+def _multiply(variables, masks):
+    for variable, mask in zip(variables, masks):
+        variable.assign(variable * mask)
+
+
+def _check_criterion(criterion: Any) -> None:
+    if not callable(criterion) and criterion not in CRITERIA:
+        raise ValueError(f"Unknown `criterion` {criterion!r}. Use one of {sorted(CRITERIA)} or "
+                         "a function filters -> scores.")
 
 
 def _check_positive_int(name: str, value: Any) -> int:
