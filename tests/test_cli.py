@@ -49,11 +49,82 @@ def _error_line(capsys) -> str:
 def test_every_command_is_registered_with_help():
     parser = build_parser()
     names = [command.name for command in COMMANDS]
-    assert {"export", "bench"} <= set(names)
+    assert names[:4] == ["inspect", "prune", "export", "bench"]
     for name in names:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([name, "--help"])
         assert exit_info.value.code == 0
+
+
+def test_inspect_lists_layers_totals_groups_and_barriers(files, capsys):
+    from tfcompress.export import load_model
+    from tfcompress.pruning import count_macs, count_params
+
+    assert main(["inspect", str(files / "tiny.keras")]) == 0
+    printed = capsys.readouterr().out
+    model = load_model(files / "tiny.keras")
+    layers, groups = printed.split("channel groups")
+    rows = {line.split()[0]: line.split() for line in layers.splitlines() if line.strip()}
+    assert rows["conv1"][1:] == ["Conv2D", "8", "80", "2,592"]  # 6x6 x 3x3x1 x 8
+    assert rows["conv2"][1:] == ["Conv2D", "16", "1,168", "18,432"]  # 4x4 x 3x3x8 x 16
+    assert rows["bn1"][1:] == ["BatchNormalization", "8", "32", "0"]
+    assert f"total: {count_params(model):,} params, {count_macs(model):,} MACs" in printed
+    assert [line.split()[:3] for line in groups.splitlines()[3:6]] == [
+        ["conv1", "8", "yes"], ["conv2", "16", "yes"], ["logits", "3", "no"]]
+    assert "  logits: logits: reaches a model output" in printed
+
+
+def test_inspect_names_the_layer_that_blocks_a_group(tmp_path, capsys):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.Lambda(lambda t: 2.0 * t, name="double")(x)
+    outputs = keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs).save(tmp_path / "lambda.h5")
+    assert main(["inspect", str(tmp_path / "lambda.h5")]) == 0
+    printed = capsys.readouterr().out
+    assert "  conv: double: no channel handler for this layer type" in printed
+
+
+@pytest.mark.parametrize("output", ["slim.keras", "slim.h5", "slim_savedmodel"])
+def test_prune_saves_a_smaller_model_in_the_output_format(files, tmp_path, capsys, output):
+    from tfcompress.export import load_model
+    from tfcompress.pruning import count_params
+
+    out = tmp_path / output
+    argv = ["prune", str(files / "tiny.keras"), "--ratio", "0.5", "--output", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    slim = load_model(out)
+    assert out.is_dir() == (output == "slim_savedmodel")
+    assert slim.get_layer("conv1").filters == 4 and slim.get_layer("conv2").filters == 8
+    params = [line.split() for line in printed.splitlines() if line.startswith("params")][0]
+    assert int(params[2].replace(",", "")) == count_params(slim)
+    assert f"pruned 50.0% of the prunable channels; wrote {out}" in printed
+
+
+def test_prune_default_output_keeps_the_input_format(files, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "net.h5"
+    shutil.copy(files / "tiny.keras", tmp_path / "net.keras")
+    from tfcompress.export import load_model, save_model
+
+    save_model(load_model(tmp_path / "net.keras"), model)
+    argv = ["prune", str(model), "--ratio", "0.25", "--criterion", "l1", "--round-to", "4",
+            "--exclude", "conv2"]
+    assert main(argv) == 0
+    slim = load_model(tmp_path / "net_slim.h5")
+    assert slim.get_layer("conv1").filters == 8  # 6 kept, rounded up to a multiple of 4
+    assert slim.get_layer("conv2").filters == 16  # excluded
+    assert "wrote " + str(tmp_path / "net_slim.h5") in capsys.readouterr().out
+
+
+def test_prune_rejects_unknown_layers_in_one_line(files, tmp_path, capsys):
+    argv = ["prune", str(files / "tiny.keras"), "--ratio", "0.5", "--exclude", "nope",
+            "--output", str(tmp_path / "s.keras")]
+    assert main(argv) == 1
+    assert "nope" in _error_line(capsys)
+    assert not (tmp_path / "s.keras").exists()
 
 
 def test_export_float_tflite_prints_the_parity_report(files, tmp_path, capsys):
@@ -132,6 +203,9 @@ def test_bench_prints_latencies_and_the_ratio(files, tmp_path, capsys):
         (["export", "{model}", "--output", "m.tflite", "--frobnicate"], "unrecognized arguments"),
         (["bench", "{model}", "--runs", "0"], "0 must be >= 1"),
         ([], "the following arguments are required: COMMAND"),
+        (["prune", "{model}", "--ratio", "1.5"], "1.5 is outside [0, 1)"),
+        (["prune", "{model}", "--ratio", "half"], "'half' is not a number"),
+        (["prune", "{model}", "--ratio", "0.5", "--criterion", "random"], "invalid choice"),
     ],
 )
 def test_usage_errors_are_one_line(files, capsys, argv, message):

@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import List, NoReturn, Optional, Sequence
 
 from tfcompress import __version__
-from tfcompress.cli import bench, export
+from tfcompress.cli import bench, export, inspect, prune
 from tfcompress.cli.command import Command
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 #: Every subcommand, in the order ``--help`` lists them.
-COMMANDS: List[Command] = [export.COMMAND, bench.COMMAND]
+COMMANDS: List[Command] = [inspect.COMMAND, prune.COMMAND, export.COMMAND, bench.COMMAND]
 
 _PROG = "tfcompress"
 
@@ -65,8 +66,9 @@ def _one_line(error: BaseException) -> str:
 def _import_tensorflow_quietly() -> None:
     """Imports TensorFlow with file descriptor 2 muted.
 
-    TensorFlow's C++ runtime logs banner lines (oneDNN, CUDA probing) while it loads,
-    before ``TF_CPP_MIN_LOG_LEVEL`` takes effect; they would bury the CLI's own output.
+    TensorFlow's C++ runtime logs banner lines (oneDNN, CUDA probing) while it loads and
+    first lists devices, before ``TF_CPP_MIN_LOG_LEVEL`` takes effect; they would bury the
+    CLI's own output. Its Python logger is also limited to errors.
     Python errors raised by the import are unaffected: they propagate as usual.
     """
     if "tensorflow" in sys.modules:
@@ -75,7 +77,10 @@ def _import_tensorflow_quietly() -> None:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # probes CUDA now, which logs on CPU-only machines
+        tf.get_logger().setLevel("ERROR")
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -90,6 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     # TensorFlow's C++ logging would otherwise bury our output; users can still override.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Format advice from the libraries (".h5 is legacy", converter notes) is not for CLI users.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(tf_keras|tensorflow)\.")
     args = build_parser().parse_args(argv)
     command: Command = args.command
     try:

@@ -1,0 +1,94 @@
+"""``tfcompress prune``: one-shot FPGM (or L1/L2) masks, rebuilt into a smaller dense model."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+from tfcompress.cli._models import existing_path, positive_int
+from tfcompress.cli.command import Command
+from tfcompress.cli.table import format_table
+
+_CRITERIA = ("fpgm", "l1", "l2")
+
+
+def ratio(text: str) -> float:
+    """argparse ``type``: a pruning ratio in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside [0, 1): it is the fraction of channels to remove, e.g. 0.5"
+        )
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=existing_path, help=".keras, .h5 or SavedModel folder")
+    parser.add_argument(
+        "--ratio", type=ratio, required=True, help="fraction of each group's channels to remove"
+    )
+    parser.add_argument("--criterion", choices=_CRITERIA, default="fpgm", help="default: fpgm")
+    parser.add_argument(
+        "--round-to",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="keep a multiple of N channels per group (default: the library's default)",
+    )
+    parser.add_argument(
+        "--exclude", nargs="+", default=[], metavar="LAYER", help="layers whose channels to keep"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="the slim model; its suffix picks the format (default: MODEL_slim in the "
+        "input's format)",
+    )
+
+
+def _default_output(model_path: pathlib.Path) -> pathlib.Path:
+    return model_path.with_name(f"{model_path.stem}_slim{model_path.suffix}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tfcompress.export import load_model, save_model
+    from tfcompress.pruning import ChannelGraph, fpgm_masks, rebuild
+
+    model = load_model(args.model)
+    options = {"criterion": args.criterion, "exclude": args.exclude}
+    if args.round_to is not None:
+        options["round_to"] = args.round_to
+    masks = fpgm_masks(model, args.ratio, **options)
+    slim = rebuild(model, masks)
+    output = save_model(slim, args.output or _default_output(args.model))
+    before, after = ChannelGraph(model), ChannelGraph(slim)
+    groups = [
+        [group.id, group.size, len(masks.kept.get(group.id, range(group.size)))]
+        for group in before.groups
+        if group.prunable
+    ]
+    print(format_table(["group", "channels", "kept"], groups))
+    print()
+    totals = [
+        ["params", before.params(), after.params(), after.params() / before.params()],
+        ["MACs", before.macs(), after.macs(), after.macs() / max(1, before.macs())],
+    ]
+    print(format_table(["", "before", "after", "kept"], totals))
+    print(f"pruned {masks.pruned_ratio:.1%} of the prunable channels; wrote {output}")
+    return 0
+
+
+COMMAND = Command(
+    name="prune",
+    help="prune channels (FPGM, L1 or L2) and save the smaller dense model",
+    description=(
+        "Scores the filters of every prunable channel group, keeps the best (1 - ratio) of\n"
+        "each, and rebuilds a smaller dense model with the kept channels' weights. Groups\n"
+        "blocked by a layer tfcompress cannot reason about are left whole (see `inspect`)."
+    ),
+    add_arguments=add_arguments,
+    run=run,
+)
