@@ -84,9 +84,19 @@ def test_representative_data_forms(tiny_model, tiny_data, tmp_path, make_data):
     assert quantization_kind(path) == "int8"
 
 
-def test_representative_data_of_the_wrong_shape_is_rejected(tiny_model, tmp_path):
+@pytest.mark.parametrize("lazy", [False, True], ids=["array", "generator"])
+def test_representative_data_of_the_wrong_shape_is_rejected(tiny_model, tmp_path, lazy):
+    data = np.zeros((4, 9, 9, 1), np.float32)
+    representative = (lambda: iter([data])) if lazy else data
     with pytest.raises(ValueError, match=r"does not fit the model input \(None, 8, 8, 1\)"):
-        to_tflite(tiny_model, tmp_path / "m.tflite", "int8", np.zeros((4, 9, 9, 1), np.float32))
+        to_tflite(tiny_model, tmp_path / "m.tflite", "int8", representative)
+    assert not (tmp_path / "m.tflite").exists()
+
+
+@pytest.mark.parametrize("empty", [np.zeros((0, 8, 8, 1)), [], lambda: iter(())])
+def test_empty_representative_data_is_rejected(tiny_model, tmp_path, empty):
+    with pytest.raises(ValueError, match="yielded no samples"):
+        to_tflite(tiny_model, tmp_path / "m.tflite", "int8", empty)
 
 
 def test_integer_interface(tiny_model, tiny_data, tmp_path):

@@ -255,7 +255,10 @@ def quantization_kind(path: PathLike) -> str:
       ``"dynamic"`` if weights are integer but every op reads float activations,
       ``"float16"`` if weights are stored as float16, else ``"float32"``.
     """
-    ops = tflite_ops(path)
+    return _kind_of(tflite_ops(path))
+
+
+def _kind_of(ops: List[TFLiteOp]) -> str:
     quantized = set(_INTEGER_BITS)
     compute_ops = [op for op in ops if op.name not in CONVERSION_OPS]
     if any(quantized.intersection(op.activation_dtypes) for op in compute_ops):
@@ -275,6 +278,10 @@ def float_fallback_ops(path: PathLike) -> List[TFLiteOp]:
     kinds compute in float by design and give an empty list. ``QUANTIZE`` and
     ``DEQUANTIZE`` at the float model interface are not fallbacks.
     """
-    if quantization_kind(path) != "int8":
+    return _fallbacks_of(tflite_ops(path))
+
+
+def _fallbacks_of(ops: List[TFLiteOp]) -> List[TFLiteOp]:
+    if _kind_of(ops) != "int8":
         return []
-    return [op for op in tflite_ops(path) if op.name not in CONVERSION_OPS and op.computes_in_float]
+    return [op for op in ops if op.name not in CONVERSION_OPS and op.computes_in_float]

@@ -112,9 +112,10 @@ def _sample_batches(data: RepresentativeData, sample_shape: tuple) -> Iterator[n
             "`representative_data` must be an array of samples, an iterable of batches "
             f"or a function returning one, got {type(data).__name__}."
         ) from None
+    count = 0
     for element in iterator:
-        if isinstance(element, (tuple, list)) and element:
-            element = element[0]  # (x, y) pairs, e.g. from a tf.data.Dataset
+        if isinstance(element, tuple) and element:
+            element = element[0]  # (x, y) pairs, e.g. from a tf.data.Dataset or a generator
         batch = np.asarray(element, dtype=np.float32)
         if batch.ndim == len(sample_shape):
             batch = batch[None]
@@ -127,7 +128,13 @@ def _sample_batches(data: RepresentativeData, sample_shape: tuple) -> Iterator[n
                 "input shape."
             )
         for sample in batch:
+            count += 1
             yield [sample[None]]
+    if count == 0:
+        raise ValueError(
+            "`representative_data` yielded no samples, so int8 ranges cannot be calibrated. "
+            "Pass ~100 training samples."
+        )
 
 
 def _representative_dataset(model: "keras.Model", data: RepresentativeData) -> Callable:
@@ -139,9 +146,7 @@ def _representative_dataset(model: "keras.Model", data: RepresentativeData) -> C
         )
     sample_shape = tuple(model.inputs[0].shape[1:])
     if isinstance(data, np.ndarray):
-        if data.size == 0:
-            raise ValueError("`representative_data` is empty. Pass ~100 training samples.")
-        next(_sample_batches(data, sample_shape))  # validate the shape before converting
+        next(_sample_batches(data, sample_shape))  # validate the array before converting
     return lambda: _sample_batches(data, sample_shape)
 
 

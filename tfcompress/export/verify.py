@@ -165,7 +165,8 @@ def verify(
     if atol is not None and not atol >= 0:
         raise ValueError(f"`atol` must be >= 0 or None, got {atol!r}.")
     data = _check_data(keras_model, data)
-    kind = flatbuffer.quantization_kind(tflite_path)
+    ops = flatbuffer.tflite_ops(tflite_path)
+    kind = flatbuffer._kind_of(ops)
     expected = keras_model.predict(data, batch_size=batch_size, verbose=0)
     if isinstance(expected, (list, tuple, dict)):
         raise ValueError(
@@ -184,8 +185,7 @@ def verify(
     agreement = float(np.mean(actual.argmax(-1) == expected.argmax(-1))) if has_classes else None
     if atol is None and (kind in _FLOAT_KINDS or not has_classes):
         atol = DEFAULT_RELATIVE_ATOL[kind] * max(1.0, float(np.max(np.abs(expected))))
-    ops = flatbuffer.tflite_ops(tflite_path)
-    fallbacks = [f"{op.name}#{op.index}" for op in flatbuffer.float_fallback_ops(tflite_path)]
+    fallbacks = [f"{op.name}#{op.index}" for op in flatbuffer._fallbacks_of(ops)]
 
     failures = []
     max_diff = float(diff.max())
