@@ -245,8 +245,9 @@ class FPGMPruning(keras.callbacks.Callback):
         return {name: min(value * scale, value) for name, value in self.per_layer.items()}
 
     def _compute(self, ratio: float):
+        score = CRITERIA[self.criterion] if isinstance(self.criterion, str) else self.criterion
         return self._graph.compute_masks(
-            ratio, criterion=self.criterion, per_layer=self._per_layer(ratio),
+            ratio, criterion=_zero_filters_first(score), per_layer=self._per_layer(ratio),
             exclude=self.exclude, round_to=self.round_to, min_channels=self.min_channels)
 
     def _update(self, step: int, ratio: float) -> None:
@@ -323,6 +324,25 @@ class FPGMPruning(keras.callbacks.Callback):
         if isinstance(config["schedule"], dict):
             config["schedule"] = keras.utils.deserialize_keras_object(config["schedule"])
         return cls(**config)
+
+
+def _zero_filters_first(score):
+    """Wraps a criterion so that all-zero filters are pruned first and the others are scored
+    among themselves.
+
+    Filters zeroed by an earlier update (all of them in hard mode, those that did not regrow
+    in soft mode) are not candidates worth keeping, yet FPGM would rank them far from the
+    geometric median, i.e. keep them, and let their distances skew the other filters' scores.
+    """
+
+    def criterion(filters: np.ndarray) -> np.ndarray:
+        alive = np.any(filters != 0, axis=1)
+        scores = np.full(len(filters), -np.inf)
+        if alive.any():
+            scores[alive] = np.asarray(score(filters[alive]), np.float64).reshape(-1)
+        return scores
+
+    return criterion
 
 
 class _Zeroing:

@@ -110,6 +110,8 @@ class ChannelGraph:
         self._parent: List[int] = []
         self._fresh: Dict[Tuple[str, int], int] = {}
         self.records: Dict[str, LayerRecord] = {}
+        #: layouts of the inputs of nested models, by qualified InputLayer name
+        self.nested_inputs: Dict[str, Layout] = {}
         inputs = []
         for tensor, name in zip(model.inputs, model.input_names):
             shape = _shape(tensor)
@@ -301,8 +303,14 @@ class ChannelGraph:
                              "without an input shape, or a subclassed model). Give its first "
                              "layer an `input_shape` or start it with `keras.Input(shape)`.")
         tensors = {id(t): layout for t, layout in zip(model.inputs, inputs)}
+        if prefix:
+            for tensor, layout in zip(model.inputs, inputs):
+                self.nested_inputs[prefix + tensor._keras_history.layer.name] = layout
+        order = {id(layer): i for i, layer in enumerate(model.layers)}
         for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
+            # within a depth, follow the model's layer order so group ids are reproducible
+            nodes = sorted(model._nodes_by_depth[depth], key=lambda n: order.get(id(n.layer), -1))
+            for node in nodes:
                 if node.is_input:
                     continue
                 ins = [tensors[id(t)] for t in node.keras_inputs]

@@ -8,12 +8,14 @@ names are unchanged; only channel counts shrink.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Dict, Iterator, List
 
 from tfcompress._keras import keras, require_graph_model
 from tfcompress.pruning.apply import weight_index
 from tfcompress.pruning.counting import role_positions
+from tfcompress.pruning.handlers.base import IN
 
 __all__ = ["rebuild"]
 
@@ -46,6 +48,18 @@ def _custom_objects(model: Any) -> Dict[str, type]:
         objects.setdefault(cls.__name__, cls)
         objects.setdefault(keras.saving.get_registered_name(cls), cls)
     return objects
+
+
+def _set_channels(config: Dict[str, Any], channels: int) -> None:
+    """Sets the channel (last) dimension of a layer config's declared input shape."""
+    shape = config.get("batch_input_shape")
+    if shape is not None and len(shape) > 1:
+        config["batch_input_shape"] = tuple(shape[:-1]) + (channels,)
+
+
+def _unsafe_lambdas() -> Any:
+    scope = getattr(keras.src.saving.serialization_lib, "SafeModeScope", None)
+    return scope(False) if scope is not None else contextlib.nullcontext()
 
 
 def rebuild(model: Any, masks: Any) -> keras.Model:
@@ -84,6 +98,9 @@ def rebuild(model: Any, masks: Any) -> keras.Model:
     entries = dict(_layer_configs(config))
     for entry in entries.values():  # shapes change: layers build when called, not from config
         entry.pop("build_config", None)
+    for key, layout in graph.nested_inputs.items():  # inputs of nested models shrink too
+        if key in entries:
+            _set_channels(entries[key]["config"], len(layout.positions(kept)))
     positions: Dict[str, Dict[str, Any]] = {}
     for key, record in graph.records.items():
         if record.barrier is not None or key not in entries:
@@ -94,9 +111,13 @@ def rebuild(model: Any, masks: Any) -> keras.Model:
         positions[key] = pos
         entry = entries[key]
         entry["config"] = record.handler.edit_config(dict(entry["config"]), record.layer, pos)
+        if pos.get(IN) is not None:  # first layer of a Sequential given an input_shape
+            _set_channels(entry["config"], len(pos[IN]))
 
     cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
-    with keras.utils.custom_object_scope(_custom_objects(model)):
+    # The config comes from the caller's live model, not from a file, so Python lambdas in
+    # Lambda layers are the caller's own code: deserializing them is not a safety concern.
+    with keras.utils.custom_object_scope(_custom_objects(model)), _unsafe_lambdas():
         slim = cls.from_config(config)
 
     new_layers = dict(_leaf_layers(slim))

@@ -39,7 +39,8 @@ from tfcompress.pruning.layout import KeptFn, Layout
 
 __all__ = [
     "IN", "OUT", "MID", "WeightSpec", "Call", "Tracer", "ChannelHandler", "BarrierHandler",
-    "CoupledHandler", "maps_zero_to_zero", "channels_last_reason",
+    "CoupledHandler", "maps_zero_to_zero", "mixes_channels", "producer_output",
+    "channels_last_reason", "spatial",
 ]
 
 #: Weight-axis roles: input channels, output channels, and (SeparableConv) the depthwise
@@ -108,6 +109,26 @@ def maps_zero_to_zero(fn: Callable[[tf.Tensor], Any]) -> bool:
     except Exception:  # an activation that cannot run on a constant: assume the worst
         return False
     return bool(np.all(value == 0))
+
+
+#: Activations that normalize across the last axis (removing a channel changes the others).
+CHANNEL_MIXING_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
+
+
+def mixes_channels(activation: Any) -> bool:
+    """True for activations such as softmax that combine all channels of a position."""
+    return getattr(activation, "__name__", "") in CHANNEL_MIXING_ACTIVATIONS
+
+
+def producer_output(call: "Call", tracer: "Tracer", size: int) -> Layout:
+    """The fresh output space of a producer with an optional ``activation``: clean if the
+    activation maps 0 to 0, blocked if it mixes channels (softmax)."""
+    activation = getattr(call.layer, "activation", None)
+    clean = activation is None or maps_zero_to_zero(activation)
+    out = tracer.fresh(call, size, clean=clean)
+    if mixes_channels(activation):
+        tracer.block(call, out, f"activation {activation.__name__!r} mixes channels")
+    return out
 
 
 def channels_last_reason(layer: Any) -> Optional[str]:

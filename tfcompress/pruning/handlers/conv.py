@@ -9,7 +9,7 @@ import numpy as np
 
 from tfcompress.pruning.handlers.base import (
     IN, MID, OUT, Call, ChannelHandler, CoupledHandler, Tracer, WeightSpec, maps_zero_to_zero,
-    spatial,
+    producer_output, spatial,
 )
 from tfcompress.pruning.layout import Layout
 
@@ -44,7 +44,7 @@ class ConvHandler(ChannelHandler):
         groups = getattr(layer, "groups", 1)
         if groups > 1:
             tracer.constrain(call, call.inputs[0], groups)
-        out = tracer.fresh(call, layer.filters, clean=_activation_clean(layer))
+        out = producer_output(call, tracer, layer.filters)
         if groups > 1:
             tracer.constrain(call, out, groups)
         return [out]
@@ -148,7 +148,7 @@ class SeparableConvHandler(ConvHandler):
     }
 
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
-        return [tracer.fresh(call, call.layer.filters, clean=_activation_clean(call.layer))]
+        return [producer_output(call, tracer, call.layer.filters)]
 
     def role_layout(self, layer: Any, role: str, call: Call) -> Layout:
         if role == MID:

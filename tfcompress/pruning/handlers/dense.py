@@ -7,7 +7,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from tfcompress.pruning.handlers.base import (
-    IN, OUT, Call, ChannelHandler, Tracer, WeightSpec, maps_zero_to_zero, spatial,
+    IN, OUT, Call, ChannelHandler, Tracer, WeightSpec, producer_output, spatial,
 )
 from tfcompress.pruning.layout import Layout
 
@@ -28,8 +28,7 @@ class DenseHandler(ChannelHandler):
     size_key = "units"
 
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
-        clean = maps_zero_to_zero(call.layer.activation)
-        return [tracer.fresh(call, call.layer.units, clean=clean)]
+        return [producer_output(call, tracer, call.layer.units)]
 
     def filters(self, layer: Any) -> Optional[np.ndarray]:
         return layer.kernel.numpy().T

@@ -5,21 +5,11 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from tfcompress.pruning.handlers.base import (
-    OUT, Call, CoupledHandler, Tracer, WeightSpec, maps_zero_to_zero,
+    OUT, Call, CoupledHandler, Tracer, WeightSpec, maps_zero_to_zero, mixes_channels,
 )
 from tfcompress.pruning.layout import Layout
 
-__all__ = ["IdentityHandler", "ActivationHandler", "SoftmaxHandler", "PReLUHandler",
-           "mixes_channels"]
-
-#: Activations that normalize across the last axis (removing a channel changes the others).
-CHANNEL_MIXING_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
-
-
-def mixes_channels(activation: Any) -> bool:
-    """True for activations such as softmax that combine all channels of a position."""
-    return getattr(activation, "__name__", "") in CHANNEL_MIXING_ACTIVATIONS
-
+__all__ = ["IdentityHandler", "ActivationHandler", "SoftmaxHandler", "PReLUHandler"]
 
 class IdentityHandler(CoupledHandler):
     """Layers that move values without mixing channels and keep zeros zero: pooling, global

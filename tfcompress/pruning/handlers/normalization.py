@@ -98,25 +98,17 @@ class NormalizationHandler(_PerChannelAxisMixin, CoupledHandler):
 
 
 class RescalingHandler(CoupledHandler):
-    """``Rescaling``: ``x * scale + offset``, scalars or one value per channel."""
+    """``Rescaling``: ``x * scale + offset`` with scalar scale and offset (per-channel values
+    are a barrier: tf_keras cannot rebuild them from a config anyway)."""
 
     def output_clean(self, call: Call) -> bool:
         return call.inputs[0].clean and not np.any(np.asarray(call.layer.offset) != 0)
 
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
-        channels = call.input_shapes[0][-1]
         for value in (call.layer.scale, call.layer.offset):
-            if np.ndim(value) > 0 and np.size(value) not in (1, channels):
-                return tracer.opaque(call, f"scale/offset of shape {np.shape(value)}")
+            if np.size(value) != 1:
+                return tracer.opaque(call, f"per-channel scale/offset of shape {np.shape(value)}")
         return super().propagate(call, tracer)
-
-    def edit_config(self, config: Dict[str, Any], layer: Any,
-                    positions: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-        config = dict(config)
-        for key in ("scale", "offset"):
-            if np.size(config[key]) > 1 and positions.get(OUT) is not None:
-                config[key] = np.asarray(config[key]).reshape(-1)[positions[OUT]].tolist()
-        return config
 
 
 class ChannelScaleHandler(CoupledHandler):

@@ -9,9 +9,13 @@ pruned channel at every position. Anything else is a barrier.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer, channels_last_reason
+import numpy as np
+
+from tfcompress.pruning.handlers.base import (
+    OUT, Call, ChannelHandler, Tracer, channels_last_reason,
+)
 from tfcompress.pruning.layout import Layout
 
 __all__ = ["ReshapeHandler", "PermuteHandler", "trailing_tile"]
@@ -50,6 +54,13 @@ class ReshapeHandler(ChannelHandler):
             return tracer.opaque(call, f"reshape {call.input_shapes[0]} -> "
                                        f"{call.output_shapes[0]} splits the channel axis")
         return [call.inputs[0].tiled(tile) if tile > 1 else call.inputs[0]]
+
+    def edit_config(self, config: Dict[str, Any], layer: Any,
+                    positions: Mapping[str, Optional[np.ndarray]]) -> Dict[str, Any]:
+        target = config.get("target_shape")
+        if target is not None and positions.get(OUT) is not None and target[-1] != -1:
+            config = dict(config, target_shape=tuple(target[:-1]) + (len(positions[OUT]),))
+        return config
 
 
 class PermuteHandler(ChannelHandler):

@@ -1,0 +1,125 @@
+"""Shared checks for the pruning tests: random statistics, exactness, TFLite parity."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfcompress._keras import keras
+from tfcompress.pruning import ChannelGraph, apply_masks, count_macs, rebuild
+
+#: Smallest input side each tf_keras.applications family accepts (default 32).
+MIN_SIDE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71, "NASNetLarge": 32}
+
+
+def application_names() -> list:
+    """Every model constructor exported by ``tf_keras.applications``."""
+    apps = keras.applications
+    return sorted(n for n, f in vars(apps).items() if inspect.isfunction(f) and n[0].isupper())
+
+
+def build_application(name: str, side: Optional[int] = None) -> keras.Model:
+    """``name`` with random weights, a small input, 10 logits (no softmax) where supported."""
+    fn = getattr(keras.applications, name)
+    params = inspect.signature(fn).parameters
+    kwargs: Dict[str, Any] = {"weights": None, "classes": 10}
+    side = side or MIN_SIDE.get(name, 32)
+    kwargs["input_shape"] = (side, side, 3)
+    if "classifier_activation" in params:
+        kwargs["classifier_activation"] = None
+    if "alpha" in params and name.startswith("MobileNet"):
+        kwargs["alpha"] = 0.35 if name == "MobileNetV2" else 0.75 if "V3" in name else 0.25
+    if "include_preprocessing" in params:
+        kwargs["include_preprocessing"] = False
+    return fn(**kwargs)
+
+
+def randomize(model: keras.Model, seed: int = 0) -> None:
+    """Random BatchNorm statistics/affine, biases and per-channel scales: nothing is
+    trivially zero, so a wrong slice shows up in the outputs."""
+    rng = np.random.default_rng(seed)
+    for layer in _leaves(model):
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        names = [w.name.split("/")[-1].split(":")[0] for w in layer.weights]
+        new = []
+        for name, value in zip(names, weights):
+            shape = value.shape
+            if name == "moving_variance":
+                value = rng.uniform(0.5, 2.0, shape)
+            elif name in ("moving_mean", "beta", "bias"):
+                value = rng.normal(0.0, 0.2, shape)
+            elif name == "gamma":
+                value = rng.uniform(0.5, 1.5, shape)
+            new.append(np.asarray(value, np.float32))
+        layer.set_weights(new)
+
+
+def _leaves(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaves(layer)
+        else:
+            yield layer
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    scale = max(float(np.abs(a).max()), 1e-6)
+    return float(np.abs(a - b).max()) / scale
+
+
+def tflite_run(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Converts ``model`` to a float TFLite flatbuffer and runs it on ``x``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    interpreter = Interpreter(model_content=converter.convert())
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def check_pruned(model: keras.Model, ratio: float = 0.3, tflite: bool = True,
+                 seed: int = 0) -> Dict[str, Any]:
+    """Masks ``model`` at ``ratio``, rebuilds it and asserts the contract; returns stats."""
+    randomize(model, seed)
+    x = np.random.default_rng(seed).uniform(-1, 1, (2,) + tuple(model.input_shape[1:]))
+    x = x.astype(np.float32)
+    graph = ChannelGraph(model)
+    masks = graph.compute_masks(ratio)
+    macs, params = graph.macs(), graph.params()
+    assert params == model.count_params()
+    slim = rebuild(model, masks)
+    original = model(x, training=False).numpy()
+    apply_masks(model, masks)
+    masked = model(x, training=False).numpy()
+    if masks.pruned_ratio > 0:  # the check is not vacuous: pruning changed the outputs
+        assert relative_error(original, masked) > 1e-6
+    out = slim(x, training=False).numpy()
+    error = relative_error(masked, out)
+    assert error <= 1e-4, f"masked and rebuilt outputs differ: {error:.2e}"
+    assert slim.output_shape == model.output_shape
+    assert [t.name for t in slim.inputs] == [t.name for t in model.inputs]
+    slim_macs, slim_params = count_macs(slim), slim.count_params()
+    assert slim_macs == graph.macs(masks) and slim_params == graph.params(masks)
+    prunable = [g for g in graph.groups if g.prunable]
+    if prunable:
+        assert slim_macs < macs and slim_params < params
+    stats = {"macs": macs, "macs_kept": slim_macs / macs, "params_kept": slim_params / params,
+             "groups": len(graph.groups), "pruned_groups": sum(
+                 len(masks.kept[g.id]) < g.size for g in prunable),
+             "barriers": sorted({reason for bs in graph.barriers.values() for _, reason in bs
+                                 if reason not in ("model input", "reaches a model output")}),
+             "error": error}
+    if tflite:
+        lite = tflite_run(slim, x)
+        stats["tflite_error"] = relative_error(out, lite)
+        assert stats["tflite_error"] <= 1e-4, f"TFLite differs: {stats['tflite_error']:.2e}"
+    return stats
