@@ -127,6 +127,20 @@ def test_prune_rejects_unknown_layers_in_one_line(files, tmp_path, capsys):
     assert not (tmp_path / "s.keras").exists()
 
 
+def test_qat_models_are_explained_by_inspect_and_refused_by_prune(files, tmp_path, capsys):
+    import tensorflow_model_optimization as tfmot
+
+    from tfcompress.export import load_model, save_model
+
+    qat = tfmot.quantization.keras.quantize_model(load_model(files / "tiny.keras"))
+    save_model(qat, tmp_path / "qat_savedmodel")
+    assert main(["inspect", str(tmp_path / "qat_savedmodel")]) == 0
+    assert "note: a quantization-aware (QAT) model" in capsys.readouterr().out
+    argv = ["prune", str(tmp_path / "qat_savedmodel"), "--ratio", "0.5"]
+    assert main(argv) == 1
+    assert "Prune the float model first" in _error_line(capsys)
+
+
 def test_export_float_tflite_prints_the_parity_report(files, tmp_path, capsys):
     out = tmp_path / "m.tflite"
     assert main(["export", str(files / "tiny.keras"), "--output", str(out)]) == 0

@@ -46,10 +46,15 @@ def _group_rows(graph) -> List[list]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tfcompress.export import load_model
+    from tfcompress.export import is_qat_model, load_model
     from tfcompress.pruning import ChannelGraph, count_params
 
     model = load_model(args.model)
+    if is_qat_model(model):
+        print(
+            "note: a quantization-aware (QAT) model: tfcompress does not see through tfmot "
+            "wrappers, so MACs read 0 and no group is prunable. Inspect the float model."
+        )
     graph = ChannelGraph(model)
     layer_rows = _layer_rows(graph)
     print(f"model {model.name!r}: {len(model.layers)} layers")

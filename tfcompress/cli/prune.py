@@ -54,10 +54,15 @@ def _default_output(model_path: pathlib.Path) -> pathlib.Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tfcompress.export import load_model, save_model
+    from tfcompress.export import is_qat_model, load_model, save_model
     from tfcompress.pruning import ChannelGraph, fpgm_masks, rebuild
 
     model = load_model(args.model)
+    if is_qat_model(model):
+        raise ValueError(
+            f"{args.model} is a quantization-aware (QAT) model, whose tfmot wrappers hide the "
+            "channels. Prune the float model first, then run quantization-aware training."
+        )
     options = {"criterion": args.criterion, "exclude": args.exclude}
     if args.round_to is not None:
         options["round_to"] = args.round_to
