@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tfcompress.cli._models import existing_path, positive_int
 from tfcompress.cli.command import Command
+from tfcompress.cli.inputs import existing_path, positive_int
 from tfcompress.cli.table import format_table
 
 

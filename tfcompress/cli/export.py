@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from tfcompress.cli._models import existing_path, load_array, random_inputs
 from tfcompress.cli.command import Command
+from tfcompress.cli.inputs import existing_path, load_array, random_inputs
 
 _FORMATS = ("tflite", "saved_model")
 _QUANTIZE = ("auto", "none", "dynamic", "float16", "int8")

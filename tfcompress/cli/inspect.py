@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import List
 
-from tfcompress.cli._models import existing_path
 from tfcompress.cli.command import Command
+from tfcompress.cli.inputs import existing_path
 from tfcompress.cli.table import format_table
 
 

@@ -5,32 +5,20 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from tfcompress.cli._models import existing_path, positive_int
 from tfcompress.cli.command import Command
+from tfcompress.cli.inputs import existing_path, positive_int, ratio
 from tfcompress.cli.table import format_table
-
-_CRITERIA = ("fpgm", "l1", "l2")
-
-
-def ratio(text: str) -> float:
-    """argparse ``type``: a pruning ratio in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(
-            f"{value} is outside [0, 1): it is the fraction of channels to remove, e.g. 0.5"
-        )
-    return value
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=existing_path, help=".keras, .h5 or SavedModel folder")
     parser.add_argument(
         "--ratio", type=ratio, required=True, help="fraction of each group's channels to remove"
     )
-    parser.add_argument("--criterion", choices=_CRITERIA, default="fpgm", help="default: fpgm")
+    # Checked by the pruning API against its criteria registry (importing it here would
+    # load TensorFlow before `--help` can answer).
+    parser.add_argument(
+        "--criterion", default="fpgm", metavar="fpgm|l1|l2", help="filter criterion (fpgm)"
+    )
     parser.add_argument(
         "--round-to",
         type=positive_int,

@@ -1,4 +1,4 @@
-"""Input helpers shared by the commands: models, arrays and verification data."""
+"""What the commands read: argparse value types, sample arrays and stand-in data."""
 
 from __future__ import annotations
 
@@ -24,6 +24,19 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def ratio(text: str) -> float:
+    """argparse ``type``: a pruning ratio in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside [0, 1): it is the fraction of channels to remove, e.g. 0.5"
+        )
     return value
 
 
