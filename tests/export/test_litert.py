@@ -49,3 +49,19 @@ def test_compare_latency_rejects_bad_arguments(float_file, kwargs, message):
         litert.compare_latency([float_file], **kwargs)
     with pytest.raises(ValueError, match="paths. is empty"):
         litert.compare_latency([])
+
+
+def test_variable_input_sizes(tmp_path):
+    from tfcompress._keras import keras
+
+    layers = [keras.Input((None, None, 1)), keras.layers.Conv2D(4, 3)]
+    model = keras.Sequential(layers + [keras.layers.GlobalAveragePooling2D()])
+    path = to_tflite(model, tmp_path / "m.tflite", None)
+    for shape in [(2, 8, 8, 1), (3, 12, 10, 1)]:
+        x = np.random.default_rng(0).uniform(size=shape).astype(np.float32)
+        np.testing.assert_allclose(litert.run(path, x), model.predict(x, verbose=0), atol=1e-5)
+    with pytest.raises(ValueError, match="LiteRT cannot run m.tflite on inputs of shape"):
+        litert.run(path, np.zeros((1, 2, 2, 1), np.float32))  # smaller than the kernel
+    with pytest.raises(ValueError, match="no stand-in input can be made. Pass `x`"):
+        litert.latency(path)
+    assert litert.latency(path, np.zeros((1, 8, 8, 1), np.float32), runs=2).runs == 2

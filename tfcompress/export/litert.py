@@ -42,7 +42,7 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 class _Runner:
-    """One interpreter for a single-input, single-output model; resizes the batch on demand."""
+    """One interpreter for a single-input, single-output model; resizes its input on demand."""
 
     def __init__(self, path: PathLike, threads: Optional[int] = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -62,27 +62,46 @@ class _Runner:
                 "`Interpreter.get_signature_runner()` for others."
             )
         self.input, self.output = inputs[0], outputs[0]
-        self.batch = None
+        self.allocated = False
 
     @property
     def sample_shape(self) -> tuple:
-        """Input shape without the batch dimension (unknown dims reported as 1)."""
-        signature = self.input.get("shape_signature", self.input["shape"])
-        return tuple(int(d) if d > 0 else 1 for d in signature[1:])
+        """Input shape without the batch dimension.
+
+        Raises:
+          ValueError: if a dimension other than the batch is unknown.
+        """
+        signature = tuple(int(d) for d in self.input.get("shape_signature", self.input["shape"]))
+        if any(d < 1 for d in signature[1:]):
+            raise ValueError(
+                f"{self.path.name} takes inputs of shape {signature} (-1: unknown), so no "
+                "stand-in input can be made. Pass `x`, one batch of real input."
+            )
+        return signature[1:]
 
     def set_input(self, x: np.ndarray) -> None:
-        if tuple(x.shape[1:]) != tuple(self.input["shape"][1:]):
-            expected = (None,) + tuple(int(d) for d in self.input["shape"][1:])
+        signature = [int(d) for d in self.input.get("shape_signature", self.input["shape"])[1:]]
+        if len(signature) != x.ndim - 1 or any(
+            want not in (-1, got) for want, got in zip(signature, x.shape[1:])
+        ):
+            expected = (None,) + tuple(d if d > 0 else None for d in signature)
             raise ValueError(
                 f"Input of shape {x.shape} does not fit {self.path.name}, which expects "
                 f"{expected}. Pass data with the model's input shape."
             )
-        if x.shape[0] != self.batch:
-            self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
-            self.interpreter.allocate_tensors()
+        if not self.allocated or tuple(x.shape) != tuple(self.input["shape"]):
+            try:
+                self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
+                self.interpreter.allocate_tensors()
+            except (RuntimeError, ValueError) as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise ValueError(
+                    f"LiteRT cannot run {self.path.name} on inputs of shape {x.shape}: "
+                    f"{reason or type(error).__name__}. Check the input shape."
+                ) from error
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
-            self.batch = x.shape[0]
+            self.allocated = True
         self.interpreter.set_tensor(self.input["index"], _quantize(x, self.input))
 
     def invoke(self) -> None:
