@@ -9,6 +9,7 @@ Example:
   $ tfcompress export slim.keras --format tflite --quantize int8 --calibration x.npy \\
         --output slim_int8.tflite
   $ tfcompress bench model.tflite slim_int8.tflite --threads 1
+  $ tfcompress demo --output tfcompress-demo
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import warnings
 from typing import List, NoReturn, Optional, Sequence
 
 from tfcompress import __version__
-from tfcompress.cli import bench, export, inspect, prune
+from tfcompress.cli import bench, demo, export, inspect, prune
 from tfcompress.cli.command import Command
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 #: Every subcommand, in the order ``--help`` lists them.
-COMMANDS: List[Command] = [inspect.COMMAND, prune.COMMAND, export.COMMAND, bench.COMMAND]
+COMMANDS: List[Command] = [
+    inspect.COMMAND, prune.COMMAND, export.COMMAND, bench.COMMAND, demo.COMMAND]
 
 _PROG = "tfcompress"
 

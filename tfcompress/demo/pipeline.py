@@ -1,0 +1,310 @@
+"""The demo's steps: train, prune during fit, rebuild, PACT QAT, export, measure.
+
+Each step is a small function over plain data (:class:`DemoConfig` in, :class:`StageResult`
+rows out), so the CLI, the examples and the tests drive the same code. :func:`run_demo`
+chains them and returns a :class:`DemoResult` that :mod:`tfcompress.demo.report` renders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import pathlib
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from tfcompress._keras import keras
+from tfcompress.datasets import load_digits
+from tfcompress.export import ParityReport, litert, tflite_ops, to_saved_model, to_tflite, verify
+from tfcompress.models import compile_classifier, residual_cnn
+from tfcompress.pruning import FPGMPruning, PolynomialRatio, count_macs, count_params, rebuild
+from tfcompress.quantization import quantize_model
+
+__all__ = ["DemoConfig", "DemoResult", "StageResult", "run_demo"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Data = Tuple[np.ndarray, np.ndarray]
+
+#: Layer types whose output channels the channel plot shows.
+_CHANNEL_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
+_QUICK_SAMPLES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """What :func:`run_demo` does.
+
+    Attributes:
+      output: folder for the model files, the report and the plots (created if missing).
+      bits: PACT weight and activation bits for quantization-aware training, 2 to 8; the
+        TFLite file is int8 either way (lower bits use fewer of its levels).
+      ratio: final fraction of each prunable group's channels that FPGM removes, in [0, 1).
+      epochs: epochs of float training; pruning gets as many (the ratio ramps over the first
+        two thirds, the rest fine-tunes the pruned model) and QAT half as many.
+      quick: a 256-sample training subset, one epoch per stage, few latency runs (CI).
+      width: channels of the residual CNN's first stage (the second has twice as many).
+      latency_runs: interleaved LiteRT timing rounds (the median is reported).
+      seed: seeds Keras, NumPy and TensorFlow before training.
+
+    Raises:
+      ValueError: for a value out of range, naming it and the accepted range.
+    """
+
+    output: PathLike = "tfcompress-demo"
+    bits: int = 8
+    ratio: float = 0.5
+    epochs: int = 12
+    quick: bool = False
+    width: int = 32
+    latency_runs: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_int("bits", self.bits, 2, 8)
+        _check_int("epochs", self.epochs, 1)
+        _check_int("width", self.width, 1)
+        _check_int("latency_runs", self.latency_runs, 1)
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not (
+            0.0 <= self.ratio < 1.0
+        ):
+            raise ValueError(
+                f"`ratio` must be a number in [0, 1) (the fraction of channels to remove), "
+                f"got {self.ratio!r}. Pass e.g. 0.5."
+            )
+
+    def stage_epochs(self) -> Dict[str, int]:
+        """Epochs per stage: ``float``, ``prune`` (ramp), ``finetune`` and ``qat``."""
+        if self.quick:
+            return {"float": 1, "prune": 1, "finetune": 1, "qat": 1}
+        ramp = max(1, math.ceil(2 * self.epochs / 3))
+        return {"float": self.epochs, "prune": ramp, "finetune": max(1, self.epochs - ramp),
+                "qat": max(1, self.epochs // 2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """One row of the demo's table.
+
+    Attributes:
+      name: the stage, e.g. ``"slim (rebuilt)"``.
+      accuracy: test accuracy.
+      params: parameters of the model the stage ships (masked channels still count for
+        the masked model: it is not smaller yet).
+      macs: multiply-accumulates per sample (pruned channels excluded for the masked model).
+      file: the model file or folder of the stage, if it writes one.
+      latency_ms: LiteRT median latency, batch 1, one thread, for ``.tflite`` files.
+    """
+
+    name: str
+    accuracy: float
+    params: int
+    macs: int
+    file: Optional[pathlib.Path] = None
+    latency_ms: Optional[float] = None
+
+    @property
+    def size_bytes(self) -> Optional[int]:
+        """Size on disk of :attr:`file` (all files of a folder), ``None`` without one."""
+        if self.file is None:
+            return None
+        if self.file.is_dir():
+            return sum(p.stat().st_size for p in self.file.rglob("*") if p.is_file())
+        return self.file.stat().st_size
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """Everything :func:`run_demo` measured.
+
+    Attributes:
+      config: the configuration it ran.
+      stages: the table rows, in pipeline order: float, pruned (masked), slim (rebuilt),
+        QAT, TFLite int8.
+      history: per-epoch training curves of all stages in sequence: ``stage`` (name per
+        epoch), ``accuracy``, ``val_accuracy`` and ``pruned_ratio``.
+      channels: ``{layer name: (channels before, channels after)}`` of the conv and dense
+        layers.
+      parity: :func:`tfcompress.export.verify` of the int8 file against the QAT model.
+      int8_compute_ops: names of the int8 file's ops that compute on integer activations.
+      report: the Markdown report, once :func:`tfcompress.demo.report.write_report` wrote it.
+    """
+
+    config: DemoConfig
+    stages: List[StageResult]
+    history: Dict[str, list]
+    channels: Dict[str, Tuple[int, int]]
+    parity: ParityReport
+    int8_compute_ops: List[str]
+    report: Optional[pathlib.Path] = None
+
+    def stage(self, name: str) -> StageResult:
+        """The row whose name starts with ``name`` (e.g. ``"slim"``)."""
+        for row in self.stages:
+            if row.name.startswith(name):
+                return row
+        raise KeyError(f"No stage {name!r}; stages are {[row.name for row in self.stages]}.")
+
+    @property
+    def speedup(self) -> float:
+        """Original float TFLite latency divided by slim int8 TFLite latency."""
+        return self.stages[0].latency_ms / self.stages[-1].latency_ms
+
+
+def _check_int(name: str, value, low: int, high: Optional[int] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (
+        high is not None and value > high
+    ):
+        accepted = f"{low} to {high}" if high is not None else f">= {low}"
+        raise ValueError(f"`{name}` must be an integer {accepted}, got {value!r}.")
+
+
+def _append_history(history: Dict[str, list], stage: str, fit_history, pruned: float) -> None:
+    """Appends a ``fit``'s epochs; ``pruned`` is the ratio of stages that do not log one."""
+    logs = fit_history.history
+    for epoch in range(len(logs["loss"])):
+        history["stage"].append(stage)
+        history["accuracy"].append(float(logs["accuracy"][epoch]))
+        history["val_accuracy"].append(float(logs["val_accuracy"][epoch]))
+        ratios = logs.get("pruned_ratio")
+        history["pruned_ratio"].append(pruned if ratios is None else float(ratios[epoch]))
+
+
+def _accuracy(model, data: Data) -> float:
+    return float(model.evaluate(*data, batch_size=256, verbose=0)[1])
+
+
+def _tflite_accuracy(path: pathlib.Path, data: Data) -> float:
+    x, y = data
+    return float(np.mean(np.argmax(litert.run(path, x), axis=-1) == y))
+
+
+def channels_per_layer(before, after) -> Dict[str, Tuple[int, int]]:
+    """``{layer name: (output channels in before, in after)}`` of conv and dense layers."""
+    slim = {layer.name: layer for layer in after.layers}
+    return {
+        layer.name: (int(layer.output_shape[-1]), int(slim[layer.name].output_shape[-1]))
+        for layer in before.layers
+        if type(layer).__name__ in _CHANNEL_LAYERS and layer.name in slim
+    }
+
+
+def train_float(config: DemoConfig, train: Data, test: Data, verbose: int, history) -> "keras.Model":
+    """Trains the residual CNN in float; returns it compiled."""
+    model = compile_classifier(residual_cnn(train[0].shape[1:], width=config.width))
+    fit = model.fit(*train, batch_size=32, epochs=config.stage_epochs()["float"],
+                    validation_data=test, verbose=verbose)
+    _append_history(history, "float", fit, 0.0)
+    return model
+
+
+def prune_during_fit(config: DemoConfig, model, train: Data, test: Data, verbose: int,
+                     history) -> FPGMPruning:
+    """FPGM pruning while training: the ratio ramps from 0 to ``config.ratio`` with one mask
+    update per epoch, then the masked model fine-tunes. ``model`` ends up masked; the
+    returned callback holds the final masks."""
+    epochs = config.stage_epochs()
+    steps = math.ceil(len(train[0]) / 32)
+    end_step = max(1, (epochs["prune"] - 1) * steps)  # end_step is always an update step
+    pruning = FPGMPruning(PolynomialRatio(0.0, config.ratio, begin_step=0, end_step=end_step,
+                                          frequency=steps))
+    compile_classifier(model, learning_rate=5e-4)
+    fit = model.fit(*train, batch_size=32, epochs=epochs["prune"] + epochs["finetune"],
+                    validation_data=test, callbacks=[pruning], verbose=verbose)
+    _append_history(history, "prune", fit, config.ratio)
+    return pruning
+
+
+def quantize(config: DemoConfig, slim, train: Data, test: Data, verbose: int, history):
+    """PACT quantization-aware fine-tuning of the slim model at ``config.bits`` bits."""
+    qat = compile_classifier(quantize_model(slim, config.bits, config.bits), learning_rate=2e-4)
+    fit = qat.fit(*train, batch_size=32, epochs=config.stage_epochs()["qat"],
+                  validation_data=test, verbose=verbose)
+    _append_history(history, f"QAT {config.bits}-bit", fit, config.ratio)
+    return qat
+
+
+def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
+             log: Callable[[str], None] = print) -> DemoResult:
+    """Runs the whole pipeline on sklearn's digits and writes the model files.
+
+    Steps: train float -> FPGM pruning during fit (``PolynomialRatio(0 -> ratio)``) and
+    fine-tuning -> ``rebuild`` -> PACT QAT -> export the original float TFLite, the slim
+    SavedModel and the slim int8 TFLite -> parity check -> LiteRT latency (original float
+    vs slim int8, one thread, median of interleaved runs). Files written to
+    ``config.output``: ``float.tflite``, ``slim_saved_model/``, ``slim_int8.tflite``.
+
+    Args:
+      config: the :class:`DemoConfig` (default: ``DemoConfig()``).
+      verbose: Keras ``fit`` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+      log: receives one line per step.
+
+    Returns:
+      The :class:`DemoResult`; render it with :func:`tfcompress.demo.report.write_report`.
+
+    Raises:
+      ValueError: if the output folder cannot be created or written.
+
+    Example:
+      >>> from tfcompress.demo import DemoConfig, run_demo
+      >>> result = run_demo(DemoConfig(output="/tmp/demo", quick=True), verbose=0)  # doctest: +SKIP
+      >>> result.stage("slim").params < result.stage("float").params  # doctest: +SKIP
+      True
+    """
+    config = config or DemoConfig()
+    out = pathlib.Path(config.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot create the output folder {str(out)!r} ({error.strerror}). "
+                         "Pass --output with a writable folder.") from error
+    keras.utils.set_random_seed(config.seed)
+    train, test = load_digits(size=16)
+    if config.quick:
+        train = (train[0][:_QUICK_SAMPLES], train[1][:_QUICK_SAMPLES])
+    history: Dict[str, list] = {"stage": [], "accuracy": [], "val_accuracy": [],
+                                "pruned_ratio": []}
+
+    log(f"[1/6] training the float residual CNN (width {config.width}) on "
+        f"{len(train[0])} digits")
+    model = train_float(config, train, test, verbose, history)
+    float_row = StageResult("float", _accuracy(model, test), count_params(model),
+                            count_macs(model), to_tflite(model, out / "float.tflite", None))
+
+    log(f"[2/6] FPGM pruning during fit to ratio {config.ratio}, then fine-tuning")
+    pruning = prune_during_fit(config, model, train, test, verbose, history)
+    masked_row = StageResult("pruned (masked)", _accuracy(model, test), count_params(model),
+                             round(pruning.macs_ratio * float_row.macs))
+
+    log("[3/6] rebuilding the slim model")
+    slim = compile_classifier(rebuild(model, pruning.masks))
+    slim_row = StageResult("slim (rebuilt)", _accuracy(slim, test), count_params(slim),
+                           count_macs(slim), to_saved_model(slim, out / "slim_saved_model"))
+
+    log(f"[4/6] PACT quantization-aware training, {config.bits}-bit weights and activations")
+    qat = quantize(config, slim, train, test, verbose, history)
+    qat_row = StageResult(f"QAT {config.bits}-bit (Keras)", _accuracy(qat, test),
+                          slim_row.params, slim_row.macs)
+
+    log("[5/6] exporting the slim int8 TFLite file and checking parity")
+    int8_path = to_tflite(qat, out / "slim_int8.tflite", "int8")
+    parity = verify(qat, int8_path, test[0], raise_on_failure=False)
+    int8_ops = [op.name for op in tflite_ops(int8_path)
+                if op.name not in ("QUANTIZE", "DEQUANTIZE") and not op.computes_in_float]
+
+    log("[6/6] timing the original float and the slim int8 TFLite files (LiteRT, 1 thread)")
+    runs = 20 if config.quick else config.latency_runs
+    base, fast = litert.compare_latency([float_row.file, int8_path], threads=1, runs=runs,
+                                        warmup=max(2, runs // 10))
+    stages = [
+        dataclasses.replace(float_row, latency_ms=base.median_ms),
+        masked_row,
+        slim_row,
+        qat_row,
+        StageResult("TFLite int8", _tflite_accuracy(int8_path, test), slim_row.params,
+                    slim_row.macs, int8_path, fast.median_ms),
+    ]
+    return DemoResult(config, stages, history, channels_per_layer(model, slim), parity,
+                      int8_ops)
