@@ -21,10 +21,13 @@ def qat_4bit(trained_cnn, digits):
     """The trained CNN after 4-bit/4-bit PACT QAT, with its ranges before training."""
     (x, y), _ = digits
     keras.utils.set_random_seed(0)
-    qat = compile_classifier(quantize_model(trained_cnn, 4, 4), learning_rate=5e-4)
-    qat.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)  # calibrates "auto" ranges
-    calibrated = clip_ranges(qat)
-    qat.fit(x, y, batch_size=32, epochs=6, verbose=0)
+    epochs = 10
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, epochs * int(np.ceil(len(x) / 32)))
+    qat = compile_classifier(quantize_model(trained_cnn, 4, 4), learning_rate=schedule)
+    for start in range(0, 32 * 32, 32):  # "auto" ranges calibrate on 32 training batches
+        qat(x[start:start + 32], training=True)
+    calibrated = clip_ranges(qat)  # from here on, only gradients move the ranges
+    qat.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
     return qat, calibrated
 
 
