@@ -19,6 +19,7 @@ import numpy as np
 from tfcompress._keras import keras
 from tfcompress.datasets import load_digits
 from tfcompress.export import ParityReport, litert, tflite_ops, to_saved_model, to_tflite, verify
+from tfcompress.export.flatbuffer import CONVERSION_OPS
 from tfcompress.models import compile_classifier, residual_cnn
 from tfcompress.pruning import FPGMPruning, PolynomialRatio, count_macs, count_params, rebuild
 from tfcompress.quantization import quantize_model
@@ -292,7 +293,7 @@ def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
     int8_path = to_tflite(qat, out / "slim_int8.tflite", "int8")
     parity = verify(qat, int8_path, test[0], raise_on_failure=False)
     int8_ops = [op.name for op in tflite_ops(int8_path)
-                if op.name not in ("QUANTIZE", "DEQUANTIZE") and not op.computes_in_float]
+                if op.name not in CONVERSION_OPS and not op.computes_in_float]
 
     log("[6/6] timing the original float and the slim int8 TFLite files (LiteRT, 1 thread)")
     runs = 20 if config.quick else config.latency_runs

@@ -122,7 +122,8 @@ def plot_training(history: Dict[str, list], path: pathlib.Path) -> Optional[path
         accuracy_axis.text((start + end) / 2, 0.03, stage, ha="center", fontsize=9)
     handles = accuracy_axis.get_legend_handles_labels()
     extra = ratio_axis.get_legend_handles_labels()
-    accuracy_axis.legend(handles[0] + extra[0], handles[1] + extra[1], loc="center right")
+    accuracy_axis.legend(handles[0] + extra[0], handles[1] + extra[1],
+                         loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     accuracy_axis.set_title("Training: float -> FPGM pruning + fine-tuning -> PACT QAT")
     return _save(plt, figure, path)
 
