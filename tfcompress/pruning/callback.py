@@ -235,7 +235,10 @@ class FPGMPruning(keras.callbacks.Callback):
     def _current_step(self) -> int:
         optimizer = getattr(self.model, "optimizer", None)
         iterations = getattr(optimizer, "iterations", None)
-        return self._batches_seen if iterations is None else int(iterations)
+        if iterations is None:
+            return self._batches_seen
+        # get_value reads a MirroredVariable too (int() of one fails under tf.distribute).
+        return int(keras.backend.get_value(iterations))
 
     def _per_layer(self, ratio: float) -> Optional[Dict[str, float]]:
         if not self.per_layer:

@@ -234,9 +234,10 @@ class ChannelGraph:
                                  f"{self.model.name!r} (blocked by {list(group.barriers)}).")
             if len(idx) == 0:
                 raise ValueError(f"Masks keep no channel of group {gid!r}; keep at least one.")
-            if idx.min() < 0 or idx.max() >= group.size:
-                raise ValueError(f"Masks keep channel index {int(idx.max() if idx.max() >= group.size else idx.min())} "
-                                 f"of group {gid!r}, out of range 0..{group.size - 1}.")
+            bad = idx[(idx < 0) | (idx >= group.size)]
+            if len(bad):
+                raise ValueError(f"Masks keep channel {int(bad[0])} of group {gid!r}, out of "
+                                 f"range 0..{group.size - 1}.")
             if np.any(np.diff(idx) <= 0):
                 raise ValueError(f"Kept indices of group {gid!r} must be sorted and unique.")
             if group.blocks > 1:

@@ -1,0 +1,96 @@
+"""Exactness, shrinkage and TFLite parity on tf_keras.applications architectures.
+
+The default suite runs one cheap member of each family; ``pytest -m zoo`` runs all 71
+constructors and writes the per-model table into the "zoo" section of
+``benchmarks/RESULTS.md``.
+"""
+
+import importlib.util
+import pathlib
+import time
+
+import pytest
+
+from _exactness import application_names, build_application, check_pruned
+
+#: One member per tf_keras.applications module, with whether the default suite also converts
+#: it to TFLite (conversion time grows with the parameter count; the zoo converts them all).
+FAMILIES = {
+    "ResNet50": False, "ResNet50V2": False, "ResNetRS50": False, "VGG16": False,
+    "InceptionV3": False, "InceptionResNetV2": False, "Xception": False,
+    "ConvNeXtTiny": False, "MobileNet": True, "MobileNetV2": True, "MobileNetV3Small": True,
+    "DenseNet121": True, "NASNetMobile": True, "EfficientNetB0": True,
+    "EfficientNetV2B0": True, "RegNetX002": True, "RegNetY002": True,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_representative(name):
+    stats = check_pruned(build_application(name), ratio=0.3, tflite=FAMILIES[name])
+    assert stats["pruned_groups"] > 0
+    assert stats["macs_kept"] < 0.95 and stats["params_kept"] < 0.95
+
+
+def test_there_are_71_applications():
+    names = application_names()
+    assert len(names) == 71, names
+    assert set(FAMILIES) <= set(names)
+
+
+_ZOO = {}
+
+
+def _load_results_writer():
+    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "_results.py"
+    spec = importlib.util.spec_from_file_location("_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def zoo_table():
+    yield _ZOO
+    if not _ZOO:
+        return
+    results = _load_results_writer()
+    passed = sum(row["status"] == "ok" for row in _ZOO.values())
+    lines = [
+        "## FPGM pruning on tf_keras.applications (ratio 0.3)",
+        "",
+        f"`pytest -m zoo tests/pruning/test_applications.py` on {results.machine()}.",
+        "Each model: `weights=None`, 10 classes, smallest input side it accepts (32, 71 or 75 px),",
+        "random BatchNorm statistics, biases and scales. Checks: masked == rebuilt within 1e-4",
+        "relative, fewer MACs and params, float TFLite of the slim model within 1e-4 relative.",
+        f"**{passed} of {len(_ZOO)} pass.** Barriers list the reasons that kept channel groups",
+        "unpruned (model inputs and outputs are never pruned and are not listed).",
+        "",
+        "| model | MACs (M) | MACs kept | params kept | groups | pruned groups | barriers | "
+        "max rel. error (rebuilt / TFLite) | time (s) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(_ZOO):
+        row = _ZOO[name]
+        if row["status"] != "ok":
+            lines.append(f"| {name} | | | | | | | | {row['time']:.0f} | {row['status']} |")
+            continue
+        barriers = "; ".join(row["barriers"]) or "-"
+        lines.append(
+            f"| {name} | {row['macs'] / 1e6:.1f} | {row['macs_kept']:.1%} | "
+            f"{row['params_kept']:.1%} | {row['groups']} | {row['pruned_groups']} | {barriers} | "
+            f"{row['error']:.1e} / {row['tflite_error']:.1e} | {row['time']:.0f} | ok |")
+    results.write_section("zoo", "\n".join(lines))
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", application_names())
+def test_zoo(name, zoo_table):
+    start = time.perf_counter()
+    try:
+        stats = check_pruned(build_application(name), ratio=0.3, tflite=True)
+    except BaseException as error:
+        message = f"{type(error).__name__}: {error}".splitlines()[0][:120].replace("|", "/")
+        zoo_table[name] = {"status": f"FAIL {message}", "time": time.perf_counter() - start}
+        raise
+    zoo_table[name] = dict(stats, status="ok", time=time.perf_counter() - start)
+    assert stats["pruned_groups"] > 0
