@@ -30,3 +30,7 @@ __all__ = [
     "count_params", "CRITERIA", "keep_count", "HANDLERS", "ChannelHandler", "handler_for",
     "FPGMPruning", "PruningSchedule", "ConstantRatio", "PolynomialRatio",
 ]
+
+from tfcompress.pruning.sensitivity import Sensitivity, sensitivity  # noqa: E402
+
+__all__ += ["Sensitivity", "sensitivity"]
