@@ -1,0 +1,444 @@
+"""tfcompress vs Torch-Pruning: one residual CNN, one data set, one recipe, side by side.
+
+Run from the repository root::
+
+    pip install -r benchmarks/requirements-peers.txt
+    python benchmarks/peers.py            # about 6 minutes on 2 CPU cores
+    python benchmarks/peers.py --quick    # a smoke run with one seed and fewer epochs
+
+Both frameworks get the same network (``tfcompress.models.residual_cnn`` width 32, mirrored
+layer by layer in torch and started from the *same* initial weights, copied from Keras),
+the same digits data (``tfcompress.datasets.load_digits``, NHWC for Keras, NCHW for torch),
+the same float training (Adam 1e-3, batch 32), the same channel ratio (0.5, FPGM criterion)
+and the same fine-tuning epochs. One run prints and records, side by side:
+
+* channels kept per layer, MACs and parameters kept (each framework's own counter, plus
+  conv + linear MACs counted the same way in both);
+* accuracy of the float model, of the pruned model before and after fine-tuning (mean over
+  seeds);
+* time to prune + rebuild: ``fpgm_masks`` + ``rebuild`` vs Torch-Pruning's pruner
+  construction (its dependency-graph trace) + ``pruner.step()``;
+* latency of the slim model relative to the original in each framework's own runtime:
+  LiteRT on float ``.tflite`` files for tfcompress, eager torch on CPU for Torch-Pruning,
+  batch 1, one thread, medians of interleaved runs.
+
+Without ``torch`` or ``torch-pruning`` it says so and exits 0, leaving RESULTS.md alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+try:
+    import torch
+    import torch_pruning as tp
+except ImportError as missing:  # pragma: no cover - depends on the environment
+    torch = tp = None
+    _MISSING = missing
+
+RATIO = 0.5
+WIDTH = 32
+BATCH = 32
+LEARNING_RATE = 1e-3
+#: Keras layer names of the residual CNN that carry weights, in forward order.
+CONVS = ("stem", "block1a", "block1b", "dw", "block2a", "block2b")
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_std(values, scale=100.0, digits=2):
+    mean = statistics.mean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def timed(function, repeats, setup=lambda: None):
+    """Median wall time in ms of ``function(setup())`` (setup not timed), and the last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        argument = setup()
+        start = time.perf_counter()
+        result = function(argument)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), result
+
+
+# ------------------------------------------------------------------ torch side
+def torch_residual_cnn(width: int = WIDTH, num_classes: int = 10):
+    """The torch mirror of ``tfcompress.models.residual_cnn``, modules named like its layers.
+
+    Keras' BatchNormalization(momentum=0.9, epsilon=1e-3) is torch's momentum=0.1, eps=1e-3.
+    """
+    nn, functional = torch.nn, torch.nn.functional
+
+    class ResidualCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+
+            def conv_bn(prefix, cin, cout, stride=1, groups=1):
+                setattr(self, f"{prefix}_conv", nn.Conv2d(cin, cout, 3, stride, 1, groups=groups,
+                                                          bias=False))
+                setattr(self, f"{prefix}_bn", nn.BatchNorm2d(cout, eps=1e-3, momentum=0.1))
+
+            conv_bn("stem", 1, width)
+            conv_bn("block1a", width, width)
+            conv_bn("block1b", width, width)
+            conv_bn("dw", width, width, groups=width)
+            conv_bn("block2a", width, 2 * width, stride=2)
+            conv_bn("block2b", 2 * width, 2 * width)
+            self.logits = nn.Linear(2 * width, num_classes)
+
+        def unit(self, prefix, x, relu=True):
+            x = getattr(self, f"{prefix}_bn")(getattr(self, f"{prefix}_conv")(x))
+            return functional.relu(x) if relu else x
+
+        def forward(self, x):
+            x = shortcut = self.unit("stem", x)
+            x = self.unit("block1b", self.unit("block1a", x), relu=False)
+            x = functional.relu(x + shortcut)
+            x = self.unit("block2b", self.unit("block2a", self.unit("dw", x)))
+            return self.logits(x.mean(dim=(2, 3)))
+
+    return ResidualCNN()
+
+
+def copy_keras_weights(keras_model, torch_model) -> None:
+    """Gives ``torch_model`` the weights of ``keras_model`` (HWIO -> OIHW, (in, out) -> (out, in))."""
+    nn = torch.nn
+    with torch.no_grad():
+        for name, module in torch_model.named_children():
+            weights = keras_model.get_layer(name).get_weights()
+            if isinstance(module, nn.Conv2d):  # depthwise kernels are (H, W, C, 1) -> (C, 1, H, W)
+                axes = (2, 3, 0, 1) if module.groups > 1 else (3, 2, 0, 1)
+                module.weight.copy_(torch.from_numpy(weights[0].transpose(axes)))
+            elif isinstance(module, nn.BatchNorm2d):
+                for tensor, value in zip((module.weight, module.bias, module.running_mean,
+                                          module.running_var), weights):
+                    tensor.copy_(torch.from_numpy(value))
+            elif isinstance(module, nn.Linear):
+                module.weight.copy_(torch.from_numpy(weights[0].T))
+                module.bias.copy_(torch.from_numpy(weights[1]))
+
+
+def fit_torch(model, x, y, epochs: int, seed: int) -> None:
+    """Keras' ``fit`` recipe in torch: Adam (Keras' epsilon), batch 32, reshuffled each epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, eps=1e-7)
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), BATCH):
+            index = order[start:start + BATCH]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+            optimizer.step()
+    model.eval()
+
+
+def torch_accuracy(model, x, y) -> float:
+    model.eval()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(x))
+    return float((logits.argmax(-1).numpy() == y).mean())
+
+
+def torch_importance():
+    """FPGM importance when this Torch-Pruning has it, else L2 magnitude; and its name."""
+    if hasattr(tp.importance, "FPGMImportance"):
+        return tp.importance.FPGMImportance(), "FPGMImportance"
+    return tp.importance.MagnitudeImportance(p=2), "MagnitudeImportance(p=2) (no FPGMImportance)"
+
+
+def _pruner_class():
+    """``MagnitudePruner`` (an alias of ``BasePruner`` in 1.6), or ``BasePruner`` where it is gone."""
+    return getattr(tp.pruner, "MagnitudePruner", None) or tp.pruner.BasePruner
+
+
+def _pruner_name():
+    return "MagnitudePruner" if hasattr(tp.pruner, "MagnitudePruner") else "BasePruner"
+
+
+def torch_pruner(model, example):
+    """A one-shot Torch-Pruning pruner at ``RATIO`` (building it traces the dependency graph)."""
+    return _pruner_class()(model, example, importance=torch_importance()[0], pruning_ratio=RATIO,
+                        ignored_layers=[model.logits])
+
+
+def conv_linear_macs(model, example) -> int:
+    """Conv + Linear MACs of one forward pass, the definition of ``tfcompress.count_macs``."""
+    total, hooks = [0], []
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            kernel = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
+            total[0] += output.numel() // output.shape[0] * kernel
+        else:
+            total[0] += module.in_features * module.out_features
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            hooks.append(module.register_forward_hook(hook))
+    with torch.inference_mode():
+        model(example)
+    for handle in hooks:
+        handle.remove()
+    return total[0]
+
+
+def torch_latency(models, x, runs: int, warmup: int = 10):
+    """Median ms per eager batch-1 forward of each model, one thread, interleaved rounds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times = [[] for _ in models]
+    try:
+        with torch.inference_mode():
+            for round_index in range(warmup + runs):
+                for k in range(len(models)):
+                    i = (round_index + k) % len(models)
+                    start = time.perf_counter_ns()
+                    models[i](x)
+                    if round_index >= warmup:
+                        times[i].append((time.perf_counter_ns() - start) / 1e6)
+    finally:
+        torch.set_num_threads(threads)
+    return [statistics.median(t) for t in times]
+
+
+# ------------------------------------------------------------------ one seed, both frameworks
+def run_seed(seed, data, epochs, finetune, prune_repeats):
+    from tfcompress._keras import keras
+    from tfcompress.models import compile_classifier, residual_cnn
+    from tfcompress.pruning import fpgm_masks, rebuild
+
+    (x, y), (x_test, y_test) = data
+    xt, xt_test = x.transpose(0, 3, 1, 2).copy(), x_test.transpose(0, 3, 1, 2).copy()
+    example = torch.from_numpy(xt[:1])
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    torch.manual_seed(seed)
+    k_base = compile_classifier(residual_cnn(width=WIDTH))
+    t_base = torch_residual_cnn()
+    copy_keras_weights(k_base, t_base)
+
+    def k_accuracy(model):
+        return float(np.mean(model.predict(x_test, batch_size=256, verbose=0).argmax(-1) == y_test))
+
+    out = {"tfc": {}, "tp": {}}
+    k_base.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+    fit_torch(t_base, xt, y, epochs, seed)
+    out["tfc"]["float"], out["tp"]["float"] = k_accuracy(k_base), torch_accuracy(t_base, xt_test, y_test)
+
+    masks_ms, masks = timed(lambda _: fpgm_masks(k_base, RATIO), prune_repeats)
+    rebuild_ms, k_slim = timed(lambda _: rebuild(k_base, masks), prune_repeats)
+    init_ms, pruner = timed(lambda model: torch_pruner(model, example), prune_repeats,
+                            setup=lambda: copy.deepcopy(t_base))
+    step_ms, _ = timed(lambda p: p.step(), prune_repeats,
+                       setup=lambda: torch_pruner(copy.deepcopy(t_base), example))
+    t_slim = pruner.model
+    pruner.step()
+    out["tfc"]["time"] = (masks_ms, rebuild_ms)
+    out["tp"]["time"] = (init_ms, step_ms)
+
+    k_slim = compile_classifier(k_slim)
+    out["tfc"]["one-shot"], out["tp"]["one-shot"] = k_accuracy(k_slim), torch_accuracy(
+        t_slim, xt_test, y_test)
+    k_slim.fit(x, y, batch_size=BATCH, epochs=finetune, verbose=0)
+    fit_torch(t_slim, xt, y, finetune, seed + 1000)
+    out["tfc"]["tuned"], out["tp"]["tuned"] = k_accuracy(k_slim), torch_accuracy(
+        t_slim, xt_test, y_test)
+    print(f"  seed {seed}: tfcompress {out['tfc']['float']:.4f} -> {out['tfc']['one-shot']:.4f} "
+          f"-> {out['tfc']['tuned']:.4f} | Torch-Pruning {out['tp']['float']:.4f} -> "
+          f"{out['tp']['one-shot']:.4f} -> {out['tp']['tuned']:.4f}")
+    return out, (k_base, k_slim), (t_base, t_slim), example
+
+
+def keras_channels(model):
+    return [model.get_layer(f"{name}_bn").gamma.shape[0] for name in CONVS]
+
+
+def torch_channels(model):
+    return [getattr(model, f"{name}_bn").num_features for name in CONVS]
+
+
+def sizes(data, keras_pair, torch_pair, example):
+    """``{framework: {metric: (original, slim)}}`` from each side's own counters."""
+    from tfcompress.pruning import count_macs, count_params
+
+    (k_base, k_slim), (t_base, t_slim) = keras_pair, torch_pair
+    t_counts = [tp.utils.count_ops_and_params(m, example) for m in (t_base, t_slim)]
+    return {
+        "tfc": {"macs": (count_macs(k_base), count_macs(k_slim)),
+                "same macs": (count_macs(k_base), count_macs(k_slim)),
+                "params": (count_params(k_base), count_params(k_slim)),
+                "channels": (keras_channels(k_base), keras_channels(k_slim))},
+        "tp": {"macs": tuple(int(c[0]) for c in t_counts),
+               "same macs": (conv_linear_macs(t_base, example), conv_linear_macs(t_slim, example)),
+               "params": tuple(int(c[1]) for c in t_counts),
+               "channels": (torch_channels(t_base), torch_channels(t_slim))},
+    }
+
+
+def latencies(keras_pair, torch_pair, x_one, runs):
+    from tfcompress import export
+
+    folder = tempfile.mkdtemp(prefix="peers_bench_")
+    paths = [export.to_tflite(model, os.path.join(folder, f"{name}.tflite"), quantize=None)
+             for model, name in zip(keras_pair, ("original", "slim"))]
+    tflite = [result.median_ms for result in
+              export.litert.compare_latency(paths, x_one, threads=1, runs=runs, warmup=10)]
+    eager = torch_latency(list(torch_pair), torch.from_numpy(x_one.transpose(0, 3, 1, 2).copy()),
+                          runs)
+    return {"tfc": tuple(tflite), "tp": tuple(eager)}
+
+
+# ------------------------------------------------------------------ report
+def report(results, size, latency, args, elapsed):
+    from _results import machine
+
+    def both(function):
+        return [function("tfc"), function("tp")]
+
+    def kept(pair):
+        return pair[1] / pair[0]
+
+    def per_seed(side, key):
+        return [r[side][key] for r in results]
+
+    def prune_time(side):
+        first, second = zip(*per_seed(side, "time"))
+        first, second = statistics.median(first), statistics.median(second)
+        return f"{first + second:.0f} ({first:.0f} + {second:.0f})"
+
+    rows = [
+        ["how", f"`fpgm_masks(model, {RATIO})` + `rebuild`",
+         f"`tp.pruner.{_pruner_name()}(importance={torch_importance()[1]}, "
+         f"pruning_ratio={RATIO}, ignored_layers=[logits])` + `step()`"],
+        ["channels per conv " + "/".join(CONVS)] + both(
+            lambda s: "/".join(map(str, size[s]["channels"][0])) + " → "
+            + "/".join(map(str, size[s]["channels"][1]))),
+        ["MACs original → slim (own counter)"] + both(
+            lambda s: f"{size[s]['macs'][0] / 1e6:.2f} M → {size[s]['macs'][1] / 1e6:.2f} M"),
+        ["**MACs kept** (own counter)"] + both(lambda s: f"**{kept(size[s]['macs']):.3f}**"),
+        ["MACs kept (conv + dense/linear only, both)"] + both(
+            lambda s: f"{kept(size[s]['same macs']):.3f}"),
+        ["params original → slim (own counter)"] + both(
+            lambda s: f"{size[s]['params'][0]:,} → {size[s]['params'][1]:,}"),
+        ["params kept"] + both(lambda s: f"{kept(size[s]['params']):.3f}"),
+        [f"test acc % float ({args.epochs} epochs)"] + both(
+            lambda s: mean_std(per_seed(s, "float"))),
+        ["test acc % right after pruning"] + both(lambda s: mean_std(per_seed(s, "one-shot"))),
+        [f"**test acc % after {args.finetune} fine-tuning epochs**"] + both(
+            lambda s: f"**{mean_std(per_seed(s, 'tuned'))}**"),
+        ["time to prune + rebuild, ms (median)"] + both(prune_time),
+        ["latency original → slim, µs (batch 1, 1 thread)"] + both(
+            lambda s: f"{latency[s][0] * 1e3:.0f} → {latency[s][1] * 1e3:.0f}"),
+        ["**latency kept** (slim / original)"] + both(lambda s: f"**{kept(latency[s]):.3f}**"),
+        ["latency kept / MACs kept"] + both(
+            lambda s: f"{kept(latency[s]) / kept(size[s]['same macs']):.2f}"),
+    ]
+    header = ["", "tfcompress (tf_keras " + _tf_version() + ")",
+              f"Torch-Pruning {tp.__version__} (torch {torch.__version__})"]
+    markdown_table = table(header, rows)
+    seeds = ", ".join(map(str, range(args.seeds)))
+    markdown = f"""## tfcompress vs Torch-Pruning (`benchmarks/peers.py`)
+
+Measured on {machine()}, torch {torch.__version__}, torch-pruning {tp.__version__}
+{"(--quick run) " if args.quick else ""}in one run of {elapsed / 60:.1f} min. The machine is shared
+with other jobs, so timings carry noise of several percent; the latency columns are medians of
+{args.runs} interleaved rounds (original and slim alternate) within each runtime.
+
+Same residual CNN (`residual_cnn(width={WIDTH})`, mirrored module by module in torch and
+started from the same initial weights, copied from Keras), same digits split (1,347 train / 450
+test, 16x16), same recipe (Adam {LEARNING_RATE:g}, batch {BATCH}, {args.epochs} float epochs, prune
+{RATIO:.0%} of the channels of every prunable group with an FPGM criterion, {args.finetune}
+fine-tuning epochs of the slim model with a fresh Adam). Accuracies: mean ± std over seeds
+{seeds}. Prune time: tfcompress `fpgm_masks` (channel-graph trace + scores) + `rebuild`;
+Torch-Pruning pruner construction (dependency-graph trace) + `step()`; median of
+{args.prune_repeats} repeats per seed over all seeds. Latency: tfcompress models as float `.tflite`
+on LiteRT, torch models in eager mode on CPU (`torch.set_num_threads(1)`).
+
+{markdown_table}
+
+Notes:
+- "Own counter": `tfcompress.pruning.count_macs`/`count_params` (conv + dense MACs; every
+  weight, BatchNorm moving statistics included) vs `tp.utils.count_ops_and_params` (it also
+  counts BatchNorm and pooling ops; parameters exclude BatchNorm running statistics). The
+  "conv + dense/linear only" row counts torch with the tfcompress definition (forward hooks).
+- Torch-Pruning's `FPGMImportance` (1.6) ranks the pairwise distances of `|w|^2`, summed over
+  the group's producers and consumers; tfcompress scores geometric-median distances of the
+  raw producer filters. Both keep the same channel counts here.
+- The two runtimes are not compared with each other (different kernels, graph executor vs
+  eager Python); only each one's slim/original ratio is.
+"""
+    return markdown_table, markdown
+
+
+def _tf_version():
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer epochs and runs")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds to average accuracy over")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
+    args = parser.parse_args(argv)
+    if torch is None or tp is None:
+        print(f"benchmarks/peers.py needs torch and torch-pruning ({_MISSING}). Install them with "
+              "`pip install -r benchmarks/requirements-peers.txt`; skipping, RESULTS.md unchanged.")
+        return 0
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.quick:
+        args.seeds, args.epochs, args.finetune, args.runs, args.prune_repeats = 1, 2, 1, 30, 1
+    else:
+        args.epochs, args.finetune, args.runs, args.prune_repeats = 8, 3, 300, 3
+
+    from tfcompress.datasets import load_digits
+
+    # One intra-op thread for torch throughout: with two threads on a 2-core machine that also
+    # runs TensorFlow's thread pools (and other jobs), a torch training epoch was 10x slower.
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    data = load_digits(size=16)
+    results = []
+    for seed in range(args.seeds):
+        result, keras_pair, torch_pair, example = run_seed(
+            seed, data, args.epochs, args.finetune, args.prune_repeats)
+        results.append(result)
+    size = sizes(data, keras_pair, torch_pair, example)
+    print("  latency (LiteRT float .tflite, eager torch; batch 1, 1 thread, interleaved)")
+    latency = latencies(keras_pair, torch_pair, data[1][0][:1], args.runs)
+    markdown_table, markdown = report(results, size, latency, args, time.perf_counter() - start)
+    print(markdown_table)
+    if not args.no_write:
+        from _results import write_section
+
+        write_section("peers", markdown)
+        print("wrote section 'peers' of benchmarks/RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
