@@ -5,7 +5,6 @@ import itertools
 import numpy as np
 import pytest
 
-from tfcompress._keras import keras
 from tfcompress.models import residual_cnn
 from tfcompress.pruning import CRITERIA, ChannelGraph, fpgm_masks, keep_count
 from tfcompress.pruning.criteria import fpgm, l1_norm, l2_norm

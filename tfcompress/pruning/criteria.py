@@ -158,7 +158,8 @@ def select_masks(
         value = _check_ratio(per_layer[name], f"per_layer[{name!r}]")
         for key in keys:
             layer_ratio[key] = max(value, layer_ratio.get(key, 0.0))
-    excluded = {k for keys in _resolve_names(graph, exclude or (), "exclude").values() for k in keys}
+    excluded = {key for keys in _resolve_names(graph, exclude or (), "exclude").values()
+                for key in keys}
 
     kept: Dict[str, np.ndarray] = {}
     for group in graph.groups:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +21,9 @@ from tfcompress._keras import keras, require_graph_model
 from tfcompress.pruning.handlers.base import BarrierHandler, Call, ChannelHandler
 from tfcompress.pruning.handlers.registry import handler_for
 from tfcompress.pruning.layout import KeptFn, Layout, Segment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tfcompress.pruning.masks import Masks
 
 __all__ = ["ChannelGraph", "Group", "LayerRecord"]
 
@@ -219,7 +222,8 @@ class ChannelGraph:
         for gid, idx in masks.kept.items():
             if gid not in self._groups:
                 raise ValueError(f"Masks do not match model {self.model.name!r}: group {gid!r} "
-                                 f"does not exist; the model's groups are {_preview(self._groups)}. "
+                                 f"does not exist; the model's groups are "
+                                 f"{_preview(self._groups)}. "
                                  "Compute the masks on this model (`fpgm_masks(model, ratio)`).")
             group = self._groups[gid]
             size = masks.sizes.get(gid, group.size)

@@ -83,7 +83,8 @@ class Layout:
             return self
         if self.tile != 1:
             raise ValueError("cannot repeat a tiled layout")
-        return Layout(tuple(dataclasses.replace(s, repeat=s.repeat * factor) for s in self.segments))
+        return Layout(tuple(dataclasses.replace(s, repeat=s.repeat * factor)
+                            for s in self.segments))
 
     def tiled(self, factor: int) -> "Layout":
         """The layout repeated ``factor`` times along the axis (Flatten of spatial positions)."""

@@ -148,7 +148,8 @@ class Masks:
             shown = ", ".join(layers[:max_layers]) + (
                 f" +{len(layers) - max_layers}" if len(layers) > max_layers else "")
             kept = f"{len(self.kept[gid])}/{size}" if gid in self.kept else f"-/{size}"
-            blocked = "; ".join(f"{layer} ({reason})" for layer, reason in self.barriers.get(gid, ()))
+            blocked = "; ".join(f"{layer} ({reason})"
+                                for layer, reason in self.barriers.get(gid, ()))
             rows.append((gid, shown, kept, blocked))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3]

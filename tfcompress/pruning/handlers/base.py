@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import numpy as np
 import tensorflow as tf
 
-from tfcompress.pruning.layout import KeptFn, Layout
+from tfcompress.pruning.layout import Layout
 
 __all__ = [
     "IN", "OUT", "MID", "WeightSpec", "Call", "Tracer", "ChannelHandler", "BarrierHandler",
@@ -88,8 +88,9 @@ class Tracer(Protocol):
     def fresh(self, call: Call, size: int, *, clean: bool = True, index: int = 0) -> Layout:
         """A new space of ``size`` channels produced by this layer (same space on every call)."""
 
-    def unify(self, call: Call, layouts: Sequence[Layout]) -> Optional[Layout]:
-        """Couples the layouts (same channels everywhere); None (and blocked) if misaligned."""
+    def unify(self, call: Call, layouts: Sequence[Layout]) -> bool:
+        """Couples aligned layouts (same channels everywhere); blocks them and returns
+        False if their segment structures differ."""
 
     def block(self, call: Call, layout: Layout, reason: str) -> None:
         """Marks every space of ``layout`` unprunable because of this layer."""

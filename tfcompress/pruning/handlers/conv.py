@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -88,12 +88,14 @@ class ConvHandler(ChannelHandler):
         per_group_out = layer.filters // layer.groups
         for pos in positions:  # a pruned input channel feeds the outputs of its block only
             block = pos // per_group_in
-            value[..., pos - block * per_group_in, block * per_group_out:(block + 1) * per_group_out] = 0
+            outputs = slice(block * per_group_out, (block + 1) * per_group_out)
+            value[..., pos - block * per_group_in, outputs] = 0
         return value
 
     def macs(self, call: Call, n_in: int, n_out: int) -> int:
         layer = call.layer
-        return spatial(call.output_shapes[0]) * _kernel_volume(layer) * (n_in // layer.groups) * n_out
+        volume = spatial(call.output_shapes[0]) * _kernel_volume(layer)
+        return volume * (n_in // layer.groups) * n_out
 
 
 class ConvTransposeHandler(ConvHandler):

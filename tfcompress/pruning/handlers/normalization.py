@@ -9,7 +9,7 @@ and variance of the others), so it is a barrier; over other axes it is channel-w
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 

@@ -21,7 +21,8 @@ from tfcompress.pruning.layout import Layout
 __all__ = ["ReshapeHandler", "PermuteHandler", "trailing_tile"]
 
 
-def trailing_tile(in_shape: Sequence[Optional[int]], out_shape: Sequence[Optional[int]]) -> Optional[int]:
+def trailing_tile(in_shape: Sequence[Optional[int]],
+                  out_shape: Sequence[Optional[int]]) -> Optional[int]:
     """How many times the input's last axis is tiled into the output's last axis, or None.
 
     The output's last axis must be exactly the product of some trailing input axes.
