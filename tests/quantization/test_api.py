@@ -176,3 +176,16 @@ def test_bad_models_get_clear_errors():
         quantize_model(keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)]))
     with pytest.raises(ValueError, match="from 2 to 8"):
         quantize_model(_tiny_model(), activation_bits=1)
+
+
+@pytest.mark.parametrize("name", ["tfmot.h5", "tfmot_savedmodel"])
+def test_plain_tfmot_models_still_load_inside_the_scope(name, tmp_path):
+    import tensorflow_model_optimization as tfmot
+
+    qat = tfmot.quantization.keras.quantize_model(_tiny_model())
+    data = np.random.default_rng(0).normal(size=(4, 8, 8, 2)).astype(np.float32)
+    qat.save(tmp_path / name)
+    with quantize_scope():
+        restored = keras.models.load_model(tmp_path / name)
+    np.testing.assert_allclose(restored.predict(data, verbose=0), qat.predict(data, verbose=0),
+                               atol=1e-6)

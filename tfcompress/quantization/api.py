@@ -89,7 +89,7 @@ def quantize_model(
         ``decay``, ``calibration_steps``).
 
     Returns:
-      A new model of tfmot ``QuantizeWrapperV2`` layers to compile and train (fine-tune) as
+      A new model of tfmot quantize wrappers to compile and train (fine-tune) as
       usual. Save and load it inside :func:`quantize_scope`; export it with
       ``tfcompress.export.to_tflite`` to get an int8 file.
 

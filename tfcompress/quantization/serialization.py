@@ -6,11 +6,12 @@ format, which stores variables by position): ``QuantizeLayer.build`` never sets
 kernel once or twice depending on how it was built, so positions shift between save and
 load (and so do the optimizer's slots). This happens with tfmot's own ``quantize_model``.
 
-The two classes here keep tfmot's names and behaviour and fix only that:
-:class:`QuantizeLayer` marks itself built, :class:`QuantizeWrapperV2` lists its variables
-in one canonical order (sorted by their short names) and saves them by name.
-:func:`adopt` switches a model's tfmot wrappers to these classes;
-:func:`~tfcompress.quantization.quantize_scope` maps the names to them when loading.
+The two classes here keep tfmot's behaviour and fix only that: :class:`QuantizeLayer`
+marks itself built, :class:`OrderedQuantizeWrapper` lists its variables in one canonical
+order (sorted by their short names) and saves them by name. :func:`adopt` switches a
+model's tfmot wrappers to these classes. The wrapper has a name of its own, so models
+saved with tfmot's ``QuantizeWrapperV2`` keep loading with tfmot's class (and its variable
+order) inside :func:`~tfcompress.quantization.quantize_scope`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class QuantizeLayer(quantize_layer.QuantizeLayer):
         self.built = True
 
 
-class QuantizeWrapperV2(quantize_wrapper.QuantizeWrapperV2):
+@keras.utils.register_keras_serializable(package="tfcompress")
+class OrderedQuantizeWrapper(quantize_wrapper.QuantizeWrapperV2):
     """tfmot's ``QuantizeWrapperV2`` with a build-independent variable order.
 
     ``trainable_weights``/``non_trainable_weights`` are sorted by short variable name
@@ -92,15 +94,20 @@ class QuantizeWrapperV2(quantize_wrapper.QuantizeWrapperV2):
 
 _ADOPTED = {
     quantize_layer.QuantizeLayer: QuantizeLayer,
-    quantize_wrapper.QuantizeWrapperV2: QuantizeWrapperV2,
+    quantize_wrapper.QuantizeWrapperV2: OrderedQuantizeWrapper,
 }
 
-CUSTOM_OBJECTS = {"QuantizeLayer": QuantizeLayer, "QuantizeWrapperV2": QuantizeWrapperV2}
+CUSTOM_OBJECTS = {"QuantizeLayer": QuantizeLayer,
+                  "OrderedQuantizeWrapper": OrderedQuantizeWrapper}
 """Names :func:`~tfcompress.quantization.quantize_scope` maps to the classes above."""
 
 
 def adopt(model: keras.Model) -> keras.Model:
     """Switches tfmot's ``QuantizeLayer``/``QuantizeWrapperV2`` in ``model`` to the classes here.
+
+    (``QuantizeLayer`` keeps its class name: ``.keras`` files locate weights by the
+    snake-cased class name, and its variable order is unchanged, so files written either
+    way load either way.)
 
     The classes only add methods, so the switch is in place and keeps every variable.
 
