@@ -204,25 +204,28 @@ class PACTQuantizer(quantizers.Quantizer):
         return lows[best, 0], highs[best, 0]
 
     def _calibrate(self, inputs, weights):
-        """Folds this batch's best range into the running means over the first batches."""
+        """Folds this batch's best range into the running means over the first batches.
+
+        Only the range search sits inside ``tf.cond``; the assignments stay outside it (and
+        write back unchanged values once calibration is over), because under
+        ``tf.distribute`` assigning a MEAN-aggregated variable is a cross-replica sync,
+        which TensorFlow does not allow inside control flow. Each replica then contributes
+        its own batch's range and the variables take their mean.
+        """
         steps = weights["calibrated_steps"]
         alpha, beta = weights["alpha"], weights.get("beta")
-
-        def update():
-            low, high = self._batch_range(inputs)
-            n = steps + 1.0
-            # The first batch replaces the placeholder init; later ones average in.
-            keep = tf.where(steps > 0, (n - 1.0) / n, 0.0)
-            ops = [alpha.assign(keep * alpha + (1.0 - keep) * high)]
-            if beta is not None:
-                ops.append(beta.assign(keep * beta + (1.0 - keep) * -low))
-            with tf.control_dependencies(ops):
-                return tf.identity(steps.assign_add(1.0))
-
-        def skip():
-            return tf.identity(steps)
-
-        return tf.cond(steps < float(self.calibration_steps), update, skip)
+        active = steps < float(self.calibration_steps)
+        low, high = tf.cond(active, lambda: self._batch_range(inputs),
+                            lambda: (tf.zeros(()), tf.zeros(())))
+        n = steps + 1.0
+        # The first batch replaces the placeholder init; later ones average in; keep = 1
+        # (nothing changes) after calibration.
+        keep = tf.where(active, tf.where(steps > 0, (n - 1.0) / n, 0.0), 1.0)
+        ops = [alpha.assign(keep * alpha + (1.0 - keep) * high)]
+        if beta is not None:
+            ops.append(beta.assign(keep * beta + (1.0 - keep) * -low))
+        with tf.control_dependencies(ops):
+            return tf.identity(steps.assign_add(tf.where(active, 1.0, 0.0)))
 
     def __call__(self, inputs, training, weights, **kwargs):
         if training and self.calibrates:
