@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from typing import Any, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from tfcompress._io import write_text
 from tfcompress._keras import keras, require_graph_model
+from tfcompress.pruning.apply import weight_index
 from tfcompress.pruning.criteria import CRITERIA
 from tfcompress.pruning.graph import ChannelGraph
+from tfcompress.pruning.handlers.base import IN
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.schedules import ConstantRatio, PruningSchedule
 
@@ -155,7 +157,8 @@ class FPGMPruning(keras.callbacks.Callback):
         self._metrics: Dict[str, float] = {"pruned_ratio": 0.0, "macs_ratio": 1.0}
         self._batches_seen = 0
         self._synced = False
-        self._zeroings: Dict[bool, "_Zeroing"] = {}
+        self._zeroings: Dict[bool, _Zeroing] = {}  # full or producers-only zeroing
+        self._zeroed_masks: Dict[bool, Any] = {}  # the masks each zeroing currently holds
 
     # ---------------------------------------------------------------- public state
     @property
@@ -186,6 +189,7 @@ class FPGMPruning(keras.callbacks.Callback):
             self._graph_model = model
             self._dense_macs = self._graph.macs()
             self._masks, self._update_step = None, None
+            self._zeroings, self._zeroed_masks = {}, {}
         self._schedule = self._resolve_schedule()
         self._synced = False  # BackupAndRestore may restore `iterations` after this hook
 
@@ -262,7 +266,6 @@ class FPGMPruning(keras.callbacks.Callback):
 
     def _set_masks(self, masks, step: Optional[int]) -> None:
         self._masks, self._update_step = masks, step
-        self._zeroings = {}
         macs = self._graph.macs(masks)
         self._metrics = {"pruned_ratio": float(masks.pruned_ratio),
                          "macs_ratio": float(macs / self._dense_macs) if self._dense_macs else 1.0}
@@ -270,12 +273,14 @@ class FPGMPruning(keras.callbacks.Callback):
     def _zero(self, full: bool) -> None:
         """Zeroes the pruned channels: of every group member (``full``), or, for a soft
         update, only the producers' filters, so that gradients still reach them."""
-        if full not in self._zeroings:
+        zeroing = self._zeroings.setdefault(full, _Zeroing())
+        if self._zeroed_masks.get(full) is not self._masks:
             layers = None
             if not full:
                 layers = {key for group in self._graph.groups for key in group.producers}
-            self._zeroings[full] = _Zeroing(self._graph, self._masks, layers)
-        self._zeroings[full]()
+            zeroing.set_masks(_variable_masks(self._graph, self._masks, layers))
+            self._zeroed_masks[full] = self._masks
+        zeroing()
 
     def _sync(self, step: int) -> None:
         """Restores the masks in force at ``step`` when a ``fit`` starts mid-schedule."""
@@ -348,41 +353,73 @@ def _zero_filters_first(score):
     return criterion
 
 
-class _Zeroing:
-    """Multiplies model variables by fixed 0/1 masks in one compiled call.
+def _variable_masks(graph: ChannelGraph, masks: Masks,
+                    layers: Optional[set] = None) -> Dict[int, Tuple[tf.Variable, np.ndarray]]:
+    """``{id(variable): (variable, 0/1 mask)}`` of what ``graph.apply(masks)`` zeroes.
 
-    The mask of each variable is what :meth:`ChannelGraph.apply` does to a variable of ones,
-    so it is exactly what ``apply_masks`` zeroes; computing it costs two copies of the
-    weights, once per mask update, and each call afterwards is a single graph execution
-    (no per-layer ``get_weights``/``set_weights``), cheap enough to run after every batch.
+    Reads the same handler weight table as :func:`tfcompress.pruning.apply_masks` (which
+    positions of which weight, per role), restricted to the layer keys in ``layers``, but
+    builds numpy masks instead of editing weights layer by layer.
+    """
+    kept = graph.kept_fn(masks)
+    result = {}
+    for key, record in graph.records.items():
+        handler, layer = record.handler, record.layer
+        if record.barrier is not None or (layers is not None and key not in layers):
+            continue
+        for attr in weight_index(layer, handler.weights):
+            spec, variable = handler.weights[attr], getattr(layer, attr)
+            jobs = []
+            if spec.zero is not None:
+                layout = handler.role_layout(layer, spec.zero, record.calls[0])
+                jobs.append((spec.zero, layout.pruned_positions(kept)))
+            if spec.consumes:
+                dirty = [handler.role_layout(layer, IN, call).positions(kept, only_dirty=True)
+                         for call in record.calls]
+                jobs.append((IN, np.unique(np.concatenate(dirty))))
+            mask = result.get(id(variable), (variable, np.ones(variable.shape, np.float32)))[1]
+            for role, positions in jobs:
+                if len(positions):
+                    mask = handler.zero_weight(layer, attr, mask, role, positions)
+            if not mask.all():
+                result[id(variable)] = (variable, mask)
+    return result
+
+
+class _Zeroing:
+    """Multiplies model variables by 0/1 masks in one compiled call, cheap enough to run
+    after every batch.
+
+    The masks live in variables of their own, so a mask update is an ``assign`` and the
+    ``tf.function`` is traced once (again only if the set of masked variables changes).
     """
 
-    def __init__(self, graph: ChannelGraph, masks: Masks, layers: Optional[set] = None):
-        model = graph.model
-        allowed = None
-        if layers is not None:
-            allowed = {id(v) for key in layers for v in graph.records[key].layer.weights}
-        saved = model.get_weights()
-        try:
-            model.set_weights([np.ones_like(value) for value in saved])
-            graph.apply(masks)
-            pairs = [(v, v.numpy()) for v in model.weights
-                     if allowed is None or id(v) in allowed]
-        finally:
-            model.set_weights(saved)
-        pairs = [(v, mask) for v, mask in pairs if not mask.all()]
-        self.variables = [v for v, _ in pairs]
-        self.masks = [tf.constant(mask, dtype=v.dtype) for v, mask in pairs]
+    def __init__(self) -> None:
+        self._key: Tuple[int, ...] = ()
+        self._variables: List[tf.Variable] = []
+        self._masks: List[tf.Variable] = []
+        self._function = None
+
+    def set_masks(self, masks: Dict[int, Tuple[tf.Variable, np.ndarray]]) -> None:
+        """Sets the 0/1 mask of each variable (others are left alone)."""
+        key = tuple(sorted(masks))
+        if key != self._key:
+            self._key = key
+            self._variables = [masks[i][0] for i in key]
+            self._masks = [tf.Variable(masks[i][1], trainable=False, dtype=masks[i][0].dtype)
+                           for i in key]
+            self._function = tf.function(self._multiply) if key else None
+        else:
+            for mask, i in zip(self._masks, key):
+                mask.assign(masks[i][1])
+
+    def _multiply(self) -> None:
+        for variable, mask in zip(self._variables, self._masks):
+            variable.assign(variable * mask)
 
     def __call__(self) -> None:
-        if self.variables:
-            _multiply(self.variables, self.masks)
-
-
-@tf.function
-def _multiply(variables, masks):
-    for variable, mask in zip(variables, masks):
-        variable.assign(variable * mask)
+        if self._function is not None:
+            self._function()
 
 
 def _check_criterion(criterion: Any) -> None:
