@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tfcompress.demo import DemoConfig, run_demo
-    from tfcompress.demo.report import TABLE_HEADERS, summary_lines, table_rows, write_report
+    from tfcompress.demo import DemoConfig, run_demo, write_report
+    from tfcompress.demo.report import TABLE_HEADERS, summary_lines, table_rows
 
     config = DemoConfig(output=args.output, bits=args.bits, ratio=args.ratio,
                         epochs=args.epochs, quick=args.quick)
@@ -53,7 +53,7 @@ COMMAND = Command(
         "fit (the ratio ramps from 0), rebuilds the slim model, fine-tunes it with PACT\n"
         "quantization-aware training, exports a slim SavedModel and an int8 TFLite file and\n"
         "times it against the original float TFLite file (LiteRT, 1 thread). Prints one table\n"
-        "and writes DIR/report.md with plots. About 3-5 minutes on 2 cores; --quick < 1 minute."
+        "and writes DIR/report.md with plots. About 1.5 minutes on 2 cores; --quick < 1 minute."
     ),
     add_arguments=add_arguments,
     run=run,

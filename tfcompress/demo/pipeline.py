@@ -28,10 +28,13 @@ __all__ = ["DemoConfig", "DemoResult", "StageResult", "run_demo"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Data = Tuple[np.ndarray, np.ndarray]
+#: Per-epoch curves of all stages: ``stage``, ``accuracy``, ``val_accuracy``, ``pruned_ratio``.
+History = Dict[str, list]
 
 #: Layer types whose output channels the channel plot shows.
 _CHANNEL_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
 _QUICK_SAMPLES = 256
+_BATCH_SIZE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +138,7 @@ class DemoResult:
 
     config: DemoConfig
     stages: List[StageResult]
-    history: Dict[str, list]
+    history: History
     channels: Dict[str, Tuple[int, int]]
     parity: ParityReport
     int8_compute_ops: List[str]
@@ -162,7 +165,7 @@ def _check_int(name: str, value, low: int, high: Optional[int] = None) -> None:
         raise ValueError(f"`{name}` must be an integer {accepted}, got {value!r}.")
 
 
-def _append_history(history: Dict[str, list], stage: str, fit_history, pruned: float) -> None:
+def _append_history(history: History, stage: str, fit_history, pruned: float) -> None:
     """Appends a ``fit``'s epochs; ``pruned`` is the ratio of stages that do not log one."""
     logs = fit_history.history
     for epoch in range(len(logs["loss"])):
@@ -182,7 +185,7 @@ def _tflite_accuracy(path: pathlib.Path, data: Data) -> float:
     return float(np.mean(np.argmax(litert.run(path, x), axis=-1) == y))
 
 
-def channels_per_layer(before, after) -> Dict[str, Tuple[int, int]]:
+def channels_per_layer(before: keras.Model, after: keras.Model) -> Dict[str, Tuple[int, int]]:
     """``{layer name: (output channels in before, in after)}`` of conv and dense layers."""
     slim = {layer.name: layer for layer in after.layers}
     return {
@@ -192,36 +195,38 @@ def channels_per_layer(before, after) -> Dict[str, Tuple[int, int]]:
     }
 
 
-def train_float(config: DemoConfig, train: Data, test: Data, verbose: int, history) -> "keras.Model":
+def train_float(config: DemoConfig, train: Data, test: Data, verbose: int,
+                history: History) -> keras.Model:
     """Trains the residual CNN in float; returns it compiled."""
     model = compile_classifier(residual_cnn(train[0].shape[1:], width=config.width))
-    fit = model.fit(*train, batch_size=32, epochs=config.stage_epochs()["float"],
+    fit = model.fit(*train, batch_size=_BATCH_SIZE, epochs=config.stage_epochs()["float"],
                     validation_data=test, verbose=verbose)
     _append_history(history, "float", fit, 0.0)
     return model
 
 
-def prune_during_fit(config: DemoConfig, model, train: Data, test: Data, verbose: int,
-                     history) -> FPGMPruning:
+def prune_during_fit(config: DemoConfig, model: keras.Model, train: Data, test: Data,
+                     verbose: int, history: History) -> FPGMPruning:
     """FPGM pruning while training: the ratio ramps from 0 to ``config.ratio`` with one mask
     update per epoch, then the masked model fine-tunes. ``model`` ends up masked; the
     returned callback holds the final masks."""
     epochs = config.stage_epochs()
-    steps = math.ceil(len(train[0]) / 32)
+    steps = math.ceil(len(train[0]) / _BATCH_SIZE)
     end_step = max(1, (epochs["prune"] - 1) * steps)  # end_step is always an update step
     pruning = FPGMPruning(PolynomialRatio(0.0, config.ratio, begin_step=0, end_step=end_step,
                                           frequency=steps))
     compile_classifier(model, learning_rate=5e-4)
-    fit = model.fit(*train, batch_size=32, epochs=epochs["prune"] + epochs["finetune"],
+    fit = model.fit(*train, batch_size=_BATCH_SIZE, epochs=epochs["prune"] + epochs["finetune"],
                     validation_data=test, callbacks=[pruning], verbose=verbose)
     _append_history(history, "prune", fit, config.ratio)
     return pruning
 
 
-def quantize(config: DemoConfig, slim, train: Data, test: Data, verbose: int, history):
+def quantize(config: DemoConfig, slim: keras.Model, train: Data, test: Data, verbose: int,
+             history: History) -> keras.Model:
     """PACT quantization-aware fine-tuning of the slim model at ``config.bits`` bits."""
     qat = compile_classifier(quantize_model(slim, config.bits, config.bits), learning_rate=2e-4)
-    fit = qat.fit(*train, batch_size=32, epochs=config.stage_epochs()["qat"],
+    fit = qat.fit(*train, batch_size=_BATCH_SIZE, epochs=config.stage_epochs()["qat"],
                   validation_data=test, verbose=verbose)
     _append_history(history, f"QAT {config.bits}-bit", fit, config.ratio)
     return qat
@@ -265,8 +270,7 @@ def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
     train, test = load_digits(size=16)
     if config.quick:
         train = (train[0][:_QUICK_SAMPLES], train[1][:_QUICK_SAMPLES])
-    history: Dict[str, list] = {"stage": [], "accuracy": [], "val_accuracy": [],
-                                "pruned_ratio": []}
+    history: History = {"stage": [], "accuracy": [], "val_accuracy": [], "pruned_ratio": []}
 
     log(f"[1/6] training the float residual CNN (width {config.width}) on "
         f"{len(train[0])} digits")

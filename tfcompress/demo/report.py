@@ -206,7 +206,9 @@ def write_report(result: DemoResult) -> pathlib.Path:
         "# tfcompress demo report",
         f"Residual CNN (width {config.width}) on sklearn's digits: FPGM pruning to ratio "
         f"{config.ratio}, PACT {config.bits}-bit QAT, int8 TFLite"
-        + (" (quick mode: 256 training samples, one epoch per stage)." if config.quick else "."),
+        + (" (quick mode: 256 training samples, one epoch per stage, so the accuracies are "
+           "those of a barely trained model; run without --quick for real numbers)."
+           if config.quick else "."),
         "## Results\n\n" + markdown_table(TABLE_HEADERS, table_rows(result)),
         "\n".join(f"- {line}" for line in summary_lines(result)),
         "## TFLite parity (slim int8 vs its Keras QAT model)\n\n```\n"
