@@ -40,7 +40,7 @@ from tfcompress import export  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
-from tfcompress.pruning import ChannelGraph, ConstantRatio, FPGMPruning, fpgm_masks, rebuild  # noqa: E402
+from tfcompress.pruning import ChannelGraph, FPGMPruning, fpgm_masks, rebuild  # noqa: E402
 
 RATIOS = (0.3, 0.5, 0.7)
 CRITERIA = ("fpgm", "l1", "l2")

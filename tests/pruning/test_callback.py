@@ -294,3 +294,12 @@ def test_digits_polynomial_ramp_to_half_keeps_accuracy(digits, wide_cnn, referen
     np.testing.assert_allclose(slim.predict(x_test, verbose=0), model.predict(x_test, verbose=0),
                                rtol=1e-4, atol=1e-4)
     assert accuracy(slim, x_test, y_test) >= reference_accuracy - 0.02
+
+
+def test_docstring_example():
+    import doctest
+
+    from tfcompress.pruning import callback
+
+    result = doctest.testmod(callback)
+    assert result.failed == 0 and result.attempted > 0

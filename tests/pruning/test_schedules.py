@@ -108,3 +108,12 @@ def test_final_step():
     assert ConstantRatio(0.3).final_step is None
     assert ConstantRatio(0.3, begin_step=2, end_step=9).final_step == 9
     assert PolynomialRatio(0.1, 0.6, 0, 10).final_step == 10
+
+
+def test_docstring_examples():
+    import doctest
+
+    from tfcompress.pruning import schedules
+
+    result = doctest.testmod(schedules)
+    assert result.failed == 0 and result.attempted >= 4

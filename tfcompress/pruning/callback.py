@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
-
-import numpy as np
-import tensorflow as tf
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 from tfcompress._io import write_text
 from tfcompress._keras import keras, require_graph_model
-from tfcompress.pruning.apply import weight_index
 from tfcompress.pruning.criteria import CRITERIA
 from tfcompress.pruning.graph import ChannelGraph
-from tfcompress.pruning.handlers.base import IN
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.schedules import ConstantRatio, PruningSchedule
+from tfcompress.pruning.zeroing import Zeroing, variable_masks, zero_filters_first
 
 __all__ = ["FPGMPruning"]
 
@@ -101,6 +97,7 @@ class FPGMPruning(keras.callbacks.Callback):
         ``round_to < 1`` or ``min_channels < 1``.
 
     Example:
+      >>> import numpy as np
       >>> from tfcompress.models import residual_cnn, compile_classifier
       >>> from tfcompress.pruning import FPGMPruning, PolynomialRatio, rebuild
       >>> model = compile_classifier(residual_cnn(width=8))
@@ -157,7 +154,7 @@ class FPGMPruning(keras.callbacks.Callback):
         self._metrics: Dict[str, float] = {"pruned_ratio": 0.0, "macs_ratio": 1.0}
         self._batches_seen = 0
         self._synced = False
-        self._zeroings: Dict[bool, _Zeroing] = {}  # full or producers-only zeroing
+        self._zeroings: Dict[bool, Zeroing] = {}  # full or producers-only zeroing
         self._zeroed_masks: Dict[bool, Any] = {}  # the masks each zeroing currently holds
 
     # ---------------------------------------------------------------- public state
@@ -254,7 +251,7 @@ class FPGMPruning(keras.callbacks.Callback):
     def _compute(self, ratio: float):
         score = CRITERIA[self.criterion] if isinstance(self.criterion, str) else self.criterion
         return self._graph.compute_masks(
-            ratio, criterion=_zero_filters_first(score), per_layer=self._per_layer(ratio),
+            ratio, criterion=zero_filters_first(score), per_layer=self._per_layer(ratio),
             exclude=self.exclude, round_to=self.round_to, min_channels=self.min_channels)
 
     def _update(self, step: int, ratio: float) -> None:
@@ -273,12 +270,12 @@ class FPGMPruning(keras.callbacks.Callback):
     def _zero(self, full: bool) -> None:
         """Zeroes the pruned channels: of every group member (``full``), or, for a soft
         update, only the producers' filters, so that gradients still reach them."""
-        zeroing = self._zeroings.setdefault(full, _Zeroing())
+        zeroing = self._zeroings.setdefault(full, Zeroing())
         if self._zeroed_masks.get(full) is not self._masks:
             layers = None
             if not full:
                 layers = {key for group in self._graph.groups for key in group.producers}
-            zeroing.set_masks(_variable_masks(self._graph, self._masks, layers))
+            zeroing.set_masks(variable_masks(self._graph, self._masks, layers))
             self._zeroed_masks[full] = self._masks
         zeroing()
 
@@ -332,94 +329,6 @@ class FPGMPruning(keras.callbacks.Callback):
         if isinstance(config["schedule"], dict):
             config["schedule"] = keras.utils.deserialize_keras_object(config["schedule"])
         return cls(**config)
-
-
-def _zero_filters_first(score):
-    """Wraps a criterion so that all-zero filters are pruned first and the others are scored
-    among themselves.
-
-    Filters zeroed by an earlier update (all of them in hard mode, those that did not regrow
-    in soft mode) are not candidates worth keeping, yet FPGM would rank them far from the
-    geometric median, i.e. keep them, and let their distances skew the other filters' scores.
-    """
-
-    def criterion(filters: np.ndarray) -> np.ndarray:
-        alive = np.any(filters != 0, axis=1)
-        scores = np.full(len(filters), -np.inf)
-        if alive.any():
-            scores[alive] = np.asarray(score(filters[alive]), np.float64).reshape(-1)
-        return scores
-
-    return criterion
-
-
-def _variable_masks(graph: ChannelGraph, masks: Masks,
-                    layers: Optional[set] = None) -> Dict[int, Tuple[tf.Variable, np.ndarray]]:
-    """``{id(variable): (variable, 0/1 mask)}`` of what ``graph.apply(masks)`` zeroes.
-
-    Reads the same handler weight table as :func:`tfcompress.pruning.apply_masks` (which
-    positions of which weight, per role), restricted to the layer keys in ``layers``, but
-    builds numpy masks instead of editing weights layer by layer.
-    """
-    kept = graph.kept_fn(masks)
-    result = {}
-    for key, record in graph.records.items():
-        handler, layer = record.handler, record.layer
-        if record.barrier is not None or (layers is not None and key not in layers):
-            continue
-        for attr in weight_index(layer, handler.weights):
-            spec, variable = handler.weights[attr], getattr(layer, attr)
-            jobs = []
-            if spec.zero is not None:
-                layout = handler.role_layout(layer, spec.zero, record.calls[0])
-                jobs.append((spec.zero, layout.pruned_positions(kept)))
-            if spec.consumes:
-                dirty = [handler.role_layout(layer, IN, call).positions(kept, only_dirty=True)
-                         for call in record.calls]
-                jobs.append((IN, np.unique(np.concatenate(dirty))))
-            mask = result.get(id(variable), (variable, np.ones(variable.shape, np.float32)))[1]
-            for role, positions in jobs:
-                if len(positions):
-                    mask = handler.zero_weight(layer, attr, mask, role, positions)
-            if not mask.all():
-                result[id(variable)] = (variable, mask)
-    return result
-
-
-class _Zeroing:
-    """Multiplies model variables by 0/1 masks in one compiled call, cheap enough to run
-    after every batch.
-
-    The masks live in variables of their own, so a mask update is an ``assign`` and the
-    ``tf.function`` is traced once (again only if the set of masked variables changes).
-    """
-
-    def __init__(self) -> None:
-        self._key: Tuple[int, ...] = ()
-        self._variables: List[tf.Variable] = []
-        self._masks: List[tf.Variable] = []
-        self._function = None
-
-    def set_masks(self, masks: Dict[int, Tuple[tf.Variable, np.ndarray]]) -> None:
-        """Sets the 0/1 mask of each variable (others are left alone)."""
-        key = tuple(sorted(masks))
-        if key != self._key:
-            self._key = key
-            self._variables = [masks[i][0] for i in key]
-            self._masks = [tf.Variable(masks[i][1], trainable=False, dtype=masks[i][0].dtype)
-                           for i in key]
-            self._function = tf.function(self._multiply) if key else None
-        else:
-            for mask, i in zip(self._masks, key):
-                mask.assign(masks[i][1])
-
-    def _multiply(self) -> None:
-        for variable, mask in zip(self._variables, self._masks):
-            variable.assign(variable * mask)
-
-    def __call__(self) -> None:
-        if self._function is not None:
-            self._function()
 
 
 def _check_criterion(criterion: Any) -> None:

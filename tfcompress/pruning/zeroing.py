@@ -1,0 +1,109 @@
+"""Fast in-training masking for :class:`~tfcompress.pruning.FPGMPruning`.
+
+:func:`tfcompress.pruning.apply_masks` edits weights layer by layer, which is right for a
+one-off but too slow to run after every training batch. Here the same zeroing (read from the
+handlers' weight table) becomes one 0/1 mask per variable, applied by a single compiled
+multiply; plus the criterion wrapper the callback scores with.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfcompress.pruning.apply import weight_index
+from tfcompress.pruning.graph import ChannelGraph
+from tfcompress.pruning.handlers.base import IN
+from tfcompress.pruning.masks import Masks
+
+__all__ = ["Zeroing", "variable_masks", "zero_filters_first"]
+
+
+def zero_filters_first(score):
+    """Wraps a criterion so that all-zero filters are pruned first and the others are scored
+    among themselves.
+
+    Filters zeroed by an earlier update (all of them in hard mode, those that did not regrow
+    in soft mode) are not candidates worth keeping, yet FPGM would rank them far from the
+    geometric median, i.e. keep them, and let their distances skew the other filters' scores.
+    """
+
+    def criterion(filters: np.ndarray) -> np.ndarray:
+        alive = np.any(filters != 0, axis=1)
+        scores = np.full(len(filters), -np.inf)
+        if alive.any():
+            scores[alive] = np.asarray(score(filters[alive]), np.float64).reshape(-1)
+        return scores
+
+    return criterion
+
+
+def variable_masks(graph: ChannelGraph, masks: Masks,
+                   layers: Optional[set] = None) -> Dict[int, Tuple[tf.Variable, np.ndarray]]:
+    """``{id(variable): (variable, 0/1 mask)}`` of what ``graph.apply(masks)`` zeroes.
+
+    Reads the same handler weight table as :func:`tfcompress.pruning.apply_masks` (which
+    positions of which weight, per role), restricted to the layer keys in ``layers``, but
+    builds numpy masks instead of editing weights layer by layer.
+    """
+    kept = graph.kept_fn(masks)
+    result = {}
+    for key, record in graph.records.items():
+        handler, layer = record.handler, record.layer
+        if record.barrier is not None or (layers is not None and key not in layers):
+            continue
+        for attr in weight_index(layer, handler.weights):
+            spec, variable = handler.weights[attr], getattr(layer, attr)
+            jobs = []
+            if spec.zero is not None:
+                layout = handler.role_layout(layer, spec.zero, record.calls[0])
+                jobs.append((spec.zero, layout.pruned_positions(kept)))
+            if spec.consumes:
+                dirty = [handler.role_layout(layer, IN, call).positions(kept, only_dirty=True)
+                         for call in record.calls]
+                jobs.append((IN, np.unique(np.concatenate(dirty))))
+            mask = result.get(id(variable), (variable, np.ones(variable.shape, np.float32)))[1]
+            for role, positions in jobs:
+                if len(positions):
+                    mask = handler.zero_weight(layer, attr, mask, role, positions)
+            if not mask.all():
+                result[id(variable)] = (variable, mask)
+    return result
+
+
+class Zeroing:
+    """Multiplies model variables by 0/1 masks in one compiled call, cheap enough to run
+    after every batch.
+
+    The masks live in variables of their own, so a mask update is an ``assign`` and the
+    ``tf.function`` is traced once (again only if the set of masked variables changes).
+    """
+
+    def __init__(self) -> None:
+        self._key: Tuple[int, ...] = ()
+        self._variables: List[tf.Variable] = []
+        self._masks: List[tf.Variable] = []
+        self._function = None
+
+    def set_masks(self, masks: Dict[int, Tuple[tf.Variable, np.ndarray]]) -> None:
+        """Sets the 0/1 mask of each variable (others are left alone)."""
+        key = tuple(sorted(masks))
+        if key != self._key:
+            self._key = key
+            self._variables = [masks[i][0] for i in key]
+            self._masks = [tf.Variable(masks[i][1], trainable=False, dtype=masks[i][0].dtype)
+                           for i in key]
+            self._function = tf.function(self._multiply) if key else None
+        else:
+            for mask, i in zip(self._masks, key):
+                mask.assign(masks[i][1])
+
+    def _multiply(self) -> None:
+        for variable, mask in zip(self._variables, self._masks):
+            variable.assign(variable * mask)
+
+    def __call__(self) -> None:
+        if self._function is not None:
+            self._function()
