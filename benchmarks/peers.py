@@ -123,7 +123,7 @@ def torch_residual_cnn(width: int = WIDTH, num_classes: int = 10):
 
 
 def copy_keras_weights(keras_model, torch_model) -> None:
-    """Gives ``torch_model`` the weights of ``keras_model`` (HWIO -> OIHW, (in, out) -> (out, in))."""
+    """Copies the weights of ``keras_model``: HWIO -> OIHW, (in, out) -> (out, in)."""
     nn = torch.nn
     with torch.no_grad():
         for name, module in torch_model.named_children():
@@ -171,7 +171,7 @@ def torch_importance():
 
 
 def _pruner_class():
-    """``MagnitudePruner`` (an alias of ``BasePruner`` in 1.6), or ``BasePruner`` where it is gone."""
+    """``MagnitudePruner`` (an alias of ``BasePruner`` in 1.6), else ``BasePruner``."""
     return getattr(tp.pruner, "MagnitudePruner", None) or tp.pruner.BasePruner
 
 
@@ -207,7 +207,7 @@ def conv_linear_macs(model, example) -> int:
 
 
 def torch_latency(models, x, runs: int, warmup: int = 10):
-    """Median ms per eager batch-1 forward of each model, one thread, interleaved rounds."""
+    """(median, min) ms per eager forward of each model, one thread, interleaved rounds."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     times = [[] for _ in models]
@@ -222,7 +222,7 @@ def torch_latency(models, x, runs: int, warmup: int = 10):
                         times[i].append((time.perf_counter_ns() - start) / 1e6)
     finally:
         torch.set_num_threads(threads)
-    return [statistics.median(t) for t in times]
+    return [(statistics.median(t), min(t)) for t in times]
 
 
 # ------------------------------------------------------------------ one seed, both frameworks
@@ -247,7 +247,8 @@ def run_seed(seed, data, epochs, finetune, prune_repeats):
     out = {"tfc": {}, "tp": {}}
     k_base.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
     fit_torch(t_base, xt, y, epochs, seed)
-    out["tfc"]["float"], out["tp"]["float"] = k_accuracy(k_base), torch_accuracy(t_base, xt_test, y_test)
+    out["tfc"]["float"] = k_accuracy(k_base)
+    out["tp"]["float"] = torch_accuracy(t_base, xt_test, y_test)
 
     masks_ms, masks = timed(lambda _: fpgm_masks(k_base, RATIO), prune_repeats)
     rebuild_ms, k_slim = timed(lambda _: rebuild(k_base, masks), prune_repeats)
@@ -281,7 +282,7 @@ def torch_channels(model):
     return [getattr(model, f"{name}_bn").num_features for name in CONVS]
 
 
-def sizes(data, keras_pair, torch_pair, example):
+def sizes(keras_pair, torch_pair, example):
     """``{framework: {metric: (original, slim)}}`` from each side's own counters."""
     from tfcompress.pruning import count_macs, count_params
 
@@ -300,7 +301,7 @@ def sizes(data, keras_pair, torch_pair, example):
 
 
 def latencies(keras_pair, torch_pair, x_test, runs, batches=LATENCY_BATCHES):
-    """``{batch: {framework: (original ms, slim ms)}}`` in each framework's own runtime."""
+    """``{batch: {framework: {"median"|"min": (original ms, slim ms)}}}``, each in its runtime."""
     from tfcompress import export
 
     folder = tempfile.mkdtemp(prefix="peers_bench_")
@@ -312,7 +313,10 @@ def latencies(keras_pair, torch_pair, x_test, runs, batches=LATENCY_BATCHES):
         tflite = export.litert.compare_latency(paths, x, threads=1, runs=runs, warmup=10)
         eager = torch_latency(list(torch_pair), torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
                               runs)
-        result[batch] = {"tfc": tuple(r.median_ms for r in tflite), "tp": tuple(eager)}
+        result[batch] = {
+            "tfc": {"median": tuple(r.median_ms for r in tflite),
+                    "min": tuple(r.min_ms for r in tflite)},
+            "tp": {"median": tuple(m for m, _ in eager), "min": tuple(m for _, m in eager)}}
     return result
 
 
@@ -359,12 +363,14 @@ def report(results, size, latency, args, elapsed):
     for batch, times in latency.items():
         bold = "**" if batch == 1 else ""
         rows += [
-            [f"latency original → slim, µs (batch {batch}, 1 thread)"] + both(
-                lambda s: f"{times[s][0] * 1e3:.0f} → {times[s][1] * 1e3:.0f}"),
-            [f"{bold}latency kept{bold} (slim / original, batch {batch})"] + both(
-                lambda s: f"{bold}{kept(times[s]):.3f}{bold}"),
-            [f"latency kept / MACs kept (batch {batch})"] + both(
-                lambda s: f"{kept(times[s]) / kept(size[s]['same macs']):.2f}"),
+            [f"latency original → slim, µs, median (min) (batch {batch}, 1 thread)"] + both(
+                lambda s: " → ".join(f"{median * 1e3:.0f} ({low * 1e3:.0f})" for median, low
+                                     in zip(times[s]["median"], times[s]["min"]))),
+            [f"{bold}latency kept{bold} (slim / original of medians (of mins), batch {batch})"]
+            + both(lambda s: f"{bold}{kept(times[s]['median']):.3f}{bold} "
+                             f"({kept(times[s]['min']):.3f})"),
+            [f"latency kept / MACs kept (batch {batch}, medians)"] + both(
+                lambda s: f"{kept(times[s]['median']) / kept(size[s]['same macs']):.2f}"),
         ]
     header = ["", "tfcompress (tf_keras " + _tf_version() + ")",
               f"Torch-Pruning {tp.__version__} (torch {torch.__version__})"]
@@ -377,8 +383,10 @@ def report(results, size, latency, args, elapsed):
 
 Measured on {machine()}, torch {torch.__version__}, torch-pruning {tp.__version__}
 {"(--quick run) " if args.quick else ""}in one run of {elapsed / 60:.1f} min. The machine is shared
-with other jobs, so timings carry noise of several percent; the latency columns are medians of
-{args.runs} interleaved rounds (original and slim alternate) within each runtime.
+with other jobs (1-minute load average {os.getloadavg()[0]:.1f} on 2 cores at the end of the run),
+so timings are noisy, the longer batch-32 runs most: latencies are medians of {args.runs}
+interleaved rounds (original and slim alternate) within each runtime, with the fastest round
+(least disturbed) in parentheses.
 
 Same residual CNN (`residual_cnn(width={WIDTH})`, mirrored module by module in torch and
 started from the same initial weights, copied from Keras), same digits split (1,347 train / 450
@@ -388,8 +396,8 @@ fine-tuning epochs of the slim model with a fresh Adam). Accuracies: mean ± std
 {seeds}. Prune time: tfcompress `fpgm_masks` (channel-graph trace + scores) + `rebuild`;
 Torch-Pruning pruner construction (dependency-graph trace) + `step()`; median of
 {args.prune_repeats} repeats per seed over all seeds. Latency (models of the last seed, batches of
-{" and ".join(map(str, LATENCY_BATCHES))} test images): tfcompress models as float `.tflite` on LiteRT
-(XNNPACK, 1 thread), torch models in eager mode on CPU (`torch.set_num_threads(1)`).
+{" and ".join(map(str, LATENCY_BATCHES))} test images): tfcompress models as float `.tflite` on
+LiteRT (XNNPACK, 1 thread), torch models in eager mode on CPU (`torch.set_num_threads(1)`).
 
 {markdown_table}
 
@@ -448,7 +456,7 @@ def main(argv=None) -> int:
         result, keras_pair, torch_pair, example = run_seed(
             seed, data, args.epochs, args.finetune, args.prune_repeats)
         results.append(result)
-    size = sizes(data, keras_pair, torch_pair, example)
+    size = sizes(keras_pair, torch_pair, example)
     print("  latency (LiteRT float .tflite vs eager torch; batches "
           f"{LATENCY_BATCHES}, 1 thread, interleaved)")
     latency = latencies(keras_pair, torch_pair, data[1][0], args.runs)
