@@ -89,7 +89,9 @@ class Zeroing:
 
     def set_masks(self, masks: Dict[int, Tuple[tf.Variable, np.ndarray]]) -> None:
         """Sets the 0/1 mask of each variable (others are left alone)."""
-        key = tuple(sorted(masks))
+        # Trace order, never id() order: under MultiWorkerMirroredStrategy every worker
+        # must create (and broadcast) the mask variables in the same order.
+        key = tuple(masks)
         if key != self._key:
             self._key = key
             self._variables = [masks[i][0] for i in key]
