@@ -1,0 +1,118 @@
+"""FPGM pruning and PACT QAT under ``tf.distribute.MirroredStrategy`` on 2 logical CPUs.
+
+Run as a script (``python _mirrored_scenario.py``): logical devices must be configured
+before TensorFlow initialises, which the pytest process has already done. Prints one JSON
+line of measurements that ``test_distributed.py`` asserts on; it asserts nothing itself,
+so that a failure shows the numbers.
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_CPU = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from tfcompress._keras import keras  # noqa: E402
+from tfcompress.datasets import load_digits  # noqa: E402
+from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
+from tfcompress.pruning import FPGMPruning, PolynomialRatio, rebuild  # noqa: E402
+from tfcompress.quantization import clip_ranges, quantize_model  # noqa: E402
+
+(X, Y), (X_TEST, _) = load_digits(size=16)
+X, Y, X_TEST = X[:256], Y[:256], X_TEST[:128]
+BATCH = 32  # global batch: 16 per replica
+
+
+def replicas_identical(model) -> bool:
+    """True if every mirrored variable holds bit-identical values on every replica.
+
+    Sync-on-read variables (BatchNorm moving statistics) differ per replica by design and
+    are averaged when read, so they are left out.
+    """
+    for variable in model.weights:
+        if variable.synchronization == tf.VariableSynchronization.ON_READ:
+            continue
+        values = [v.numpy() for v in getattr(variable, "values", (variable,))]
+        if any(not np.array_equal(values[0], other) for other in values[1:]):
+            return False
+    return True
+
+
+def pruned_zero_on_every_replica(model, masks, graph) -> bool:
+    """True if each pruned channel of every producer kernel is zero on every replica."""
+    for group in graph.groups:
+        pruned = masks.pruned(group.id)
+        for key in group.producers if len(pruned) else ():
+            kernel = graph.records[key].layer.weights[0]
+            for value in getattr(kernel, "values", (kernel,)):
+                if np.any(value.numpy()[..., pruned] != 0):
+                    return False
+    return True
+
+
+def prune(strategy):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = compile_classifier(residual_cnn(width=8))
+    schedule = PolynomialRatio(0.0, 0.5, begin_step=0, end_step=8, frequency=4)
+    callback = FPGMPruning(schedule, mode="hard")
+    model.fit(X, Y, batch_size=BATCH, epochs=2, callbacks=[callback], shuffle=False, verbose=0)
+    return model, callback
+
+
+def qat(strategy, float_weights):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        base = residual_cnn(width=8)
+        base.set_weights(float_weights)
+        model = compile_classifier(quantize_model(base, activation_bits=4, weight_bits=4))
+    history = model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    ranges = {name.split("_")[0] if name.startswith("quantize_layer") else name: value
+              for name, value in clip_ranges(model).items()}
+    return model, ranges, history.history["loss"]
+
+
+def main() -> None:
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    single = tf.distribute.get_strategy()
+    report = {"replicas": mirrored.num_replicas_in_sync}
+
+    model, callback = prune(mirrored)
+    masks = callback.masks
+    reference, reference_callback = prune(single)
+    slim = rebuild(model, masks)
+    outputs = model.predict(X_TEST, verbose=0)
+    report.update(
+        pruned_ratio=masks.pruned_ratio,
+        masks_json=masks.to_json(),
+        single_masks_json=reference_callback.masks.to_json(),
+        replicas_identical=replicas_identical(model),
+        pruned_zero_everywhere=pruned_zero_on_every_replica(model, masks, callback.graph),
+        rebuild_max_diff=float(np.abs(slim.predict(X_TEST, verbose=0) - outputs).max()),
+        single_max_diff=float(np.abs(reference.predict(X_TEST, verbose=0) - outputs).max()),
+        output_scale=float(np.abs(outputs).max()),
+    )
+
+    keras.utils.set_random_seed(0)
+    trained = compile_classifier(residual_cnn(width=8))  # trained activations give real ranges
+    trained.fit(X, Y, batch_size=BATCH, epochs=6, verbose=0)
+    float_weights = trained.get_weights()
+    qat_model, ranges, losses = qat(mirrored, float_weights)
+    _, single_ranges, single_losses = qat(single, float_weights)
+    report.update(
+        qat_losses=losses,
+        single_qat_losses=single_losses,
+        qat_replicas_identical=replicas_identical(qat_model),
+        clip_ranges=ranges,
+        single_clip_ranges=single_ranges,
+    )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
