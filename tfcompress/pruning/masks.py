@@ -56,7 +56,11 @@ class Masks:
             if gid not in self.sizes:
                 raise ValueError(f"Group {gid!r} has kept indices but no size; pass "
                                  f"sizes={{{gid!r}: n_channels, ...}}.")
-            idx = np.asarray(idx, np.int64).reshape(-1)
+            raw = np.asarray(idx)
+            if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
+                raise ValueError(f"Kept indices of group {gid!r} must be a flat list of integer "
+                                 f"channel indices, got {idx!r}.")
+            idx = raw.astype(np.int64)
             size = self.sizes[gid]
             if len(idx) == 0 or idx.min() < 0 or idx.max() >= size or np.any(np.diff(idx) <= 0):
                 raise ValueError(f"Kept indices of group {gid!r} must be sorted, unique and in "
@@ -105,7 +109,12 @@ class Masks:
         if config.get("version") != _VERSION:
             raise ValueError(f"Masks format version {config.get('version')!r} is not supported "
                              f"(this tfcompress reads version {_VERSION}).")
-        groups = config["groups"]
+        groups = config.get("groups")
+        if not isinstance(groups, list):
+            raise ValueError(f"Masks document has no 'groups' list (got {groups!r}); the file is "
+                             "damaged or hand-edited: recreate it with `masks.save(path)`.")
+        for number, group in enumerate(groups):
+            _check_group_entry(number, group)
         return cls(
             kept={g["id"]: g["kept"] for g in groups if "kept" in g},
             sizes={g["id"]: g["size"] for g in groups},
@@ -168,3 +177,32 @@ class Masks:
     def __repr__(self) -> str:
         return (f"Masks({len(self.kept)} prunable groups of {len(self.sizes)}, "
                 f"pruned_ratio={self.pruned_ratio:.3f})")
+
+
+def _check_group_entry(number: int, group: Any) -> None:
+    """Raises ValueError naming the first malformed field of a group entry of a masks document."""
+
+    def fail(problem: str) -> None:
+        raise ValueError(f"Masks document group #{number}: {problem}. The file is damaged or "
+                         "hand-edited: recreate it with `masks.save(path)`.")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not isinstance(group, Mapping):
+        fail(f"expected an object {{'id': ..., 'size': ..., 'kept': [...]}}, got {group!r}")
+    if not isinstance(group.get("id"), str):
+        fail(f"'id' must be a string, got {group.get('id')!r}")
+    if not is_int(group.get("size")) or group["size"] < 1:
+        fail(f"'size' must be a positive integer, got {group.get('size')!r}")
+    kept = group.get("kept", [0])
+    if not isinstance(kept, list) or not all(is_int(i) for i in kept):
+        fail(f"'kept' must be a list of integer channel indices, got {kept!r}")
+    layers = group.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
+        fail(f"'layers' must be a list of layer names, got {layers!r}")
+    barriers = group.get("barriers", [])
+    if not isinstance(barriers, list) or not all(
+            isinstance(b, list) and len(b) == 2 and all(isinstance(t, str) for t in b)
+            for b in barriers):
+        fail(f"'barriers' must be a list of [layer, reason] pairs, got {barriers!r}")
