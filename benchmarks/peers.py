@@ -375,6 +375,14 @@ def report(results, size, latency, args, elapsed):
     header = ["", "tfcompress (tf_keras " + _tf_version() + ")",
               f"Torch-Pruning {tp.__version__} (torch {torch.__version__})"]
     markdown_table = table(header, rows)
+    spread = {(batch, side): max(m / low for m, low in zip(t[side]["median"], t[side]["min"]))
+              for batch, t in latency.items() for side in t}
+    (worst_batch, worst_side), worst = max(spread.items(), key=lambda item: item[1])
+    noise_note = (f"- Interference: the worst median was {worst:.1f}x its fastest round (batch "
+                  f"{worst_batch}, {'LiteRT' if worst_side == 'tfc' else 'torch'}). "
+                  + ("Medians that far from the fastest round measure the other jobs on the "
+                     "machine as much as the model; read the ratios of the fastest rounds for "
+                     "those rows." if worst > 1.5 else "The medians are trustworthy."))
     channels_note = ("Both keep the same channel counts per layer." if
                      size["tfc"]["channels"][1] == size["tp"]["channels"][1] else
                      "They keep different channel counts per layer (see the table).")
@@ -403,8 +411,9 @@ LiteRT (XNNPACK, 1 thread), torch models in eager mode on CPU (`torch.set_num_th
 
 Notes:
 - "Own counter": `tfcompress.pruning.count_macs`/`count_params` (conv + dense MACs; every
-  weight, BatchNorm moving statistics included) vs `tp.utils.count_ops_and_params` (it also
-  counts BatchNorm and pooling ops; parameters exclude BatchNorm running statistics). The
+  weight, BatchNorm moving statistics included) vs `tp.utils.count_ops_and_params` (module hooks:
+  it also counts the BatchNorm modules, not the functional ReLUs and mean pooling of this
+  model; parameters exclude BatchNorm running statistics). The
   "conv + dense/linear only" row counts torch with the tfcompress definition (forward hooks).
 - Torch-Pruning's `FPGMImportance` (1.6) sums, per group member (producers and consumers),
   each filter's distances to the others computed on `|w|^2`, then averages the normalized
@@ -415,6 +424,7 @@ Notes:
   pass is mostly per-module Python dispatch, a fixed cost that pruning does not shrink; the
   batch-32 rows show how much of the MACs saving each runtime turns into time once compute
   dominates.
+{noise_note}
 - Torch runs with one intra-op thread throughout: with two threads on this shared 2-core
   machine (TensorFlow's pools in the same process) a torch training epoch was 10x slower.
 """
