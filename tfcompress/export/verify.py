@@ -100,6 +100,12 @@ def _check_data(model: "keras.Model", data) -> np.ndarray:
             f"`data` must be a non-empty numeric array (n, *input_shape), got shape "
             f"{data.shape} of {data.dtype}. Pass some test samples."
         )
+    if not model.inputs:
+        raise ValueError(
+            f"{model.name!r} ({type(model).__name__}) is a subclassed model without symbolic "
+            "inputs, so its input shape is unknown. Verify a Functional or Sequential model, "
+            "or wrap it: `inputs = keras.Input(shape); keras.Model(inputs, model(inputs))`."
+        )
     if len(model.inputs) != 1:
         raise ValueError(
             f"{model.name!r} has {len(model.inputs)} inputs; verify compares single-input "
