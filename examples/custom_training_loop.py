@@ -26,7 +26,13 @@ from tfcompress._keras import keras  # tf_keras (Keras 2)  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.export import litert, to_tflite  # noqa: E402
 from tfcompress.models import residual_cnn  # noqa: E402
-from tfcompress.pruning import FPGMPruning, PolynomialRatio, count_macs, count_params, rebuild  # noqa: E402,E501
+from tfcompress.pruning import (  # noqa: E402
+    FPGMPruning,
+    PolynomialRatio,
+    count_macs,
+    count_params,
+    rebuild,
+)
 
 BATCH = 32
 

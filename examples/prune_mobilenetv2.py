@@ -28,7 +28,13 @@ import numpy as np  # noqa: E402
 
 from tfcompress._keras import keras  # tf_keras (Keras 2)  # noqa: E402
 from tfcompress.export import litert, to_tflite, verify  # noqa: E402
-from tfcompress.pruning import apply_masks, count_macs, count_params, fpgm_masks, rebuild  # noqa: E402,E501
+from tfcompress.pruning import (  # noqa: E402
+    apply_masks,
+    count_macs,
+    count_params,
+    fpgm_masks,
+    rebuild,
+)
 
 
 def calibrate_batch_norm(model, x):

@@ -23,7 +23,12 @@ from tfcompress._keras import keras  # tf_keras, the Keras 2 that tfmot works wi
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.export import litert, to_tflite, verify  # noqa: E402
 from tfcompress.models import compile_classifier  # noqa: E402
-from tfcompress.quantization import PACTQuantizeConfig, clip_ranges, quantize_apply, quantize_scope  # noqa: E402,E501
+from tfcompress.quantization import (  # noqa: E402
+    PACTQuantizeConfig,
+    clip_ranges,
+    quantize_apply,
+    quantize_scope,
+)
 
 #: Layer name -> the quantize config it is annotated with; other layers stay float.
 CHOSEN = {

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = DemoConfig(output=args.output, bits=args.bits, ratio=args.ratio,
                         epochs=args.epochs, quick=args.quick)
-    result = run_demo(config, verbose=2)
+    result = run_demo(config, verbose=1 if sys.stdout.isatty() else 2)  # bars only on a terminal
     report = write_report(result)
     print()
     print(format_table(TABLE_HEADERS, table_rows(result)))

@@ -244,7 +244,8 @@ def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
 
     Args:
       config: the :class:`DemoConfig` (default: ``DemoConfig()``).
-      verbose: Keras ``fit`` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+      verbose: Keras ``fit`` verbosity (0 silent, 1 progress bars, also for the latency
+        rounds, 2 one line per epoch).
       log: receives one line per step.
 
     Returns:
@@ -302,7 +303,7 @@ def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
     log("[6/6] timing the original float and the slim int8 TFLite files (LiteRT, 1 thread)")
     runs = 20 if config.quick else config.latency_runs
     base, fast = litert.compare_latency([float_row.file, int8_path], threads=1, runs=runs,
-                                        warmup=max(2, runs // 10))
+                                        warmup=max(2, runs // 10), progress=verbose == 1)
     stages = [
         dataclasses.replace(float_row, latency_ms=base.median_ms),
         masked_row,
