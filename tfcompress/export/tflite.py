@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tfcompress._io import atomic_file, output_path
 from tfcompress._keras import check_model, keras
+from tfcompress._validate import float16_layers
 from tfcompress.quantization.tflite_mode import tflite_export_mode
 
 __all__ = ["QUANTIZE_OPTIONS", "ConversionError", "is_qat_model", "to_tflite"]
@@ -224,7 +225,8 @@ def to_tflite(
     Raises:
       TypeError: for a Keras 3 model or a non-model.
       ValueError: for an unknown option, int8 without representative data for a float
-        model, an output folder that does not exist or is not writable.
+        model, a mixed-precision (float16 compute) model, an output folder that does not
+        exist or is not writable.
       ConversionError: (a ``ValueError``) if the TFLite converter fails.
 
     Example:
@@ -234,6 +236,13 @@ def to_tflite(
       'dense.tflite'
     """
     check_model(model)
+    if float16_layers(model):
+        raise ValueError(
+            f"{model.name!r} computes in float16 (mixed precision), which TFLite's builtin "
+            "kernels do not run. Export a float32 copy: set "
+            "`keras.mixed_precision.set_global_policy('float32')`, build the same model and "
+            "`set_weights(model.get_weights())`; quantize='float16' then stores float16 weights."
+        )
     qat = is_qat_model(model)
     resolved = _resolve(quantize, qat)
     if io_dtype not in _IO_DTYPES:

@@ -13,6 +13,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import (
 )
 
 from tfcompress._keras import keras, require_graph_model
+from tfcompress._validate import require_float32
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for, supported_types
 from tfcompress.quantization.pact import PACTQuantizer
 from tfcompress.quantization.prepare import prepare_for_qat
@@ -95,8 +96,9 @@ def quantize_model(
 
     Raises:
       TypeError: for a Keras 3 model or a non-model, or unknown PACT options.
-      ValueError: for a subclassed or unbuilt model, bad bit widths or options, unknown
-        ``exclude`` names, or layers with no quantization rule (listed in the message).
+      ValueError: for a subclassed or unbuilt model, a mixed-precision model or policy,
+        bad bit widths or options, unknown ``exclude`` names, or layers with no
+        quantization rule (listed in the message).
 
     Example:
       >>> model = tf_keras.Sequential([
@@ -108,6 +110,7 @@ def quantize_model(
       (None, 10)
     """
     require_graph_model(model)
+    require_float32(model, "PACT quantization-aware training")
     config = PACTQuantizeConfig(weight_bits, activation_bits, **pact_options)
     names = {layer.name for layer in model.layers}
     unknown = sorted(set(exclude) - names)
