@@ -145,8 +145,10 @@ class Interrupt(keras.callbacks.Callback):
             raise RuntimeError("simulated preemption")
 
 
-@pytest.mark.parametrize("mode", ["soft", "hard"])
-def test_backup_and_restore_resume_matches_uninterrupted_run(data, tmp_path, mode):
+@pytest.mark.parametrize("mode, keep_state", [("soft", True), ("hard", True), ("hard", False)])
+def test_backup_and_restore_resume_matches_uninterrupted_run(data, tmp_path, mode, keep_state):
+    # Hard mode needs no saved state: the restored weights carry the masks (pruned filters
+    # are zero, and zero filters are pruned first), so recomputing them finds the same ones.
     x, y = data
     keras.utils.set_random_seed(7)
     initial = tiny_model().get_weights()
@@ -155,7 +157,8 @@ def test_backup_and_restore_resume_matches_uninterrupted_run(data, tmp_path, mod
         model = tiny_model()
         model.set_weights(initial)
         pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=12, power=1,
-                                              frequency=3), mode=mode, backup_dir=backup)
+                                              frequency=3), mode=mode,
+                              backup_dir=backup if keep_state else None)
         callbacks = [pruning, keras.callbacks.BackupAndRestore(backup), *extra]
         history = model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
                             callbacks=callbacks)
@@ -171,6 +174,28 @@ def test_backup_and_restore_resume_matches_uninterrupted_run(data, tmp_path, mod
     assert resumed_pruning.masks == reference_pruning.masks
     for a, b in zip(resumed.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_per_layer_and_exclude(data):
+    x, y = data
+    pruning = FPGMPruning(ConstantRatio(0.25, frequency=4), per_layer={"conv1": 0.5})
+    tiny_model().fit(x, y, batch_size=16, epochs=1, callbacks=[pruning], verbose=0)
+    assert pruning.pruned_ratio == (4 + 2) / 16  # conv1 keeps 4 of 8, conv2 keeps 6 of 8
+    # Excluding a layer freezes every group it touches: bn1 only touches conv1's channels.
+    pruning = FPGMPruning(ConstantRatio(0.5, frequency=4), exclude=["bn1"])
+    model = tiny_model()
+    model.fit(x, y, batch_size=16, epochs=1, callbacks=[pruning], verbose=0)
+    assert pruning.pruned_ratio == 4 / 16
+    assert zero_filters(model.get_layer("conv1")) == 0 and zero_filters(model.get_layer("conv2")) == 4
+
+
+def test_per_layer_ratios_ramp_with_the_schedule(data):
+    x, y = data
+    pruning = FPGMPruning(PolynomialRatio(0.0, 0.25, begin_step=0, end_step=4, power=1,
+                                          frequency=2), per_layer={"conv1": 0.5})
+    history = tiny_model().fit(x, y, batch_size=16, epochs=2, callbacks=[pruning], verbose=0)
+    # step 2: ratio 0.125 -> conv1 at 0.25 keeps 6, conv2 keeps ceil(7) = 7; step 4: 4 and 6.
+    assert history.history["pruned_ratio"] == [(2 + 1) / 16, (4 + 2) / 16]
 
 
 def test_custom_training_loop(data):

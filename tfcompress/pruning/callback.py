@@ -61,7 +61,8 @@ class FPGMPruning(keras.callbacks.Callback):
     ``backup_dir`` (for instance the folder of ``BackupAndRestore``) and the callback saves
     them at each epoch end and reloads them, so the resumed run matches an uninterrupted one.
     Without it, the callback recomputes them on the restored weights with the ratio of that
-    update (same ratio, possibly other channels in soft mode).
+    update: the same masks in hard mode (the restored pruned filters are zero, and zero
+    filters are pruned first), possibly other channels in soft mode.
 
     Custom training loops: call the hooks yourself, e.g. through a ``CallbackList``. The step
     is the ``iterations`` of ``model.optimizer`` when the model was compiled, otherwise the
