@@ -59,7 +59,7 @@ def _randomize(model, rng):
                        for v, w in zip(model.weights, model.get_weights())])
 
 
-@settings(max_examples=15, deadline=None, derandomize=True,
+@settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(architectures())
 def test_generated_models_prune_rebuild_and_export_exactly(tmp_path, arch):
