@@ -214,3 +214,14 @@ def test_counts_match_the_rebuilt_model():
     slim = rebuild(model, masks)
     assert graph.params(masks) == slim.count_params() < model.count_params()
     assert graph.macs(masks) == ChannelGraph(slim).macs() < graph.macs()
+
+
+def test_rebuilt_model_is_an_ordinary_savable_model(tmp_path, fresh_cnn, digits):
+    _, (x, y) = digits
+    masks = fpgm_masks(fresh_cnn, 0.5)
+    slim = rebuild(fresh_cnn, masks)
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(x[:8]), slim(x[:8]), rtol=1e-5, atol=1e-6)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in fresh_cnn.layers]
