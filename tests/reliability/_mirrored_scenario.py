@@ -86,7 +86,11 @@ def main() -> None:
     masks = callback.masks
     reference, reference_callback = prune(single)
     slim = rebuild(model, masks)
-    outputs = model.predict(X_TEST, verbose=0)
+    # The masked model on one device: under the strategy each replica would normalise with its
+    # own BatchNorm moving statistics (sync-on-read), which get_weights() averages.
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    outputs = masked.predict(X_TEST, verbose=0)
     report.update(
         pruned_ratio=masks.pruned_ratio,
         masks_json=masks.to_json(),
