@@ -81,7 +81,8 @@ def test_two_workers_on_localhost_agree(tmp_path):
     for index in range(2):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         workers.append(subprocess.Popen(
-            [sys.executable, str(HERE / "_multiworker_scenario.py"), str(tmp_path / f"{index}.json")],
+            [sys.executable, str(HERE / "_multiworker_scenario.py"),
+             str(tmp_path / f"{index}.json")],
             env=_env(TF_CONFIG=config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True))
     try:

@@ -45,7 +45,7 @@ def test_pact_qat_resumes_mid_calibration_like_an_uninterrupted_run(tmp_path):
     assert _calibrated_steps(resumed) == [float(CALIBRATION_STEPS)]  # not restarted from 0
     ranges, expected = clip_ranges(resumed), clip_ranges(reference)
     assert list(ranges.values()) == pytest.approx(list(expected.values()), rel=1e-4, abs=1e-5)
-    np.testing.assert_allclose(resumed_history.history["loss"], reference_history.history["loss"][1:],
-                               rtol=1e-4)
+    np.testing.assert_allclose(resumed_history.history["loss"],
+                               reference_history.history["loss"][1:], rtol=1e-4)
     for a, b in zip(resumed.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
