@@ -41,15 +41,17 @@ class FPGMPruning(keras.callbacks.Callback):
       *Resuming*); if ``schedule(step)`` says so, recomputes and applies the masks, before the
       batch runs (tfmot's convention).
     * ``on_train_batch_end``: in ``"hard"`` mode (and in soft mode after the last update)
-      re-zeroes the pruned channels, so they are exactly zero after every batch; writes ``pruned_ratio``/``macs_ratio`` into the logs.
+      re-zeroes the pruned channels, so they are exactly zero after every batch; writes
+      ``pruned_ratio``/``macs_ratio`` into the logs.
     * ``on_epoch_end``: writes ``pruned_ratio`` (fraction of prunable channels removed) and
       ``macs_ratio`` (MACs kept / dense MACs) into ``logs`` for History, CSVLogger and
       TensorBoard; with ``backup_dir``, saves the masks.
     * ``on_train_end``: applies the final masks.
 
-    Modes: ``"soft"`` is soft filter pruning as in the FPGM paper: pruned filters keep
-    training and may regrow until the next update, which may then choose other filters.
-    Once the schedule's last update (``schedule.final_step``) has run, soft mode keeps the
+    Modes: ``"soft"`` is soft filter pruning as in the FPGM paper: an update zeroes only the
+    pruned filters of the producers (Conv/Dense kernels and biases), so gradients still reach
+    them through BatchNorm and they may regrow until the next update, which may then choose
+    other filters (all-zero filters are pruned first and left out of the scoring). Once the schedule's last update (``schedule.final_step``) has run, soft mode keeps the
     pruned channels at zero like hard mode, so the remaining epochs fine-tune the pruned
     model. ``"hard"`` keeps them at zero after every batch from the first update on (the
     optimizer's moment estimates of pruned weights are left alone: they only move weights
