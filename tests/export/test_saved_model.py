@@ -6,7 +6,7 @@ import pytest
 from tfcompress.export import load_model, model_format, save_model, to_saved_model
 
 
-def _same_outputs(a, b, x):
+def check_same_outputs(a, b, x):
     np.testing.assert_allclose(a.predict(x, verbose=0), b.predict(x, verbose=0), atol=1e-6)
 
 
@@ -16,7 +16,7 @@ def test_saved_model_round_trip_and_serving_signature(tiny_model, tiny_data, tmp
     path = to_saved_model(tiny_model, tmp_path / "sm")
     assert (path / "saved_model.pb").is_file()
     assert "serving_default" in tf.saved_model.load(str(path)).signatures
-    _same_outputs(tiny_model, load_model(path), tiny_data)
+    check_same_outputs(tiny_model, load_model(path), tiny_data)
 
 
 def test_saved_model_replaces_an_old_folder_only_on_success(
@@ -33,10 +33,10 @@ def test_saved_model_replaces_an_old_folder_only_on_success(
     with pytest.raises(OSError, match="disk full"):
         to_saved_model(new, tmp_path / "sm")
     assert os.listdir(tmp_path) == ["sm"]
-    _same_outputs(old, load_model(tmp_path / "sm"), tiny_data)
+    check_same_outputs(old, load_model(tmp_path / "sm"), tiny_data)
     monkeypatch.undo()
     to_saved_model(new, tmp_path / "sm")
-    _same_outputs(new, load_model(tmp_path / "sm"), tiny_data)
+    check_same_outputs(new, load_model(tmp_path / "sm"), tiny_data)
 
 
 @pytest.mark.parametrize("name, fmt", [("m.keras", "keras"), ("m.h5", "h5"), ("m_dir", "tf")])
@@ -45,7 +45,7 @@ def test_save_model_follows_the_suffix(tiny_model, tiny_data, tmp_path, name, fm
     path = save_model(tiny_model, tmp_path / name)
     assert path.is_file() == (fmt != "tf")
     assert os.listdir(tmp_path) == [name]  # no staging leftovers
-    _same_outputs(tiny_model, load_model(path), tiny_data)
+    check_same_outputs(tiny_model, load_model(path), tiny_data)
 
 
 @pytest.mark.parametrize("name", ["qat.keras", "qat.h5"])
@@ -54,7 +54,7 @@ def test_pact_qat_model_round_trip(tiny_model, tiny_data, tmp_path, name):
 
     qat = quantize_model(tiny_model)
     qat(tiny_data, training=True)  # calibrate the ranges
-    _same_outputs(qat, load_model(save_model(qat, tmp_path / name)), tiny_data)
+    check_same_outputs(qat, load_model(save_model(qat, tmp_path / name)), tiny_data)
 
 
 def test_load_errors(tmp_path):
