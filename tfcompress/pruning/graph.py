@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +21,7 @@ from tfcompress._keras import keras, require_graph_model
 from tfcompress.pruning.handlers.base import BarrierHandler, Call, ChannelHandler
 from tfcompress.pruning.handlers.registry import handler_for
 from tfcompress.pruning.layout import KeptFn, Layout, Segment
+from tfcompress.pruning.masks import preview_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from tfcompress.pruning.masks import Masks
@@ -145,7 +146,7 @@ class ChannelGraph:
         """
         if group_id not in self._groups:
             raise ValueError(f"Model {self.model.name!r} has no channel group {group_id!r}; "
-                             f"its groups are {_preview(self._groups)}.")
+                             f"its groups are {preview_names(self._groups)}.")
         return self._groups[group_id]
 
     def group_of_space(self, space: int) -> Group:
@@ -207,49 +208,15 @@ class ChannelGraph:
         return kept
 
     def check_masks(self, masks: "Masks") -> None:
-        """Validates ``masks`` against this model.
+        """Validates ``masks`` against this model (see :func:`masks.check_masks`).
 
         Raises:
           TypeError: if ``masks`` is not a :class:`Masks`.
           ValueError: naming the first mismatch (unknown group, wrong size, bad indices).
         """
-        from tfcompress.pruning.masks import Masks
+        from tfcompress.pruning.masks import check_masks
 
-        if not isinstance(masks, Masks):
-            raise TypeError(f"`masks` must be a tfcompress.pruning.Masks, got "
-                            f"{type(masks).__name__}. Create them with `fpgm_masks(model, ratio)` "
-                            "or `Masks.load(path)`.")
-        for gid, idx in masks.kept.items():
-            if gid not in self._groups:
-                raise ValueError(f"Masks do not match model {self.model.name!r}: group {gid!r} "
-                                 f"does not exist; the model's groups are "
-                                 f"{_preview(self._groups)}. "
-                                 "Compute the masks on this model (`fpgm_masks(model, ratio)`).")
-            group = self._groups[gid]
-            size = masks.sizes.get(gid, group.size)
-            if size != group.size:
-                raise ValueError(f"Masks do not match model {self.model.name!r}: group {gid!r} has "
-                                 f"{group.size} channels in the model but {size} in the masks. "
-                                 "Were they computed on another (or already pruned) model?")
-            if len(idx) == group.size and np.array_equal(idx, np.arange(group.size)):
-                continue
-            if not group.prunable:
-                raise ValueError(f"Masks prune group {gid!r}, which cannot be pruned in model "
-                                 f"{self.model.name!r} (blocked by {list(group.barriers)}).")
-            if len(idx) == 0:
-                raise ValueError(f"Masks keep no channel of group {gid!r}; keep at least one.")
-            bad = idx[(idx < 0) | (idx >= group.size)]
-            if len(bad):
-                raise ValueError(f"Masks keep channel {int(bad[0])} of group {gid!r}, out of "
-                                 f"range 0..{group.size - 1}.")
-            if np.any(np.diff(idx) <= 0):
-                raise ValueError(f"Kept indices of group {gid!r} must be sorted and unique.")
-            if group.blocks > 1:
-                counts = np.bincount(idx // (group.size // group.blocks), minlength=group.blocks)
-                if np.any(counts != counts[0]):
-                    raise ValueError(f"Group {gid!r} feeds a grouped convolution with "
-                                     f"{group.blocks} groups: masks must keep the same number "
-                                     f"of channels in each block, got {counts.tolist()}.")
+        check_masks(masks, self.model.name, self._groups)
 
     # ----- Tracer protocol (called by handlers) --------------------------------------------
     def fresh(self, call: Call, size: int, *, clean: bool = True, index: int = 0) -> Layout:
@@ -438,8 +405,3 @@ class ChannelGraph:
             gid = f"{base}#{n}"
         return gid
 
-
-def _preview(names: Iterable[str], limit: int = 8) -> str:
-    names = list(names)
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"

@@ -10,7 +10,7 @@ import numpy as np
 
 from tfcompress._io import PathLike, write_text
 
-__all__ = ["Masks"]
+__all__ = ["Masks", "check_masks"]
 
 _FORMAT = "tfcompress.pruning.Masks"
 _VERSION = 1
@@ -206,3 +206,55 @@ def _check_group_entry(number: int, group: Any) -> None:
             isinstance(b, list) and len(b) == 2 and all(isinstance(t, str) for t in b)
             for b in barriers):
         fail(f"'barriers' must be a list of [layer, reason] pairs, got {barriers!r}")
+
+
+def check_masks(masks: Any, model_name: str, groups: Mapping[str, Any]) -> None:
+    """Raises if ``masks`` do not fit the channel ``groups`` of model ``model_name``.
+
+    Raises:
+      TypeError: if ``masks`` is not a :class:`Masks`.
+      ValueError: naming the first mismatch (unknown group, wrong size, bad indices, unequal
+        blocks of a grouped convolution, a pruned group that cannot be pruned).
+    """
+    if not isinstance(masks, Masks):
+        raise TypeError(f"`masks` must be a tfcompress.pruning.Masks, got "
+                        f"{type(masks).__name__}. Create them with `fpgm_masks(model, ratio)` "
+                        "or `Masks.load(path)`.")
+    for gid, idx in masks.kept.items():
+        if gid not in groups:
+            raise ValueError(f"Masks do not match model {model_name!r}: group {gid!r} "
+                             f"does not exist; the model's groups are "
+                             f"{preview_names(groups)}. "
+                             "Compute the masks on this model (`fpgm_masks(model, ratio)`).")
+        group = groups[gid]
+        size = masks.sizes.get(gid, group.size)
+        if size != group.size:
+            raise ValueError(f"Masks do not match model {model_name!r}: group {gid!r} has "
+                             f"{group.size} channels in the model but {size} in the masks. "
+                             "Were they computed on another (or already pruned) model?")
+        if len(idx) == group.size and np.array_equal(idx, np.arange(group.size)):
+            continue
+        if not group.prunable:
+            raise ValueError(f"Masks prune group {gid!r}, which cannot be pruned in model "
+                             f"{model_name!r} (blocked by {list(group.barriers)}).")
+        if len(idx) == 0:
+            raise ValueError(f"Masks keep no channel of group {gid!r}; keep at least one.")
+        bad = idx[(idx < 0) | (idx >= group.size)]
+        if len(bad):
+            raise ValueError(f"Masks keep channel {int(bad[0])} of group {gid!r}, out of "
+                             f"range 0..{group.size - 1}.")
+        if np.any(np.diff(idx) <= 0):
+            raise ValueError(f"Kept indices of group {gid!r} must be sorted and unique.")
+        if group.blocks > 1:
+            counts = np.bincount(idx // (group.size // group.blocks), minlength=group.blocks)
+            if np.any(counts != counts[0]):
+                raise ValueError(f"Group {gid!r} feeds a grouped convolution with "
+                                 f"{group.blocks} groups: masks must keep the same number "
+                                 f"of channels in each block, got {counts.tolist()}.")
+
+
+def preview_names(names: Iterable[str], limit: int = 8) -> str:
+    """``['a', 'b', ...] (n in all)`` for error messages."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"
