@@ -1,14 +1,13 @@
-"""Sensitivity analysis: how much each channel group costs to prune, and per-layer ratios
-that reach a MACs target for the least predicted loss (PaddleSlim's ``sensitivity`` +
-``get_ratios_by_loss``, for tf_keras).
+"""Sensitivity analysis: how much each channel group costs to prune (PaddleSlim's
+``sensitivity``, for tf_keras).
 
 :func:`sensitivity` prunes one group at a time (masks applied to the weights, restored
 afterwards) at each ratio and records ``baseline - evaluate(model)``. The result,
 :class:`Sensitivity`, also records what each group saves in MACs and, for pairs of groups
-that meet in a layer (a convolution reading one and writing the other), the exact
-interaction term, so the MACs of any combination of per-group ratios are predicted exactly:
-every counted layer costs ``c * n_in * n_out`` (or ``c * n`` for depthwise kernels), which is
-bilinear in the kept counts of at most two groups. Accuracy drops are assumed additive.
+that meet in a layer, the exact interaction term, so :meth:`Sensitivity.predict` and
+:meth:`Sensitivity.ratios_for` (implemented in :mod:`tfcompress.pruning.allocation`) can
+predict any combination of per-group ratios and pick the per-layer ratios that reach a MACs
+target for the least predicted loss.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import numpy as np
 
 from tfcompress._io import atomic_file, write_text
 from tfcompress._keras import keras, require_graph_model
+from tfcompress.pruning import allocation
 from tfcompress.pruning.criteria import Criterion
 
 __all__ = ["Sensitivity", "GroupSensitivity", "sensitivity", "DEFAULT_RATIOS"]
@@ -60,12 +60,6 @@ class GroupSensitivity:
     kept: Tuple[int, ...]
     drops: Tuple[float, ...]
     macs_saved: Tuple[int, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Prediction:
-    loss: float
-    macs: float
 
 
 class Sensitivity:
@@ -127,9 +121,6 @@ class Sensitivity:
                                  f"{len(self.ratios)} ratios were scanned; every field needs one "
                                  "value per ratio.")
         self._by_id = {g.id: g for g in self.groups}
-        # hits[g]: indices of the groups whose per_layer name also selects group g
-        self._hits = [[j for j, h in enumerate(self.groups) if h.name in g.layers]
-                      for g in self.groups]
 
     # ----- views ---------------------------------------------------------------------------
     @property
@@ -158,115 +149,24 @@ class Sensitivity:
                              f"{sorted(self._by_id)}.")
         return self._by_id[group_id]
 
-    # ----- prediction and allocation --------------------------------------------------------
-    def _levels(self, per_layer: Mapping[str, float]) -> List[int]:
-        """Scan level (0: unpruned, i: ratios[i - 1]) of each group's own name."""
-        names = {g.name: i for i, g in enumerate(self.groups)}
-        levels = [0] * len(self.groups)
-        for name, ratio in per_layer.items():
-            if name not in names:
-                raise ValueError(f"Layer {name!r} names no scanned group; use the keys of "
-                                 f"`ratios_for` or `layer_names` ({sorted(names)}).")
-            matches = [i for i, r in enumerate(self.ratios) if math.isclose(r, ratio)]
-            if ratio and not matches:
-                raise ValueError(f"Ratio {ratio!r} for {name!r} was not scanned; predictions "
-                                 f"exist for 0 and {list(self.ratios)}.")
-            levels[names[name]] = matches[0] + 1 if ratio else 0
-        return levels
-
-    def _predict(self, levels: Sequence[int]) -> _Prediction:
-        effective = [max(levels[j] for j in hits) for hits in self._hits]
-        loss, macs = 0.0, float(self.total_macs)
-        pruned: Dict[str, int] = {}
-        for group, level in zip(self.groups, effective):
-            if level:
-                loss += group.drops[level - 1]
-                macs -= group.macs_saved[level - 1]
-                pruned[group.id] = group.size - group.kept[level - 1]
-        for (a, b), w in self.interactions.items():
-            macs += w * pruned.get(a, 0) * pruned.get(b, 0)
-        return _Prediction(loss, macs)
-
+    # ----- prediction and allocation (see tfcompress.pruning.allocation) -------------------
     def predict(self, per_layer: Mapping[str, float]) -> Tuple[float, float]:
         """Predicted ``(metric drop, fraction of MACs kept)`` of pruning with ``per_layer``.
 
-        The MACs are exact for masks computed with the scan's ``round_to``; the drop adds
-        the groups' individual drops.
-
-        Args:
-          per_layer: ``{layer name: ratio}`` as returned by :meth:`ratios_for`; ratios must
-            be 0 or scanned ones.
-
-        Raises:
-          ValueError: for a name that selects no scanned group or an unscanned ratio.
+        Same as :func:`tfcompress.pruning.allocation.predict` (``self`` as ``scan``).
         """
-        prediction = self._predict(self._levels(per_layer))
-        return prediction.loss, prediction.macs / self.total_macs
+        return allocation.predict(self, per_layer)
 
     def ratios_for(self, macs_target: float) -> Dict[str, float]:
         """Per-layer ratios that keep at most ``macs_target`` of the MACs, losing the least.
 
-        Greedy on the marginal predicted loss per MAC saved (like PaddleSlim): starting from
-        no pruning, repeatedly raise the one group's ratio (to any larger scanned ratio)
-        whose extra drop per extra MAC saved is smallest, until the target is reached; then
-        lower every ratio that the target does not need. Drops are assumed additive; MACs
-        are predicted exactly (see the module docstring).
-
-        Args:
-          macs_target: fraction of the model's MACs to KEEP, in (0, 1], e.g. 0.5.
-
-        Returns:
-          ``{layer name: ratio}`` for every scanned group (0.0: not pruned), to pass as
-          ``fpgm_masks(model, 0.0, per_layer=..., round_to=scan.round_to)`` or
-          ``FPGMPruning(schedule, per_layer=..., round_to=scan.round_to)`` (every scanned
-          group is named, so the schedule's own ratio only reaches unscanned groups).
-
-        Raises:
-          ValueError: if ``macs_target`` is not in (0, 1], or is below what the largest
-            scanned ratio of every group reaches.
+        Same as :func:`tfcompress.pruning.allocation.ratios_for` (``self`` as ``scan``).
 
         Example:
           >>> per_layer = scan.ratios_for(0.5)  # doctest: +SKIP
           >>> slim = rebuild(model, fpgm_masks(model, 0.0, per_layer=per_layer))  # doctest: +SKIP
         """
-        if (isinstance(macs_target, bool) or not isinstance(macs_target, numbers.Real)
-                or not 0 < macs_target <= 1):
-            raise ValueError(f"`macs_target` must be the fraction of MACs to keep, in (0, 1], "
-                             f"got {macs_target!r}; e.g. 0.5 to halve the MACs.")
-        budget = macs_target * self.total_macs * (1 + 1e-12)
-        levels = [0] * len(self.groups)
-        current = self._predict(levels)
-        while current.macs > budget:
-            best: Optional[Tuple[float, int, int, _Prediction]] = None
-            for i in range(len(self.groups)):
-                for level in range(levels[i] + 1, len(self.ratios) + 1):
-                    trial = self._predict(levels[:i] + [level] + levels[i + 1:])
-                    saved = current.macs - trial.macs
-                    if saved <= 0:
-                        continue
-                    cost = (trial.loss - current.loss) / saved
-                    if best is None or cost < best[0]:
-                        best = (cost, i, level, trial)
-            if best is None:
-                floor = self._predict([len(self.ratios)] * len(self.groups)).macs
-                raise ValueError(
-                    f"A MACs target of {macs_target:g} cannot be reached with the scanned "
-                    f"ratios: pruning every scanned group at {self.ratios[-1]:g} keeps "
-                    f"{floor / self.total_macs:.3f} of the MACs. Raise `macs_target`, or scan "
-                    "larger ratios or more groups with `sensitivity(...)`.")
-            _, i, levels[i], current = best
-        # Undo what the target does not need, the most costly groups first.
-        for i in sorted(range(len(self.groups)), key=lambda k: -self._drop(k, levels[k])):
-            for level in range(levels[i]):
-                trial = self._predict(levels[:i] + [level] + levels[i + 1:])
-                if trial.macs <= budget and trial.loss <= current.loss:
-                    levels[i], current = level, trial
-                    break
-        return {g.name: (self.ratios[level - 1] if level else 0.0)
-                for g, level in zip(self.groups, levels)}
-
-    def _drop(self, index: int, level: int) -> float:
-        return self.groups[index].drops[level - 1] if level else 0.0
+        return allocation.ratios_for(self, macs_target)
 
     # ----- serialization -------------------------------------------------------------------
     def get_config(self) -> Dict[str, Any]:
@@ -534,25 +434,8 @@ def sensitivity(
                                         tuple(group.layers), tuple(kept), tuple(drops),
                                         tuple(saved)))
 
-    interactions = _interactions(graph, results, sizes, total)
+    interactions = allocation.interaction_terms(graph, results, sizes, total)
     name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
     return Sensitivity(baseline, ratios, results, total, interactions, criterion=name,
                        round_to=round_to, model_name=model.name)
 
-
-def _interactions(graph: Any, results: Sequence[GroupSensitivity], sizes: Mapping[str, int],
-                  total: int) -> Dict[Tuple[str, str], float]:
-    """Bilinear MAC terms of the scanned groups that share a layer, from one joint count."""
-    from tfcompress.pruning.masks import Masks
-
-    terms = {}
-    for i, a in enumerate(results):
-        for b in results[i + 1:]:
-            pa, pb = a.size - a.kept[-1], b.size - b.kept[-1]
-            if not pa or not pb or not set(a.layers) & set(b.layers):
-                continue
-            joint = Masks({a.id: np.arange(a.kept[-1]), b.id: np.arange(b.kept[-1])}, sizes=sizes)
-            excess = graph.macs(joint) - (total - a.macs_saved[-1] - b.macs_saved[-1])
-            if excess:
-                terms[(a.id, b.id)] = excess / (pa * pb)
-    return terms
