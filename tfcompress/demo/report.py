@@ -9,7 +9,9 @@ from __future__ import annotations
 import pathlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from tfcompress._io import atomic_file, write_text
+from tfcompress._io import write_text
+from tfcompress._plots import pyplot as _pyplot
+from tfcompress._plots import save_figure
 from tfcompress.demo.pipeline import DemoResult
 
 __all__ = ["TABLE_HEADERS", "table_rows", "markdown_table", "plot_training", "plot_channels",
@@ -81,18 +83,6 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, or ``None`` if not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_training(history: Dict[str, list], path: pathlib.Path) -> Optional[pathlib.Path]:
     """Train/test accuracy and ``pruned_ratio`` per epoch over all stages, to a PNG.
 
@@ -125,7 +115,7 @@ def plot_training(history: Dict[str, list], path: pathlib.Path) -> Optional[path
     accuracy_axis.legend(handles[0] + extra[0], handles[1] + extra[1],
                          loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     accuracy_axis.set_title("Training: float -> FPGM pruning + fine-tuning -> PACT QAT")
-    return _save(plt, figure, path)
+    return save_figure(figure, path)
 
 
 def plot_channels(channels: Dict[str, Tuple[int, int]], path: pathlib.Path
@@ -148,7 +138,7 @@ def plot_channels(channels: Dict[str, Tuple[int, int]], path: pathlib.Path
     axis.set_ylabel("output channels")
     axis.set_title("Channels per layer before and after FPGM pruning")
     axis.legend()
-    return _save(plt, figure, path)
+    return save_figure(figure, path)
 
 
 def _stage_spans(stages: List[str]) -> List[Tuple[int, int, str]]:
@@ -160,16 +150,6 @@ def _stage_spans(stages: List[str]) -> List[Tuple[int, int, str]]:
         else:
             spans.append((epoch, epoch, stage))
     return spans
-
-
-def _save(plt, figure, path: pathlib.Path) -> pathlib.Path:
-    try:
-        figure.tight_layout()
-        with atomic_file(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(figure)
-    return pathlib.Path(path)
 
 
 def write_report(result: DemoResult) -> pathlib.Path:

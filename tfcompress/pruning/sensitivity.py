@@ -21,8 +21,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from tfcompress._io import atomic_file, write_text
+from tfcompress._io import write_text
 from tfcompress._keras import keras, require_graph_model
+from tfcompress._plots import pyplot, save_figure
 from tfcompress.pruning import allocation
 from tfcompress.pruning.criteria import Criterion
 
@@ -256,30 +257,19 @@ class Sensitivity:
         Raises:
           ImportError: if matplotlib is not installed.
         """
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError as error:
-            raise ImportError("Sensitivity.plot needs matplotlib: `pip install matplotlib`.") \
-                from error
+        plt = pyplot()
+        if plt is None:
+            raise ImportError("Sensitivity.plot needs matplotlib: `pip install matplotlib`.")
         figure, axes = plt.subplots(figsize=(7, 4.5))
-        try:
-            for group in self.groups:
-                axes.plot((0.0,) + self.ratios, (0.0,) + group.drops, marker="o", markersize=3,
-                          label=group.id)
-            axes.set_xlabel("fraction of the group's channels pruned")
-            axes.set_ylabel(f"metric drop (baseline {self.baseline:.4g})")
-            axes.set_title(f"Sensitivity of {self.model_name or 'the model'} ({self.criterion})")
-            axes.grid(alpha=0.3)
-            axes.legend(fontsize="x-small", ncol=max(1, len(self.groups) // 12), loc="upper left")
-            figure.tight_layout()
-            with atomic_file(path) as tmp:
-                figure.savefig(tmp, format="png", dpi=120)
-        finally:
-            plt.close(figure)
-        return pathlib.Path(path)
+        for group in self.groups:
+            axes.plot((0.0,) + self.ratios, (0.0,) + group.drops, marker="o", markersize=3,
+                      label=group.id)
+        axes.set_xlabel("fraction of the group's channels pruned")
+        axes.set_ylabel(f"metric drop (baseline {self.baseline:.4g})")
+        axes.set_title(f"Sensitivity of {self.model_name or 'the model'} ({self.criterion})")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="x-small", ncol=max(1, len(self.groups) // 12), loc="upper left")
+        return save_figure(figure, path, dpi=120)
 
     def __repr__(self) -> str:
         return (f"Sensitivity({len(self.groups)} groups x {len(self.ratios)} ratios, "
