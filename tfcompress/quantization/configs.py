@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_config
 
 from tfcompress._keras import keras
+from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact import PACTQuantizer, validate_bits
 from tfcompress.quantization.weights import ChannelWeightQuantizer
 
@@ -98,7 +99,7 @@ def supported_types() -> List[str]:
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
-class PACTQuantizeConfig(quantize_config.QuantizeConfig):
+class PACTQuantizeConfig(ConfigValue, quantize_config.QuantizeConfig):
     """Per-channel symmetric weights and PACT-clipped activations for one layer.
 
     Works for every family in :data:`LAYER_RULES`: Conv1D/2D/3D, DepthwiseConv1D/2D,
@@ -201,20 +202,6 @@ class PACTQuantizeConfig(quantize_config.QuantizeConfig):
         return {"weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
                 "quantize_output": self.quantize_output, **self.pact_options}
 
-    @classmethod
-    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizeConfig":
-        return cls(**config)
-
     def with_output(self, quantize_output: bool) -> "PACTQuantizeConfig":
         """A copy of this config with ``quantize_output`` replaced."""
         return type(self)(**{**self.get_config(), "quantize_output": quantize_output})
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, PACTQuantizeConfig) and self.get_config() == other.get_config()
-
-    def __ne__(self, other) -> bool:
-        return not self == other
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"PACTQuantizeConfig({args})"

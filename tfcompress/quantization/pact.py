@@ -18,6 +18,7 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras import quantizers
 
 from tfcompress._keras import keras
+from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.tflite_mode import exporting
 
 MODES = ("asymmetric", "symmetric", "relu")
@@ -66,7 +67,7 @@ def _pact_fake_quant(x, low, high, num_bits: int, narrow_range: bool):
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
-class PACTQuantizer(quantizers.Quantizer):
+class PACTQuantizer(ConfigValue, quantizers.Quantizer):
     """Fake-quantizes a tensor on a trainable clipping range ``[-beta, alpha]``.
 
     When tfmot calls each method:
@@ -247,17 +248,3 @@ class PACTQuantizer(quantizers.Quantizer):
             "decay": self.decay,
             "calibration_steps": self.calibration_steps,
         }
-
-    @classmethod
-    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizer":
-        return cls(**config)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, PACTQuantizer) and self.get_config() == other.get_config()
-
-    def __ne__(self, other) -> bool:
-        return not self == other
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"PACTQuantizer({args})"

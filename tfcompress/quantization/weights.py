@@ -15,6 +15,7 @@ import tensorflow as tf
 from tensorflow_model_optimization.python.core.quantization.keras import quantizers
 
 from tfcompress._keras import keras
+from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact import validate_bits
 from tfcompress.quantization.tflite_mode import exporting
 
@@ -31,7 +32,7 @@ LAYOUTS = ("channels_last", "depthwise", "transpose", "per_tensor")
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
-class ChannelWeightQuantizer(quantizers.Quantizer):
+class ChannelWeightQuantizer(ConfigValue, quantizers.Quantizer):
     """Symmetric, narrow-range fake quantization of a kernel, one range per output channel.
 
     The range of each channel is its current absolute maximum (weights only change at
@@ -96,13 +97,3 @@ class ChannelWeightQuantizer(quantizers.Quantizer):
 
     def get_config(self) -> Dict[str, Any]:
         return {"num_bits": self.num_bits, "layout": self.layout}
-
-    @classmethod
-    def from_config(cls, config: Dict[str, Any]) -> "ChannelWeightQuantizer":
-        return cls(**config)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, ChannelWeightQuantizer) and self.get_config() == other.get_config()
-
-    def __ne__(self, other) -> bool:
-        return not self == other
