@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from typing import Iterator, Union
 
+#: What every tfcompress function accepts as a path: a string or an ``os.PathLike``.
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -61,12 +62,16 @@ def atomic_dir(path: PathLike, argument: str = "path") -> Iterator[pathlib.Path]
     """
     path = output_path(path, argument)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"Cannot write a folder at {str(path)!r}: a file is there. Remove it first.")
+        raise ValueError(
+            f"Cannot write a folder at {str(path)!r}: a file is there. Remove it first."
+        )
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = pathlib.Path(
+                tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
+            )
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

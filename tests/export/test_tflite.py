@@ -8,12 +8,12 @@ from tfcompress.export import (
     QUANTIZE_OPTIONS,
     ConversionError,
     is_qat_model,
+    litert,
     quantization_kind,
     tflite_ops,
     to_tflite,
     verify,
 )
-from tfcompress.export import litert
 
 EXPECTED_KIND = {None: "float32", "dynamic": "dynamic", "float16": "float16", "int8": "int8"}
 

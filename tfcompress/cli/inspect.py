@@ -47,7 +47,7 @@ def _group_rows(graph) -> List[list]:
 
 def run(args: argparse.Namespace) -> int:
     from tfcompress.export import is_qat_model, load_model
-    from tfcompress.pruning import ChannelGraph, count_params
+    from tfcompress.pruning import ChannelGraph, count_params, graph_macs
 
     model = load_model(args.model)
     if is_qat_model(model):
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     layer_rows = _layer_rows(graph)
     print(f"model {model.name!r}: {len(model.layers)} layers")
     print(format_table(["layer", "type", "channels", "params", "MACs"], layer_rows))
-    print(f"total: {count_params(model):,} params, {graph.macs():,} MACs per example")
+    print(f"total: {count_params(model):,} params, {graph_macs(graph):,} MACs per example")
     print()
     print("channel groups (channels pruned together):")
     print(format_table(["group", "channels", "prunable", "layers"], _group_rows(graph)))

@@ -9,6 +9,7 @@ from tfcompress.cli.command import Command
 from tfcompress.cli.inputs import existing_path, positive_int, ratio
 from tfcompress.cli.table import format_table
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=existing_path, help=".keras, .h5 or SavedModel folder")
     parser.add_argument(
@@ -43,7 +44,7 @@ def _default_output(model_path: pathlib.Path) -> pathlib.Path:
 
 def run(args: argparse.Namespace) -> int:
     from tfcompress.export import is_qat_model, load_model, save_model
-    from tfcompress.pruning import ChannelGraph, fpgm_masks, rebuild
+    from tfcompress.pruning import ChannelGraph, fpgm_masks, graph_macs, graph_params, rebuild
 
     model = load_model(args.model)
     if is_qat_model(model):
@@ -65,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
     ]
     print(format_table(["group", "channels", "kept"], groups))
     print()
+    params = graph_params(before), graph_params(after)
+    macs = graph_macs(before), graph_macs(after)
     totals = [
-        ["params", before.params(), after.params(), after.params() / before.params()],
-        ["MACs", before.macs(), after.macs(), after.macs() / max(1, before.macs())],
+        ["params", *params, params[1] / params[0]],
+        ["MACs", *macs, macs[1] / max(1, macs[0])],
     ]
     print(format_table(["", "before", "after", "kept"], totals))
     print(f"pruned {masks.pruned_ratio:.1%} of the prunable channels; wrote {output}")

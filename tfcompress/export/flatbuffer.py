@@ -9,9 +9,10 @@ node, so what it reports depends on the runtime, while the file does not.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tfcompress._io import PathLike
 
 __all__ = [
     "TFLiteOp",
@@ -20,9 +21,10 @@ __all__ = [
     "activation_ranges",
     "quantization_kind",
     "float_fallback_ops",
+    "kind_of_ops",
+    "fallbacks_of_ops",
+    "read_tflite",
 ]
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: Ops that only move data between float and integer tensors.
 CONVERSION_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
@@ -255,10 +257,16 @@ def quantization_kind(path: PathLike) -> str:
       ``"dynamic"`` if weights are integer but every op reads float activations,
       ``"float16"`` if weights are stored as float16, else ``"float32"``.
     """
-    return _kind_of(tflite_ops(path))
+    return kind_of_ops(tflite_ops(path))
 
 
-def _kind_of(ops: List[TFLiteOp]) -> str:
+def kind_of_ops(ops: Sequence[TFLiteOp]) -> str:
+    """:func:`quantization_kind` of ops already read with :func:`tflite_ops`.
+
+    Example:
+      >>> kind_of_ops([])  # no ops, no integer activations or weights
+      'float32'
+    """
     quantized = set(_INTEGER_BITS)
     compute_ops = [op for op in ops if op.name not in CONVERSION_OPS]
     if any(quantized.intersection(op.activation_dtypes) for op in compute_ops):
@@ -278,10 +286,16 @@ def float_fallback_ops(path: PathLike) -> List[TFLiteOp]:
     kinds compute in float by design and give an empty list. ``QUANTIZE`` and
     ``DEQUANTIZE`` at the float model interface are not fallbacks.
     """
-    return _fallbacks_of(tflite_ops(path))
+    return fallbacks_of_ops(tflite_ops(path))
 
 
-def _fallbacks_of(ops: List[TFLiteOp]) -> List[TFLiteOp]:
-    if _kind_of(ops) != "int8":
+def fallbacks_of_ops(ops: Sequence[TFLiteOp]) -> List[TFLiteOp]:
+    """:func:`float_fallback_ops` of ops already read with :func:`tflite_ops`.
+
+    Example:
+      >>> fallbacks_of_ops([])
+      []
+    """
+    if kind_of_ops(ops) != "int8":
         return []
     return [op for op in ops if op.name not in CONVERSION_OPS and op.computes_in_float]

@@ -8,19 +8,18 @@ with the input tensor's scale and zero point, integer outputs are dequantized, s
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import statistics
 import time
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import numpy as np
 
+from tfcompress._io import PathLike
 from tfcompress.export.flatbuffer import read_tflite
 
 __all__ = ["Latency", "run", "latency", "compare_latency"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 _QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
 

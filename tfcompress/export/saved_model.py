@@ -11,14 +11,12 @@ import os
 import pathlib
 import tempfile
 import zipfile
-from typing import Union
 
-from tfcompress._io import atomic_dir, atomic_file, output_path
+from tfcompress._io import PathLike, atomic_dir, atomic_file, output_path
 from tfcompress._keras import check_model, keras
 
 __all__ = ["to_saved_model", "save_model", "load_model", "model_format"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: File suffix -> tf_keras ``save_format``; any other path is a SavedModel folder.
 _FILE_FORMATS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
@@ -146,4 +144,3 @@ def load_model(path: PathLike) -> "keras.Model":
                 "or SavedModel folder written by tf_keras."
             ) from error
     return check_model(model)
-

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import pathlib
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import tensorflow as tf
 
-from tfcompress._io import atomic_file, output_path
+from tfcompress._internals import tfmot_private
+from tfcompress._io import PathLike, atomic_file, output_path
 from tfcompress._keras import check_model, keras
 from tfcompress._validate import float16_layers
 from tfcompress.quantization.tflite_mode import tflite_export_mode
 
 __all__ = ["QUANTIZE_OPTIONS", "ConversionError", "is_qat_model", "to_tflite"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 RepresentativeData = Union[np.ndarray, Iterable, Callable[[], Iterable]]
 
 
@@ -52,12 +51,8 @@ _IO_DTYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
 
 
 def _qat_layer_types() -> tuple:
-    from tensorflow_model_optimization.python.core.quantization.keras import (
-        quantize_layer,
-        quantize_wrapper,
-    )
-
-    return (quantize_wrapper.QuantizeWrapper, quantize_layer.QuantizeLayer)
+    return (tfmot_private("quantize_wrapper").QuantizeWrapper,
+            tfmot_private("quantize_layer").QuantizeLayer)
 
 
 def _walk_layers(model: "keras.Model") -> Iterator["keras.layers.Layer"]:

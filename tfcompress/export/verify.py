@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import pathlib
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from tfcompress._io import PathLike
 from tfcompress._keras import check_model, keras
 from tfcompress.export import flatbuffer, litert
 
 __all__ = ["ParityReport", "ParityError", "verify"]
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: Default tolerance on max |keras - tflite|, relative to max(1, max |keras output|), by the
 #: file's quantization kind. For the integer kinds it applies only to outputs without
@@ -60,22 +58,35 @@ class ParityReport:
         return not self.failures
 
     def summary(self) -> str:
-        """A few human-readable lines, as the CLI prints them."""
+        """A few human-readable lines, as the CLI prints them: the verdict, then
+        :meth:`details` and one line per failure."""
+        header = (
+            f"parity {'PASSED' if self.passed else 'FAILED'}: "
+            f"{pathlib.Path(self.tflite_path).name} ({self.kind}) vs Keras on {self.samples} "
+            "samples"
+        )
+        failures = [f"  failure: {failure}" for failure in self.failures]
+        return "\n".join([header, *self.details(), *failures])
+
+    def details(self, criteria: bool = True) -> List[str]:
+        """The measurements without a verdict: differences, agreement, ops, fallbacks.
+
+        Args:
+          criteria: also show the tolerance and the required agreement.
+        """
         agreement = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.2%}"
         atol = "not checked" if self.atol is None else f"{self.atol:.3g}"
         ops = ", ".join(f"{name} x{count}" for name, count in sorted(self.op_counts.items()))
+        tolerance = f" (tolerance {atol})" if criteria else ""
+        required = f" (required {self.min_agreement:.2%})" if criteria else ""
         lines = [
-            f"parity {'PASSED' if self.passed else 'FAILED'}: {pathlib.Path(self.tflite_path).name}"
-            f" ({self.kind}) vs Keras on {self.samples} samples",
-            f"  max |diff| {self.max_abs_diff:.3g} (tolerance {atol}), mean |diff| "
-            f"{self.mean_abs_diff:.3g}, top-1 agreement {agreement} (required "
-            f"{self.min_agreement:.2%})",
+            f"  max |diff| {self.max_abs_diff:.3g}{tolerance}, mean |diff| "
+            f"{self.mean_abs_diff:.3g}, top-1 agreement {agreement}{required}",
             f"  ops: {ops}",
         ]
         if self.float_fallback_ops:
             lines.append(f"  float fallback ops: {', '.join(self.float_fallback_ops)}")
-        lines.extend(f"  failure: {failure}" for failure in self.failures)
-        return "\n".join(lines)
+        return lines
 
 
 class ParityError(ValueError):
@@ -172,7 +183,7 @@ def verify(
         raise ValueError(f"`atol` must be >= 0 or None, got {atol!r}.")
     data = _check_data(keras_model, data)
     ops = flatbuffer.tflite_ops(tflite_path)
-    kind = flatbuffer._kind_of(ops)
+    kind = flatbuffer.kind_of_ops(ops)
     expected = keras_model.predict(data, batch_size=batch_size, verbose=0)
     if isinstance(expected, (list, tuple, dict)):
         raise ValueError(
@@ -191,7 +202,7 @@ def verify(
     agreement = float(np.mean(actual.argmax(-1) == expected.argmax(-1))) if has_classes else None
     if atol is None and (kind in _FLOAT_KINDS or not has_classes):
         atol = DEFAULT_RELATIVE_ATOL[kind] * max(1.0, float(np.max(np.abs(expected))))
-    fallbacks = [f"{op.name}#{op.index}" for op in flatbuffer._fallbacks_of(ops)]
+    fallbacks = [f"{op.name}#{op.index}" for op in flatbuffer.fallbacks_of_ops(ops)]
 
     failures = []
     max_diff = float(diff.max())
