@@ -121,7 +121,6 @@ def test_decay_adds_an_l2_loss_on_alpha():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_bits=1), "from 2 to 8"),
     (dict(num_bits=9), "from 2 to 8"),
-    (dict(num_bits=4.0), "from 2 to 8"),
     (dict(mode="unsigned"), "mode"),
     (dict(alpha_init="max"), "alpha_init"),
     (dict(alpha_init=-1.0), "alpha_init"),
@@ -131,6 +130,21 @@ def test_decay_adds_an_l2_loss_on_alpha():
 ])
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
+        PACTQuantizer(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_bits=4.0), "num_bits.*integer.*4.0"),
+    (dict(num_bits=True), "num_bits.*integer"),
+    (dict(mode=1), "mode"),
+    (dict(alpha_init=[2.0]), "alpha_init"),
+    (dict(beta_init="1"), "beta_init"),
+    (dict(decay="0.1"), "decay"),
+    (dict(calibration_steps=2.0), "calibration_steps"),
+    (dict(trainable_range="no"), "trainable_range"),
+])
+def test_wrong_types_are_type_errors(kwargs, message):
+    with pytest.raises(TypeError, match=message):
         PACTQuantizer(**kwargs)
 
 

@@ -4,24 +4,19 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterable, Iterator, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_layer,
-    quantize_wrapper,
-)
 
+from tfcompress._internals import tfmot_private
 from tfcompress._keras import keras, require_graph_model
 from tfcompress._validate import require_float32
+from tfcompress.quantization import serialization
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for, supported_types
 from tfcompress.quantization.pact import PACTQuantizer
 from tfcompress.quantization.prepare import prepare_for_qat
 from tfcompress.quantization.scheme import PACTQuantizeScheme
-from tfcompress.quantization import serialization
 from tfcompress.quantization.weights import ChannelWeightQuantizer
-
-
 
 _CUSTOM_OBJECTS = {
     cls.__name__: cls
@@ -41,7 +36,8 @@ def quantize_scope(*custom_objects: Dict[str, type]) -> Iterator[None]:
       *custom_objects: extra ``{name: class}`` dicts, e.g. for your own layers.
 
     Example:
-      >>> import tempfile, os
+      >>> import os, tempfile
+      >>> import tf_keras
       >>> qat = quantize_model(tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))]))
       >>> path = os.path.join(tempfile.mkdtemp(), "qat.keras")
       >>> qat.save(path)
@@ -87,7 +83,7 @@ def quantize_model(
       skip_unsupported: if True, layers with no quantization rule stay float (TFLite then
         runs them in float between dequantize/quantize ops); if False they raise.
       **pact_options: :class:`PACTQuantizer` options (``mode``, ``alpha_init``, ``beta_init``,
-        ``decay``, ``calibration_steps``).
+        ``decay``, ``calibration_steps``, ``trainable_range``).
 
     Returns:
       A new model of tfmot quantize wrappers to compile and train (fine-tune) as
@@ -101,6 +97,7 @@ def quantize_model(
         quantization rule (listed in the message).
 
     Example:
+      >>> import tf_keras
       >>> model = tf_keras.Sequential([
       ...     tf_keras.layers.Conv2D(8, 3, input_shape=(16, 16, 1)),
       ...     tf_keras.layers.BatchNormalization(), tf_keras.layers.ReLU(),
@@ -124,7 +121,8 @@ def quantize_model(
             f"Supported layer types: {', '.join(supported_types())}."
         )
     prepared = prepare_for_qat(model)
-    keep_float = set(exclude) | {layer.name for layer in prepared.layers if rule_for(layer) is None}
+    keep_float = set(exclude) | {layer.name for layer in prepared.layers
+                                 if rule_for(layer) is None}
 
     def annotate(layer):
         if layer.name in keep_float or isinstance(layer, keras.layers.InputLayer):
@@ -134,7 +132,8 @@ def quantize_model(
 
     annotated = keras.models.clone_model(prepared, clone_function=annotate)
     annotated.set_weights(prepared.get_weights())
-    return quantize_apply(annotated, PACTQuantizeScheme(weight_bits, activation_bits, **pact_options))
+    scheme = PACTQuantizeScheme(weight_bits, activation_bits, **pact_options)
+    return quantize_apply(annotated, scheme)
 
 
 def quantize_apply(model: keras.Model, scheme=None) -> keras.Model:
@@ -148,6 +147,7 @@ def quantize_apply(model: keras.Model, scheme=None) -> keras.Model:
 
     Example:
       >>> import tensorflow_model_optimization as tfmot
+      >>> import tf_keras
       >>> annotated = tfmot.quantization.keras.quantize_annotate_model(
       ...     tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))]))
       >>> quantize_apply(annotated, PACTQuantizeScheme(4, 4)).output_shape
@@ -161,23 +161,46 @@ def quantize_apply(model: keras.Model, scheme=None) -> keras.Model:
     return serialization.adopt(quantized)
 
 
+def _pact_variables(wrapper) -> Dict[str, Dict[str, object]]:
+    """``{quantizer name: {"alpha": var, "beta": var}}`` of a wrapper, found by variable name.
+
+    :meth:`PACTQuantizer.build` names its variables ``{name}_pact_alpha``/``_pact_beta``
+    (``name`` is ``output``, ``post_activation`` …), which is public, unlike where tfmot
+    keeps them.
+    """
+    found: Dict[str, Dict[str, object]] = {}
+    for variable in wrapper.weights:
+        short = variable.name.split("/")[-1].split(":")[0]
+        for key in ("alpha", "beta"):
+            if short.endswith(f"_pact_{key}"):
+                found.setdefault(short[: -len(f"_pact_{key}")], {})[key] = variable
+    return found
+
+
+def _config_quantizers(wrapper) -> List[Tuple[str, PACTQuantizer]]:
+    """``(kind, quantizer)`` of the PACT quantizers the wrapper's (public) config declares."""
+    config, layer = wrapper.quantize_config, wrapper.layer
+    declared = [("output", q) for q in config.get_output_quantizers(layer)]
+    declared += [("activation", q) for _, q in config.get_activations_and_quantizers(layer)]
+    return [(kind, q) for kind, q in declared if isinstance(q, PACTQuantizer)]
+
+
 def _pact_quantizers(model: keras.Model):
     """Yields ``(key, quantizer, weights)`` for every PACT quantizer in ``model``."""
+    quantize_layer_class = tfmot_private("quantize_layer").QuantizeLayer
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             yield from _pact_quantizers(layer)
-        elif isinstance(layer, quantize_layer.QuantizeLayer):
+        elif isinstance(layer, quantize_layer_class):
             if isinstance(layer.quantizer, PACTQuantizer):
                 yield layer.name, layer.quantizer, layer.quantizer_vars
-        elif isinstance(layer, quantize_wrapper.QuantizeWrapper):
-            outputs = getattr(layer, "_output_quantizers", None) or []
-            if outputs and isinstance(outputs[0], PACTQuantizer):
-                yield layer.layer.name, outputs[0], layer._output_quantizer_vars
-            for activation in getattr(layer, "_quantize_activations", []):
-                weights = getattr(activation, "_post_activation_vars", None) \
-                    or getattr(activation, "_pre_activation_vars", None)
-                if isinstance(activation.quantizer, PACTQuantizer) and weights:
-                    yield layer.layer.name, activation.quantizer, weights
+        elif isinstance(layer, tfmot.quantization.keras.QuantizeWrapper):
+            variables = _pact_variables(layer)
+            quantizers = dict(_config_quantizers(layer)) if variables else {}
+            for name, weights in sorted(variables.items()):
+                quantizer = quantizers.get("output" if name == "output" else "activation")
+                if quantizer is not None and "alpha" in weights:
+                    yield layer.layer.name, quantizer, weights
 
 
 def clip_ranges(model: keras.Model) -> Dict[str, Tuple[float, float]]:
@@ -193,6 +216,7 @@ def clip_ranges(model: keras.Model) -> Dict[str, Tuple[float, float]]:
       ``QuantizeLayer``'s name.
 
     Example:
+      >>> import tf_keras
       >>> qat = quantize_model(tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))]),
       ...                      alpha_init=3.0, mode="symmetric")
       >>> sorted(clip_ranges(qat).values())

@@ -16,9 +16,17 @@ class ClipRangeLogger(keras.callbacks.Callback):
     list so that they see the values.
 
     Example:
-      >>> history = qat.fit(x, y, epochs=3, callbacks=[ClipRangeLogger()])  # doctest: +SKIP
-      >>> history.history["pact/stem_relu/alpha"]  # doctest: +SKIP
-      [4.71, 4.65, 4.62]
+      >>> import numpy as np
+      >>> import tf_keras
+      >>> from tfcompress.quantization import quantize_model
+      >>> qat = quantize_model(tf_keras.Sequential([
+      ...     tf_keras.layers.Dense(3, input_shape=(4,)), tf_keras.layers.ReLU(name="act")]),
+      ...     mode="relu", alpha_init=2.0)
+      >>> qat.compile("sgd", "mse")
+      >>> x, y = np.ones((8, 4), np.float32), np.ones((8, 3), np.float32)
+      >>> history = qat.fit(x, y, epochs=3, verbose=0, callbacks=[ClipRangeLogger()])
+      >>> len(history.history["pact/act/alpha"]), history.history["pact/act/low"]
+      (3, [0.0, 0.0, 0.0])
     """
 
     def on_epoch_end(self, epoch, logs=None):

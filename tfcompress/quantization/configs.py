@@ -12,15 +12,23 @@ quantized (and where their output channels are) and how the layer's result is qu
 
 A new layer family is one new row. Lookups walk the layer's MRO, so subclasses of a known
 layer inherit its rule and the most specific row wins (``DepthwiseConv2D`` before
-``Conv2D``).
+``Conv2D``); the answer is cached per class.
+
+Example:
+  >>> import tf_keras
+  >>> rule_for(tf_keras.layers.DepthwiseConv2D(3)).weights
+  (('depthwise_kernel', 'depthwise'),)
+  >>> rule_for(tf_keras.layers.MaxPooling2D).result
+  'none'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-from tensorflow_model_optimization.python.core.quantization.keras import quantize_config
+import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
 from tfcompress.quantization._config import ConfigValue
@@ -66,14 +74,15 @@ _PASS_THROUGH = (
 LAYER_RULES: Tuple[LayerRule, ...] = (
     LayerRule(_TRANSPOSE, (("kernel", "transpose"),), "activation"),
     LayerRule(_DEPTHWISE, (("depthwise_kernel", "depthwise"),), "activation"),
-    LayerRule(_SEPARABLE, (("depthwise_kernel", "depthwise"), ("pointwise_kernel", "channels_last")),
+    LayerRule(_SEPARABLE,
+              (("depthwise_kernel", "depthwise"), ("pointwise_kernel", "channels_last")),
               "activation"),
     LayerRule(_CONV, (("kernel", "channels_last"),), "activation"),
     # Per-tensor: TFLite stores FULLY_CONNECTED weights transposed and its converter rejects
     # per-channel QAT ranges there ("tfl.transpose op has mismatched quantized axes").
     LayerRule((L.Dense,), (("kernel", "per_tensor"),), "activation"),
-    LayerRule(_ACTIVATIONS + _MERGE + _POOL_AVG + (L.BatchNormalization, L.UpSampling1D,
-                                                  L.UpSampling2D, L.UpSampling3D)),
+    LayerRule(_ACTIVATIONS + _MERGE + _POOL_AVG
+              + (L.BatchNormalization, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D)),
     # TFLite gives softmax its own fixed output range; quantizing it would only add error.
     LayerRule((L.Softmax,), (), "none"),
     LayerRule(_PASS_THROUGH, (), "none"),
@@ -84,8 +93,18 @@ _FIXED_RANGE_ACTIVATIONS = frozenset({"softmax", "sigmoid", "tanh", "log_softmax
 
 
 def rule_for(layer_or_type) -> Optional[LayerRule]:
-    """Returns the rule of the most specific class in the layer's MRO, or None."""
+    """Returns the rule of the most specific class in the layer's MRO, or None.
+
+    Args:
+      layer_or_type: a layer or a layer class.
+    """
     cls = layer_or_type if isinstance(layer_or_type, type) else type(layer_or_type)
+    return _rule_for_class(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_for_class(cls: type) -> Optional[LayerRule]:
+    # LAYER_RULES is an immutable tuple, so a class's answer never changes.
     for base in cls.__mro__:
         for rule in LAYER_RULES:
             if base in rule.types:
@@ -99,7 +118,7 @@ def supported_types() -> List[str]:
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
-class PACTQuantizeConfig(ConfigValue, quantize_config.QuantizeConfig):
+class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
     """Per-channel symmetric weights and PACT-clipped activations for one layer.
 
     Works for every family in :data:`LAYER_RULES`: Conv1D/2D/3D, DepthwiseConv1D/2D,
@@ -123,6 +142,7 @@ class PACTQuantizeConfig(ConfigValue, quantize_config.QuantizeConfig):
 
     Example:
       >>> import tensorflow_model_optimization as tfmot
+      >>> import tf_keras
       >>> from tfcompress.quantization import quantize_scope
       >>> model = tf_keras.Sequential([
       ...     tfmot.quantization.keras.quantize_annotate_layer(
@@ -145,13 +165,12 @@ class PACTQuantizeConfig(ConfigValue, quantize_config.QuantizeConfig):
         self._activation_quantizer()
 
     def _activation_quantizer(self) -> PACTQuantizer:
-        try:
-            return PACTQuantizer(num_bits=self.activation_bits, **self.pact_options)
-        except TypeError as err:
-            raise TypeError(
-                f"Unknown PACT option in {sorted(self.pact_options)}: {err}. Valid options: "
-                "mode, alpha_init, beta_init, decay, calibration_steps."
-            ) from None
+        valid = PACTQuantizer.option_names()
+        unknown = sorted(set(self.pact_options) - set(valid))
+        if unknown:
+            raise TypeError(f"Unknown PACT option(s) {unknown}. Valid options: "
+                            f"{', '.join(valid)}.")
+        return PACTQuantizer(num_bits=self.activation_bits, **self.pact_options)
 
     def _rule(self, layer) -> LayerRule:
         rule = rule_for(layer)

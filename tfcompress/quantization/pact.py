@@ -11,13 +11,15 @@ so it plugs into ``QuantizeConfig``/``quantize_apply`` like tfmot's own quantize
 
 from __future__ import annotations
 
+import inspect
 import numbers
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.quantization.keras import quantizers
+import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
+from tfcompress._validate import check_int
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.tflite_mode import exporting
 
@@ -30,13 +32,46 @@ _CALIBRATION_FACTORS = [0.25 + 0.05 * i for i in range(16)]  # 0.25 .. 1.0 of [m
 
 
 def validate_bits(value: Any, argument: str) -> int:
-    """Returns ``value`` if it is an int bit width in [2, 8], else raises ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 2 <= value <= 8:
+    """Returns ``value`` if it is an int bit width in [2, 8].
+
+    Raises:
+      TypeError: for a non-integer (``4.0``, ``"4"``, ``True``).
+      ValueError: for an integer outside [2, 8].
+    """
+    value = check_int(value, argument)
+    if not 2 <= value <= 8:
         raise ValueError(
             f"`{argument}` must be an integer from 2 to 8 (TFLite stores at most 8-bit "
-            f"integers), got {value!r}."
+            f"integers), got {value!r}. Pass e.g. `{argument}=4`."
         )
-    return int(value)
+    return value
+
+
+def _check_number(value: Any, argument: str, allowed: str) -> float:
+    """A real number (not a bool); ``allowed`` says which values are valid, for the message."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{argument}` must be {allowed}, got {value!r} "
+                        f"({type(value).__name__}).")
+    return float(value)
+
+
+def _check_alpha_init(alpha_init: Any) -> Union[str, float]:
+    allowed = "'auto' or a positive number"
+    if isinstance(alpha_init, str):
+        if alpha_init != "auto":
+            raise ValueError(f"`alpha_init` must be {allowed}, got {alpha_init!r}.")
+        return alpha_init
+    value = _check_number(alpha_init, "alpha_init", allowed)
+    if not value > 0:
+        raise ValueError(f"`alpha_init` must be {allowed}, got {alpha_init!r}.")
+    return value
+
+
+def _check_non_negative(value: Any, argument: str, allowed: str) -> float:
+    number = _check_number(value, argument, allowed)
+    if not number >= 0:  # NaN fails too
+        raise ValueError(f"`{argument}` must be {allowed}, got {value!r}.")
+    return number
 
 
 def _pact_fake_quant(x, low, high, num_bits: int, narrow_range: bool):
@@ -67,7 +102,7 @@ def _pact_fake_quant(x, low, high, num_bits: int, narrow_range: bool):
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
-class PACTQuantizer(ConfigValue, quantizers.Quantizer):
+class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
     """Fake-quantizes a tensor on a trainable clipping range ``[-beta, alpha]``.
 
     When tfmot calls each method:
@@ -100,9 +135,13 @@ class PACTQuantizer(ConfigValue, quantizers.Quantizer):
       decay: L2 regularization factor on alpha and beta (PaddleSlim decays alpha so the
         range keeps shrinking towards the bulk of the distribution). 0 disables it.
       calibration_steps: number of training batches used by ``alpha_init="auto"``.
+      trainable_range: False freezes alpha and beta: they are created non-trainable, so
+        ``fit`` never changes them (calibration, if any, still sets them). This is the
+        "calibrated clip, no PACT gradient" ablation; the default True is PACT.
 
     Example:
       >>> import tensorflow as tf
+      >>> import tf_keras
       >>> q = PACTQuantizer(num_bits=4, mode="relu", alpha_init=2.0)
       >>> layer = tf_keras.layers.Layer()  # any layer can own the variables
       >>> weights = q.build(tf.TensorShape([None, 3]), "act", layer)
@@ -118,29 +157,28 @@ class PACTQuantizer(ConfigValue, quantizers.Quantizer):
         beta_init: Optional[float] = None,
         decay: float = 0.0,
         calibration_steps: int = 32,
+        trainable_range: bool = True,
     ):
         self.num_bits = validate_bits(num_bits, "num_bits")
+        if not isinstance(mode, str):
+            raise TypeError(f"`mode` must be one of {MODES}, got {mode!r} ({type(mode).__name__}).")
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
         self.mode = mode
-        if isinstance(alpha_init, str):
-            if alpha_init != "auto":
-                raise ValueError(
-                    f"`alpha_init` must be 'auto' or a positive number, got {alpha_init!r}."
-                )
-        elif not isinstance(alpha_init, numbers.Real) or not alpha_init > 0:
-            raise ValueError(f"`alpha_init` must be 'auto' or a positive number, got {alpha_init!r}.")
-        self.alpha_init = alpha_init if isinstance(alpha_init, str) else float(alpha_init)
-        if beta_init is not None and (not isinstance(beta_init, numbers.Real) or beta_init < 0):
-            raise ValueError(f"`beta_init` must be a number >= 0 or None, got {beta_init!r}.")
-        self.beta_init = None if beta_init is None else float(beta_init)
-        if not isinstance(decay, numbers.Real) or decay < 0:
-            raise ValueError(f"`decay` must be a number >= 0, got {decay!r}.")
-        self.decay = float(decay)
-        if isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int) \
-                or calibration_steps < 1:
-            raise ValueError(f"`calibration_steps` must be an int >= 1, got {calibration_steps!r}.")
-        self.calibration_steps = calibration_steps
+        self.alpha_init = _check_alpha_init(alpha_init)
+        self.beta_init = None if beta_init is None else _check_non_negative(
+            beta_init, "beta_init", "a number >= 0 or None")
+        self.decay = _check_non_negative(decay, "decay", "a number >= 0")
+        self.calibration_steps = check_int(calibration_steps, "calibration_steps", minimum=1)
+        if not isinstance(trainable_range, bool):
+            raise TypeError(f"`trainable_range` must be True or False, got {trainable_range!r}.")
+        self.trainable_range = trainable_range
+
+    @classmethod
+    def option_names(cls) -> Tuple[str, ...]:
+        """The keyword options of the constructor besides ``num_bits`` (the "PACT options")."""
+        return tuple(name for name in inspect.signature(cls.__init__).parameters
+                     if name not in ("self", "num_bits"))
 
     @property
     def calibrates(self) -> bool:
@@ -151,9 +189,10 @@ class PACTQuantizer(ConfigValue, quantizers.Quantizer):
         # MovingAverageQuantizer init), so an uncalibrated model still computes sensibly.
         alpha0 = 6.0 if self.calibrates else self.alpha_init
         beta0 = alpha0 if self.beta_init is None or self.calibrates else self.beta_init
-        regularizer = keras.regularizers.L2(self.decay) if self.decay else None
+        train = self.trainable_range
+        regularizer = keras.regularizers.L2(self.decay) if self.decay and train else None
 
-        def scalar(suffix, value, trainable=True, reg=None):
+        def scalar(suffix, value, trainable=train, reg=None):
             return layer.add_weight(
                 f"{name}_{suffix}",
                 shape=(),
@@ -247,4 +286,5 @@ class PACTQuantizer(ConfigValue, quantizers.Quantizer):
             "beta_init": self.beta_init,
             "decay": self.decay,
             "calibration_steps": self.calibration_steps,
+            "trainable_range": self.trainable_range,
         }

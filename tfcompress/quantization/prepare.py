@@ -23,9 +23,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from tfcompress._internals import inbound_nodes
 from tfcompress._keras import keras, require_graph_model
 
 L = keras.layers
+# SyncBatchNormalization is not a BatchNormalization subclass in every tf_keras version.
+_BATCH_NORMS = tuple(getattr(L, name) for name in ("BatchNormalization", "SyncBatchNormalization")
+                     if hasattr(L, name))
 _FOLDABLE = (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.Dense)
 _NOT_FOLDABLE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose,
                  L.SeparableConv1D, L.SeparableConv2D)
@@ -105,7 +109,7 @@ def _fold_weights(layer, bn) -> List[np.ndarray]:
 def _foldable_pair(model, layer_config, consumers) -> Optional[Tuple[Any, Any]]:
     """Returns ``(producer, bn)`` if the BatchNorm in ``layer_config`` can be folded."""
     bn = model.get_layer(layer_config["name"])
-    if not isinstance(bn, L.BatchNormalization) or len(bn._inbound_nodes) != 1:
+    if not isinstance(bn, _BATCH_NORMS) or len(inbound_nodes(bn)) != 1:
         return None
     axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
     rank = len(bn.input_shape)
@@ -116,7 +120,7 @@ def _foldable_pair(model, layer_config, consumers) -> Optional[Tuple[Any, Any]]:
         return None
     producer = model.get_layer(inbound[0])
     if (not isinstance(producer, _FOLDABLE) or isinstance(producer, _NOT_FOLDABLE)
-            or len(producer._inbound_nodes) != 1 or consumers.get(producer.name) != [bn.name]
+            or len(inbound_nodes(producer)) != 1 or consumers.get(producer.name) != [bn.name]
             or keras.activations.serialize(producer.activation) != "linear"):
         return None
     return producer, bn
@@ -136,6 +140,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
       inference mode; the folded producers keep their names and gain a bias.
 
     Example:
+      >>> import tf_keras
       >>> model = tf_keras.Sequential([tf_keras.layers.Conv2D(4, 3, input_shape=(8, 8, 1)),
       ...                              tf_keras.layers.BatchNormalization()])
       >>> [type(l).__name__ for l in fold_batch_norms(model).layers]
@@ -147,8 +152,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     new_weights: Dict[str, List[np.ndarray]] = {}
     kept = []
     for layer_config in config["layers"]:
-        pair = _foldable_pair(model, layer_config, consumers) \
-            if layer_config["class_name"] in ("BatchNormalization", "SyncBatchNormalization") else None
+        pair = _foldable_pair(model, layer_config, consumers)
         if pair is None:
             kept.append(layer_config)
             continue
@@ -174,6 +178,13 @@ def split_separable_convs(model: keras.Model) -> keras.Model:
     Returns:
       A new Functional model computing the same function, or ``model`` if it has no
       SeparableConv2D.
+
+    Example:
+      >>> import tf_keras
+      >>> model = tf_keras.Sequential([
+      ...     tf_keras.layers.SeparableConv2D(4, 3, input_shape=(8, 8, 2), name="sep")])
+      >>> [(type(l).__name__, l.name) for l in split_separable_convs(model).layers[1:]]
+      [('DepthwiseConv2D', 'sep_depthwise'), ('Conv2D', 'sep')]
     """
     model = _functional(require_graph_model(model))
     config = copy.deepcopy(model.get_config())
@@ -181,7 +192,7 @@ def split_separable_convs(model: keras.Model) -> keras.Model:
     layers = []
     for layer_config in config["layers"]:
         layer = model.get_layer(layer_config["name"])
-        if type(layer) is not L.SeparableConv2D or len(layer._inbound_nodes) != 1:
+        if not isinstance(layer, L.SeparableConv2D) or len(inbound_nodes(layer)) != 1:
             layers.append(layer_config)
             continue
         c = layer_config["config"]
@@ -221,7 +232,16 @@ PREPARE_PASSES: Tuple[Callable[[keras.Model], keras.Model], ...] = (
 
 
 def prepare_for_qat(model: keras.Model) -> keras.Model:
-    """Applies every pass of :data:`PREPARE_PASSES` and returns the rewritten model."""
+    """Applies every pass of :data:`PREPARE_PASSES` and returns the rewritten model.
+
+    Example:
+      >>> import tf_keras
+      >>> model = tf_keras.Sequential([
+      ...     tf_keras.layers.SeparableConv2D(4, 3, input_shape=(8, 8, 2)),
+      ...     tf_keras.layers.Conv2D(4, 1), tf_keras.layers.BatchNormalization()])
+      >>> [type(l).__name__ for l in prepare_for_qat(model).layers]
+      ['InputLayer', 'DepthwiseConv2D', 'Conv2D', 'Conv2D']
+    """
     for rewrite in PREPARE_PASSES:
         model = rewrite(model)
     return model

@@ -15,40 +15,49 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_layer,
-    quantize_layout_transform,
-    quantize_registry,
-    quantize_scheme,
-)
-from tensorflow_model_optimization.python.core.quantization.keras import utils as tfmot_utils
-from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
-    model_transformer,
-    transforms,
-)
+import tensorflow_model_optimization as tfmot
 
+from tfcompress._internals import inbound_nodes, outbound_layers, tfmot_private
 from tfcompress._keras import keras
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for
 from tfcompress.quantization.pact import PACTQuantizer
 
 L = keras.layers
+_Q = tfmot.quantization.keras
+_transforms = _Q.graph_transformations.transforms
 
 # Activations the TFLite converter fuses into the op that produces their input.
 _FUSED_ACTIVATIONS = frozenset({"relu", "relu6", "linear"})
 
 
 def fuses_into_producer(layer) -> bool:
-    """True if TFLite fuses ``layer`` (an activation layer) into the op before it."""
-    if type(layer) is L.ReLU:
+    """True if TFLite fuses ``layer`` (an activation layer) into the op before it.
+
+    Subclasses of ``ReLU``/``Activation`` count too (``isinstance``), judged by the same
+    attributes.
+
+    Example:
+      >>> import tf_keras
+      >>> fuses_into_producer(tf_keras.layers.ReLU(max_value=6.0))
+      True
+      >>> fuses_into_producer(tf_keras.layers.Activation("sigmoid"))
+      False
+    """
+    if isinstance(layer, L.ReLU):
         return not layer.negative_slope and not layer.threshold and layer.max_value in (None, 6.0)
-    if type(layer) is L.Activation:
+    if isinstance(layer, L.Activation):
         return getattr(layer.activation, "__name__", None) in _FUSED_ACTIVATIONS
     return False
 
 
-class PACTQuantizeRegistry(quantize_registry.QuantizeRegistry):
+class PACTQuantizeRegistry(_Q.QuantizeRegistry):
     """Gives every layer family of :data:`~tfcompress.quantization.configs.LAYER_RULES` a
-    :class:`PACTQuantizeConfig` with the scheme's bits and PACT options."""
+    :class:`PACTQuantizeConfig` with the scheme's bits and PACT options.
+
+    Which family a layer belongs to is :func:`~tfcompress.quantization.configs.rule_for`'s
+    MRO lookup, cached per class; each call returns a fresh config (tfmot stores one per
+    wrapper).
+    """
 
     def __init__(self, weight_bits: int = 8, activation_bits: int = 8, **pact_options):
         self._config = PACTQuantizeConfig(weight_bits, activation_bits, **pact_options)
@@ -62,26 +71,28 @@ class PACTQuantizeRegistry(quantize_registry.QuantizeRegistry):
         return PACTQuantizeConfig.from_config(self._config.get_config())
 
 
-class _InputQuantize(transforms.Transform):
+class _InputQuantize(_transforms.Transform):
     """``InputLayer`` -> ``InputLayer -> QuantizeLayer(PACTQuantizer)``."""
 
     def __init__(self, quantizer: PACTQuantizer):
         self._quantizer = quantizer
 
     def pattern(self):
-        return transforms.LayerPattern("InputLayer")
+        return _transforms.LayerPattern("InputLayer")
 
     def replacement(self, match_layer):
-        layer = quantize_layer.QuantizeLayer(PACTQuantizer.from_config(self._quantizer.get_config()))
-        layer_config = tfmot_utils.serialize_layer(layer, use_legacy_format=True)
+        quantize_layer_class = tfmot_private("quantize_layer").QuantizeLayer
+        layer = quantize_layer_class(PACTQuantizer.from_config(self._quantizer.get_config()))
+        layer_config = tfmot_private("utils").serialize_layer(layer, use_legacy_format=True)
         layer_config["name"] = layer.name
-        return transforms.LayerNode(layer_config, input_layers=[match_layer])
+        return _transforms.LayerNode(layer_config, input_layers=[match_layer])
 
     def custom_objects(self):
-        return {"QuantizeLayer": quantize_layer.QuantizeLayer, "PACTQuantizer": PACTQuantizer}
+        return {"QuantizeLayer": tfmot_private("quantize_layer").QuantizeLayer,
+                "PACTQuantizer": PACTQuantizer}
 
 
-class PACTLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform):
+class PACTLayoutTransform(_Q.QuantizeLayoutTransform):
     """Assigns configs, fuses activations and quantizes inputs (see the module docstring)."""
 
     def __init__(self, registry: PACTQuantizeRegistry, input_quantizer: PACTQuantizer):
@@ -99,21 +110,22 @@ class PACTLayoutTransform(quantize_layout_transform.QuantizeLayoutTransform):
             if isinstance(config, PACTQuantizeConfig) and self._feeds_fused_activation(
                     model, layer, layer_quantize_map):
                 layer_quantize_map[layer.name]["quantize_config"] = config.with_output(False)
-        return model_transformer.ModelTransformer(
+        return _Q.graph_transformations.model_transformer.ModelTransformer(
             model, [_InputQuantize(self._input_quantizer)], set(layer_quantize_map),
             layer_quantize_map).transform()
 
     @staticmethod
     def _feeds_fused_activation(model, layer, layer_quantize_map) -> bool:
-        if len(layer._inbound_nodes) != 1 or len(layer._outbound_nodes) != 1:
+        consumers = outbound_layers(layer)
+        if len(inbound_nodes(layer)) != 1 or len(consumers) != 1:
             return False
         if any(layer.output is out for out in model.outputs):
             return False
-        consumer = layer._outbound_nodes[0].outbound_layer
+        consumer = consumers[0]
         return fuses_into_producer(consumer) and consumer.name in layer_quantize_map
 
 
-class PACTQuantizeScheme(quantize_scheme.QuantizeScheme):
+class PACTQuantizeScheme(_Q.QuantizeScheme):
     """The scheme ``quantize_apply`` uses for PACT quantization-aware training.
 
     Args:
@@ -123,6 +135,7 @@ class PACTQuantizeScheme(quantize_scheme.QuantizeScheme):
 
     Example:
       >>> import tensorflow_model_optimization as tfmot
+      >>> import tf_keras
       >>> from tfcompress.quantization import quantize_scope
       >>> model = tf_keras.Sequential([tf_keras.layers.Dense(4, input_shape=(3,)),
       ...                              tf_keras.layers.ReLU()])
@@ -130,8 +143,9 @@ class PACTQuantizeScheme(quantize_scheme.QuantizeScheme):
       >>> with quantize_scope():
       ...     qat = tfmot.quantization.keras.quantize_apply(
       ...         annotated, scheme=PACTQuantizeScheme(4, 4, mode="relu"))
-      >>> sorted(w.name.split("/")[-1] for w in qat.trainable_weights if "pact" in w.name)
-      ['output_pact_alpha:0', 'quantize_layer_pact_alpha:0']
+      >>> # Dense -> ReLU is fused: one range for the ReLU's output, one for the model input.
+      >>> sum("pact_alpha" in w.name for w in qat.trainable_weights)
+      2
     """
 
     def __init__(self, weight_bits: int = 8, activation_bits: int = 8,

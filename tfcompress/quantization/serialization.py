@@ -19,12 +19,12 @@ from __future__ import annotations
 from typing import Dict, Iterable, List
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_layer,
-    quantize_wrapper,
-)
+import tensorflow_model_optimization as tfmot
 
+from tfcompress._internals import tfmot_private
 from tfcompress._keras import keras
+
+_TfmotQuantizeLayer = tfmot_private("quantize_layer").QuantizeLayer
 
 
 def _short_name(variable: tf.Variable) -> str:
@@ -36,7 +36,7 @@ def _canonical(variables: Iterable[tf.Variable]) -> List[tf.Variable]:
     return sorted(unique.values(), key=_short_name)
 
 
-class QuantizeLayer(quantize_layer.QuantizeLayer):
+class QuantizeLayer(_TfmotQuantizeLayer):
     """tfmot's ``QuantizeLayer`` that marks itself built (so ``.keras`` builds it once).
 
     The class keeps tfmot's name because ``.keras`` files locate a layer's weights by its
@@ -49,7 +49,7 @@ class QuantizeLayer(quantize_layer.QuantizeLayer):
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
-class OrderedQuantizeWrapper(quantize_wrapper.QuantizeWrapperV2):
+class OrderedQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
     """tfmot's ``QuantizeWrapperV2`` with a build-independent variable order.
 
     ``trainable_weights``/``non_trainable_weights`` are sorted by short variable name
@@ -92,9 +92,11 @@ class OrderedQuantizeWrapper(quantize_wrapper.QuantizeWrapperV2):
             variable.assign(store[key])
 
 
+# Keyed by exact class on purpose: ``adopt`` swaps ``__class__``, which is only safe for
+# tfmot's own classes; a user's subclass would lose its methods, so it is left alone.
 _ADOPTED = {
-    quantize_layer.QuantizeLayer: QuantizeLayer,
-    quantize_wrapper.QuantizeWrapperV2: OrderedQuantizeWrapper,
+    _TfmotQuantizeLayer: QuantizeLayer,
+    tfmot.quantization.keras.QuantizeWrapperV2: OrderedQuantizeWrapper,
 }
 
 CUSTOM_OBJECTS = {"QuantizeLayer": QuantizeLayer,
@@ -113,6 +115,14 @@ def adopt(model: keras.Model) -> keras.Model:
 
     Returns:
       ``model``, for chaining.
+
+    Example:
+      >>> import tensorflow_model_optimization as tfmot
+      >>> import tf_keras
+      >>> qat = tfmot.quantization.keras.quantize_model(
+      ...     tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))]))
+      >>> [type(layer).__name__ for layer in adopt(qat).layers]
+      ['QuantizeLayer', 'OrderedQuantizeWrapper']
     """
     for layer in model.layers:
         if isinstance(layer, keras.Model):

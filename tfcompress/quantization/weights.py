@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import tensorflow as tf
-from tensorflow_model_optimization.python.core.quantization.keras import quantizers
+import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
 from tfcompress.quantization._config import ConfigValue
@@ -32,7 +32,7 @@ LAYOUTS = ("channels_last", "depthwise", "transpose", "per_tensor")
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
-class ChannelWeightQuantizer(ConfigValue, quantizers.Quantizer):
+class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
     """Symmetric, narrow-range fake quantization of a kernel, one range per output channel.
 
     The range of each channel is its current absolute maximum (weights only change at
@@ -52,12 +52,14 @@ class ChannelWeightQuantizer(ConfigValue, quantizers.Quantizer):
       >>> import tensorflow as tf
       >>> q = ChannelWeightQuantizer(num_bits=2)
       >>> q(tf.constant([[0.4, -2.0], [1.0, 0.5]]), training=False, weights={}).numpy()
-      array([[ 0. , -2. ],
-             [ 1. ,  0. ]], dtype=float32)
+      array([[ 0., -2.],
+             [ 1.,  0.]], dtype=float32)
     """
 
     def __init__(self, num_bits: int = 8, layout: str = "channels_last"):
         self.num_bits = validate_bits(num_bits, "num_bits")
+        if not isinstance(layout, str):
+            raise TypeError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
         if layout not in LAYOUTS:
             raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
         self.layout = layout
