@@ -114,6 +114,9 @@ def test_tiny_model_matches_hand_counted_macs_and_zeroed_filters():
     assert c1.drops == (1.0, 2.0) and c2.drops == (0.0, 1.0)  # exactly its own filters zeroed
     # c2's MACs are 36 * n1 * n2: pruning both double-counts 36 per pair of removed channels.
     assert scan.interactions == {("c1", "c2"): 36.0}
+    # "c1" reaches only its group; "c2" its own, and c1's too if per_layer reads it as the
+    # layer that consumes c1's channels.
+    assert c1.selects == ("c1",) and c2.selects in {("c2",), ("c1", "c2")}
     assert zero_filters(model) == 0.0  # restored
     assert scan.predict({"c1": 0.5, "c2": 0.5}) == (3.0, pytest.approx(
         (36 * 27 * 2 + 36 * 2 * 1 + 1 * 3) / 4182))

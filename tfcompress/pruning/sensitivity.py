@@ -57,7 +57,7 @@ class Sensitivity(SensitivityResult):
       ...                    ratios=(0.25, 0.5), progress=False)
       >>> scan.names
       ('stem_conv', 'block1a_conv', 'block2a_conv', 'block2b_conv')
-      >>> Sensitivity.load(scan.save(getfixture("tmp_path") / "scan.json")).table == scan.table
+      >>> Sensitivity.from_json(scan.to_json()).table == scan.table
       True
       >>> per_layer = scan.ratios_for(0.6)
       >>> masks = fpgm_masks(model, 0.0, per_layer=per_layer, round_to=scan.round_to)
