@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Trace strictly: a bug in a channel handler fails the test instead of becoming a barrier
+# (subprocesses started by tests inherit it).
+os.environ["TFCOMPRESS_STRICT_TRACING"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

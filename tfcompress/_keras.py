@@ -12,9 +12,15 @@ Every other module does ``from tfcompress._keras import keras``.
 
 from __future__ import annotations
 
+from typing import Any, List
+
 import tf_keras as keras
 
-__all__ = ["keras", "check_model", "is_keras3_object", "require_graph_model"]
+from tfcompress._internals import is_graph_network
+
+__all__ = [
+    "keras", "check_model", "is_keras3_object", "require_graph_model", "existing_classes",
+]
 
 _KERAS3_FIX = (
     "tfcompress (like tensorflow-model-optimization) works on Keras 2 models from the "
@@ -76,7 +82,7 @@ def require_graph_model(model: object, argument: str = "model") -> "keras.Model"
       ValueError: for subclassed or unbuilt models.
     """
     check_model(model, argument)
-    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+    if not isinstance(model, keras.Sequential) and not is_graph_network(model):
         raise ValueError(
             f"`{argument}` ({type(model).__name__} {model.name!r}) is a subclassed model, whose "
             "layer graph tfcompress cannot read. Use a Functional or Sequential model; to keep "
@@ -86,3 +92,18 @@ def require_graph_model(model: object, argument: str = "model") -> "keras.Model"
             "its `call` as Functional layers."
         )
     return model
+
+
+def existing_classes(*paths: str) -> List[type]:
+    """The classes at ``keras.<path>`` that exist in the installed Keras (e.g. classes that
+    only some versions have, or that live in ``src.applications``)."""
+    found = []
+    for path in paths:
+        obj: Any = keras
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            found.append(obj)
+    return found

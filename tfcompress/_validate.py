@@ -1,12 +1,104 @@
-"""Validation shared by several public entry points."""
+"""Argument validation shared by every public entry point: one check, one exception per mistake.
+
+The rule everywhere: a value of the wrong *type* raises ``TypeError``, a value of the right
+type outside its range raises ``ValueError``; the message shows the bad value and an example
+of a good one.
+
+Example:
+  >>> check_ratio(0.25, "ratio")
+  0.25
+  >>> check_ratio("0.5", "ratio")
+  Traceback (most recent call last):
+  ...
+  TypeError: `ratio` must be a float in [0, 1) (the fraction of channels to remove), got '0.5' (str). Pass e.g. `ratio=0.5`.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator, List
+import math
+import numbers
+from typing import Any, Iterable, Iterator, List, Mapping, Optional
 
 from tfcompress._keras import keras
 
-__all__ = ["float16_layers", "require_float32"]
+__all__ = [
+    "check_ratio", "check_int", "check_names", "check_ratio_map", "float16_layers",
+    "require_float32",
+]
+
+
+def check_ratio(value: Any, name: str) -> float:
+    """A pruning ratio: a real number in ``[0, 1)``.
+
+    Raises:
+      TypeError: for a non-number (a string, a bool, None).
+      ValueError: for a number outside ``[0, 1)`` (NaN included).
+    """
+    what = f"`{name}` must be a float in [0, 1) (the fraction of channels to remove)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what}, got {value!r} ({type(value).__name__}). "
+                        f"Pass e.g. `{name}=0.5`.")
+    value = float(value)
+    if math.isnan(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{what}, got {value}. A ratio of 1 would remove every channel; "
+                         "use e.g. 0.5 to remove half of them.")
+    return value
+
+
+def check_int(value: Any, name: str, minimum: Optional[int] = None,
+              maximum: Optional[int] = None) -> int:
+    """An integer in ``[minimum, maximum]`` (either bound optional).
+
+    Raises:
+      TypeError: for a non-integer (a float, a string, a bool).
+      ValueError: for an integer out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {value!r} ({type(value).__name__}). "
+                        f"Pass an int, e.g. `{name}={minimum if minimum is not None else 1}`.")
+    value = int(value)
+    low = "" if minimum is None else f" >= {minimum}"
+    high = "" if maximum is None else f" <= {maximum}"
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = " and".join(part for part in (low, high) if part)
+        raise ValueError(f"`{name}` must be an integer{bounds}, got {value}.")
+    return value
+
+
+def check_names(names: Any, name: str) -> Optional[List[str]]:
+    """Layer names: None, one string, or an iterable of strings (returned as a list).
+
+    Raises:
+      TypeError: for anything else.
+    """
+    if names is None:
+        return None
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, Iterable) or isinstance(names, Mapping):
+        raise TypeError(f"`{name}` must be a list of layer names, got {names!r}. "
+                        "Pass e.g. `['stem_conv', 'logits']`.")
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"`{name}` must name layers by their string names, got {bad[0]!r}. "
+                        "Pass e.g. `['stem_conv', 'logits']`.")
+    return names
+
+
+def check_ratio_map(ratios: Any, name: str) -> Optional[dict]:
+    """``{layer name: ratio}`` (or None), every ratio checked by :func:`check_ratio`.
+
+    Raises:
+      TypeError: if ``ratios`` is not a mapping, a key is not a string or a ratio not a number.
+      ValueError: for a ratio outside ``[0, 1)``.
+    """
+    if ratios is None:
+        return None
+    if not isinstance(ratios, Mapping):
+        raise TypeError(f"`{name}` must map layer names to ratios, got {ratios!r}. "
+                        "Pass e.g. `{'block2a_conv': 0.7}`.")
+    check_names(list(ratios), name)
+    return {key: check_ratio(value, f"{name}[{key!r}]") for key, value in ratios.items()}
 
 _LOW_PRECISION = ("float16", "bfloat16")
 

@@ -129,7 +129,7 @@ EXAMPLES = {
     TFOpLambda: (lambda: around(4, lambda h: tf.nn.relu6(h * 2.0 + 1.0)), True),
 }
 
-ROWS = [(cls, handler) for cls, handler in HANDLERS]
+ROWS = list(HANDLERS.items())
 
 
 def test_every_registered_class_has_an_example():

@@ -5,6 +5,10 @@
 * :func:`apply_masks` zeroes the pruned channels in place (what training with masks sees).
 * :func:`rebuild` removes them: a dense, smaller model with exactly the same outputs.
 * :func:`count_macs` / :func:`count_params` measure the result.
+* :class:`FPGMPruning` prunes during ``fit`` on a schedule; :func:`sensitivity` scans groups.
+
+One trace serves every algorithm: ``graph = ChannelGraph(model)``, then
+``select_masks(graph, ...)``, ``zero_pruned(graph, masks)``, ``graph_macs(graph, masks)``.
 
 Example:
   >>> from tfcompress.models import residual_cnn
@@ -15,22 +19,25 @@ Example:
   True
 """
 
-from tfcompress.pruning.apply import apply_masks
-from tfcompress.pruning.counting import count_macs, count_params
-from tfcompress.pruning.criteria import CRITERIA, fpgm_masks, keep_count
+from tfcompress.pruning.apply import apply_masks, zero_pruned
+from tfcompress.pruning.callback import FPGMPruning
+from tfcompress.pruning.counting import (
+    count_macs, count_params, graph_macs, graph_params, uncounted_layers,
+)
+from tfcompress.pruning.criteria import (
+    CRITERIA, fpgm_masks, keep_count, resolve_criterion, select_masks,
+)
 from tfcompress.pruning.graph import ChannelGraph, Group
-from tfcompress.pruning.handlers import HANDLERS, ChannelHandler, handler_for
+from tfcompress.pruning.handlers import HANDLERS, ChannelHandler, handler_for, register_handler
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.rebuild import rebuild
 from tfcompress.pruning.schedules import ConstantRatio, PolynomialRatio, PruningSchedule
-from tfcompress.pruning.callback import FPGMPruning
+from tfcompress.pruning.sensitivity import Sensitivity, sensitivity
 
 __all__ = [
-    "ChannelGraph", "Group", "Masks", "fpgm_masks", "apply_masks", "rebuild", "count_macs",
-    "count_params", "CRITERIA", "keep_count", "HANDLERS", "ChannelHandler", "handler_for",
-    "FPGMPruning", "PruningSchedule", "ConstantRatio", "PolynomialRatio",
+    "ChannelGraph", "Group", "Masks", "fpgm_masks", "select_masks", "apply_masks",
+    "zero_pruned", "rebuild", "count_macs", "count_params", "graph_macs", "graph_params",
+    "uncounted_layers", "CRITERIA", "resolve_criterion", "keep_count", "HANDLERS",
+    "ChannelHandler", "handler_for", "register_handler", "FPGMPruning", "PruningSchedule",
+    "ConstantRatio", "PolynomialRatio", "Sensitivity", "sensitivity",
 ]
-
-from tfcompress.pruning.sensitivity import Sensitivity, sensitivity  # noqa: E402
-
-__all__ += ["Sensitivity", "sensitivity"]

@@ -5,43 +5,36 @@ example; element-wise layers are not counted. Unknown (None) spatial dimensions 
 so for models with a variable input size the numbers are per unit of those dimensions.
 Counts after pruning are computed from the masks alone, without rebuilding, and match the
 rebuilt model exactly.
+
+Layers no handler understands (custom layers, Lambda, unknown TF ops) may compute anything:
+they are not counted, and :func:`uncounted_layers` names them (``count_macs`` logs them).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import Any, List, Optional, Tuple
 
 from tfcompress._keras import require_graph_model
-from tfcompress.pruning.apply import weight_index
-from tfcompress.pruning.handlers.base import IN, MID, OUT
+from tfcompress.pruning.graph import ChannelGraph
+from tfcompress.pruning.handlers import BarrierHandler
+from tfcompress.pruning.layout import KeptFn
+from tfcompress.pruning.masks import Masks
 
-if TYPE_CHECKING:  # pragma: no cover
-    from tfcompress.pruning.graph import ChannelGraph, LayerRecord
-    from tfcompress.pruning.masks import Masks
+__all__ = ["count_macs", "count_params", "graph_macs", "graph_params", "uncounted_layers"]
 
-__all__ = ["count_macs", "count_params", "graph_macs", "graph_params", "role_positions"]
+_LOG = logging.getLogger("tfcompress.pruning")
 
 
-def role_positions(record: "LayerRecord", kept, call=None) -> Dict[str, Any]:
-    """``{role: kept positions or None (all kept)}`` for the weight axes of ``record``."""
-    call = call or record.calls[0]
-    positions = {}
-    for role in (IN, OUT, MID):
-        try:
-            layout = record.handler.role_layout(record.layer, role, call)
-        except (IndexError, AttributeError):
+def _macs(graph: ChannelGraph, kept: KeptFn) -> Tuple[int, List[Tuple[str, str]]]:
+    """Total MACs and ``(layer, reason)`` for the layers that could not be counted."""
+    total, failed = 0, []
+    for key, record in graph.records.items():
+        if isinstance(record.handler, BarrierHandler):
+            if type(record.layer).__name__ != "InputLayer":
+                failed.append((key, record.barrier or "no channel handler"))
             continue
-        pos = layout.positions(kept)
-        positions[role] = None if len(pos) == layout.length else pos
-    return positions
-
-
-def graph_macs(graph: "ChannelGraph", masks: Optional["Masks"] = None) -> int:
-    """MACs of ``graph.model`` (after removing the pruned channels of ``masks``)."""
-    kept = graph.kept_fn(masks)
-    total = 0
-    for record in graph.records.values():
         for call in record.calls:
             if not call.inputs or not call.outputs:
                 continue
@@ -49,12 +42,38 @@ def graph_macs(graph: "ChannelGraph", masks: Optional["Masks"] = None) -> int:
             n_out = len(call.outputs[0].positions(kept))
             try:
                 total += int(record.handler.macs(call, n_in, n_out))
-            except (AttributeError, TypeError, ValueError):  # a barrier we cannot size
-                continue
-    return total
+            except (AttributeError, TypeError, ValueError) as error:  # e.g. unknown rank
+                failed.append((key, f"{type(error).__name__}: {error}"))
+                break
+    return total, failed
 
 
-def graph_params(graph: "ChannelGraph", masks: Optional["Masks"] = None) -> int:
+def uncounted_layers(graph: ChannelGraph) -> List[Tuple[str, str]]:
+    """``(layer, reason)`` for the layers whose MACs :func:`graph_macs` cannot count: those
+    without a channel handler (custom layers, Lambda, TF ops that are not element-wise) and
+    those whose handler could not size them.
+
+    Example:
+      >>> from tfcompress._keras import keras
+      >>> x = keras.Input((4,))
+      >>> y = keras.layers.Lambda(lambda t: 2 * t, name="double")(x)
+      >>> [name for name, _ in uncounted_layers(ChannelGraph(keras.Model(x, y)))]
+      ['double']
+    """
+    return _macs(graph, lambda space: None)[1]
+
+
+def graph_macs(graph: ChannelGraph, masks: Optional[Masks] = None) -> int:
+    """MACs of ``graph.model`` (after removing the pruned channels of ``masks``); layers in
+    :func:`uncounted_layers` count 0.
+
+    Raises:
+      TypeError, ValueError: if ``masks`` does not match the graph.
+    """
+    return _macs(graph, graph.kept_fn(masks))[0]
+
+
+def graph_params(graph: ChannelGraph, masks: Optional[Masks] = None) -> int:
     """Parameters of ``graph.model`` (of the rebuilt model, given ``masks``)."""
     kept = graph.kept_fn(masks)
     total = 0
@@ -62,9 +81,9 @@ def graph_params(graph: "ChannelGraph", masks: Optional["Masks"] = None) -> int:
         layer, handler = record.layer, record.handler
         shapes = [tuple(w.shape) for w in layer.weights]
         if record.barrier is None and handler.weights and masks is not None:
-            counts = {role: (None if pos is None else len(pos))
-                      for role, pos in role_positions(record, kept).items()}
-            for attr, i in weight_index(layer, handler.weights).items():
+            counts = {role: (None if pos is None else len(pos)) for role, pos in
+                      handler.role_positions(layer, record.calls[0], kept).items()}
+            for attr, i in handler.weight_index(layer).items():
                 shapes[i] = handler.sliced_shape(layer, attr, shapes[i], counts)
         total += sum(math.prod(shape) for shape in shapes)
     return int(total)
@@ -73,15 +92,19 @@ def graph_params(graph: "ChannelGraph", masks: Optional["Masks"] = None) -> int:
 def count_macs(model: Any) -> int:
     """Multiply-accumulates of one forward pass of one example through ``model``.
 
+    Layers that cannot be counted are left out and logged (see :func:`uncounted_layers`).
+
     Example:
       >>> from tfcompress._keras import keras
       >>> model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 3)])
       >>> count_macs(model)  # 2x2 outputs x 3x3 kernel x 2 in x 3 out
       216
     """
-    from tfcompress.pruning.graph import ChannelGraph
-
-    return ChannelGraph(model).macs()
+    total, missing = _macs(ChannelGraph(model), lambda space: None)
+    if missing:
+        _LOG.warning("count_macs(%r) leaves out %d layer(s) it cannot count: %s", model.name,
+                     len(missing), ", ".join(name for name, _ in missing))
+    return total
 
 
 def count_params(model: Any) -> int:

@@ -13,16 +13,18 @@ regrown: selection never freezes on filters that are already zero.
 from __future__ import annotations
 
 import math
-import numbers
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from tfcompress.pruning.graph import ChannelGraph
-    from tfcompress.pruning.masks import Masks
+from tfcompress._validate import check_int, check_names, check_ratio, check_ratio_map
+from tfcompress.pruning.graph import ChannelGraph
+from tfcompress.pruning.masks import Masks, preview_names
 
-__all__ = ["CRITERIA", "fpgm", "l1_norm", "l2_norm", "keep_count", "select_masks", "fpgm_masks"]
+__all__ = [
+    "CRITERIA", "fpgm", "l1_norm", "l2_norm", "resolve_criterion", "keep_count", "select_masks",
+    "fpgm_masks",
+]
 
 Criterion = Callable[[np.ndarray], np.ndarray]
 
@@ -69,17 +71,29 @@ def l2_norm(filters: np.ndarray) -> np.ndarray:
 CRITERIA: Dict[str, Criterion] = {"fpgm": fpgm, "l1": l1_norm, "l2": l2_norm}
 
 
-def _check_ratio(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{what} must be a number in [0, 1) (the fraction of channels to "
-                         f"prune), got {value!r}.")
-    return float(value)
+def resolve_criterion(criterion: Union[str, Criterion]) -> Criterion:
+    """The scoring function for ``criterion``: a name in :data:`CRITERIA` or a callable.
 
+    This is the one place criterion names are resolved (``fpgm_masks``, ``FPGMPruning`` and
+    ``sensitivity`` all call it).
 
-def _check_positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{what}` must be a positive integer, got {value!r}.")
-    return int(value)
+    Raises:
+      ValueError: for an unknown name.
+      TypeError: for anything that is neither a string nor callable.
+
+    Example:
+      >>> resolve_criterion("l1") is l1_norm
+      True
+    """
+    if isinstance(criterion, str):
+        if criterion not in CRITERIA:
+            raise ValueError(f"Unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)} "
+                             "or pass a function filters -> scores.")
+        return CRITERIA[criterion]
+    if callable(criterion):
+        return criterion
+    raise TypeError(f"`criterion` must be one of {sorted(CRITERIA)} or a function filters -> "
+                    f"scores, got {criterion!r} ({type(criterion).__name__}).")
 
 
 def keep_count(size: int, ratio: float, round_to: int = 1, min_channels: int = 1,
@@ -102,99 +116,112 @@ def keep_count(size: int, ratio: float, round_to: int = 1, min_channels: int = 1
     return per_block * blocks
 
 
-def _resolve_names(graph: "ChannelGraph", names: Iterable[str], argument: str) -> Dict[str, list]:
-    """Maps each user-given layer name to the traced layer keys it designates."""
-    keys = list(graph.records)
+def _resolve_groups(graph: ChannelGraph, names: Iterable[str], argument: str,
+                    touched: bool) -> Dict[str, List[str]]:
+    """Maps each user-given name (a layer name, ``outer/inner`` for nested layers, or a
+    group id) to the ids of the groups it designates: every group the layer touches (its
+    input channels too) if ``touched``, else the groups it produces (the groups it belongs
+    to for layers that produce none, e.g. a BatchNormalization)."""
+    by_layer: Dict[str, List[str]] = {}
+    produced: Dict[str, List[str]] = {}
+    for group in graph.groups:
+        for key in group.layers:
+            by_layer.setdefault(key, []).append(group.id)
+        for key in group.producers:
+            produced.setdefault(key, []).append(group.id)
+    if not touched:
+        by_layer = {key: produced.get(key, ids) for key, ids in by_layer.items()}
+    group_ids = {group.id for group in graph.groups}
     resolved = {}
     for name in names:
-        if not isinstance(name, str):
-            raise ValueError(f"`{argument}` must name layers by their string names, got {name!r}.")
-        matches = [k for k in keys if k == name or k.startswith(name + "/")]
-        if not matches:
-            shown = ", ".join(repr(k) for k in keys[:10])
+        layers = [k for k in graph.records if k == name or k.startswith(name + "/")]
+        ids = [gid for key in layers for gid in by_layer.get(key, [])]
+        if name in group_ids:
+            ids.append(name)
+        if not layers and name not in group_ids:
+            keys = list(graph.records)
             raise ValueError(f"`{argument}` names layer {name!r}, which model "
                              f"{graph.model.name!r} does not have. Valid names include "
-                             f"{shown}{', ...' if len(keys) > 10 else ''} "
-                             "(nested layers as 'outer/inner').")
-        resolved[name] = matches
+                             f"{preview_names(keys, 10)} (nested layers as 'outer/inner'; "
+                             "group ids are accepted too).")
+        resolved[name] = list(dict.fromkeys(ids))
     return resolved
 
 
+def _group_ratios(graph: ChannelGraph, ratio: Optional[float],
+                  per_layer: Optional[Dict[str, float]]) -> Dict[str, float]:
+    """The ratio of every prunable group: the largest ``per_layer`` ratio among the names
+    that designate it, else ``ratio`` (groups without either are not pruned)."""
+    named: Dict[str, float] = {}
+    for name, ids in _resolve_groups(graph, per_layer or {}, "per_layer", False).items():
+        for gid in ids:
+            named[gid] = max(per_layer[name], named.get(gid, 0.0))
+    default = 0.0 if ratio is None else ratio
+    return {g.id: named.get(g.id, default) for g in graph.groups if g.prunable}
+
+
+def _keep_best(scores: np.ndarray, keep: int, blocks: int) -> np.ndarray:
+    """Sorted indices of the ``keep`` highest scores, the same number in every block."""
+    per_block = keep // blocks
+    by_block = scores.reshape(blocks, -1)
+    best = np.argsort(-by_block, axis=1, kind="stable")[:, :per_block]
+    return np.sort((best + (np.arange(blocks) * by_block.shape[1])[:, None]).ravel())
+
+
 def select_masks(
-    graph: "ChannelGraph",
-    ratio: float,
+    graph: ChannelGraph,
+    ratio: Optional[float] = None,
     *,
     criterion: Union[str, Criterion] = "fpgm",
     per_layer: Optional[Mapping[str, float]] = None,
     exclude: Optional[Iterable[str]] = None,
     round_to: int = 1,
     min_channels: int = 1,
-) -> "Masks":
+) -> Masks:
     """Scores each prunable group of ``graph`` and keeps its best channels.
 
     See :func:`fpgm_masks` for the arguments; this variant reuses an existing trace.
+
+    Example:
+      >>> from tfcompress.models import residual_cnn
+      >>> graph = ChannelGraph(residual_cnn(width=8))
+      >>> masks = select_masks(graph, per_layer={"block2a_conv": 0.5})
+      >>> {gid: len(idx) for gid, idx in masks.kept.items() if len(idx) < masks.sizes[gid]}
+      {'block2a_conv': 8}
     """
-    from tfcompress.pruning.masks import Masks
-
-    ratio = _check_ratio(ratio, "`ratio`")
-    if isinstance(criterion, str):
-        if criterion not in CRITERIA:
-            raise ValueError(f"Unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)} "
-                             "or pass a function filters -> scores.")
-        score = CRITERIA[criterion]
-    elif callable(criterion):
-        score = criterion
-    else:
-        raise ValueError(f"`criterion` must be one of {sorted(CRITERIA)} or a callable, "
-                         f"got {criterion!r}.")
-    round_to = _check_positive_int(round_to, "round_to")
-    min_channels = _check_positive_int(min_channels, "min_channels")
-    if per_layer is not None and not isinstance(per_layer, Mapping):
-        raise ValueError(f"`per_layer` must map layer names to ratios, got {per_layer!r}.")
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    layer_ratio: Dict[str, float] = {}
-    for name, keys in _resolve_names(graph, (per_layer or {}), "per_layer").items():
-        value = _check_ratio(per_layer[name], f"per_layer[{name!r}]")
-        for key in keys:
-            layer_ratio[key] = max(value, layer_ratio.get(key, 0.0))
-    excluded = {key for keys in _resolve_names(graph, exclude or (), "exclude").values()
-                for key in keys}
-
+    if ratio is None and per_layer is None:
+        raise TypeError("Give `ratio` (the fraction of channels to prune in every group) or "
+                        "`per_layer` ({layer or group: ratio}), e.g. `fpgm_masks(model, 0.5)`.")
+    ratio = None if ratio is None else check_ratio(ratio, "ratio")
+    score = resolve_criterion(criterion)
+    round_to = check_int(round_to, "round_to", minimum=1)
+    min_channels = check_int(min_channels, "min_channels", minimum=1)
+    per_layer = check_ratio_map(per_layer, "per_layer")
+    excluded = {gid for ids in _resolve_groups(
+        graph, check_names(exclude, "exclude") or (), "exclude", True).values() for gid in ids}
     kept: Dict[str, np.ndarray] = {}
-    for group in graph.groups:
-        if not group.prunable:
-            continue
-        ratios = [layer_ratio[k] for k in group.layers if k in layer_ratio]
-        group_ratio = max(ratios) if ratios else ratio
+    for gid, group_ratio in _group_ratios(graph, ratio, per_layer).items():
+        group = graph.group(gid)
         keep = keep_count(group.size, group_ratio, round_to, min_channels, group.blocks)
-        if excluded.intersection(group.layers) or keep >= group.size:
-            kept[group.id] = np.arange(group.size)
+        if gid in excluded or keep >= group.size:
+            kept[gid] = np.arange(group.size)
             continue
         scores = np.asarray(score(graph.filters(group)), np.float64).reshape(group.size)
-        per_block = keep // group.blocks
-        blocks = scores.reshape(group.blocks, -1)
-        best = np.argsort(-blocks, axis=1, kind="stable")[:, :per_block]
-        best = best + (np.arange(group.blocks) * blocks.shape[1])[:, None]
-        kept[group.id] = np.sort(best.ravel())
-    return Masks(
-        kept,
-        sizes={g.id: g.size for g in graph.groups},
-        layers={g.id: g.layers for g in graph.groups},
-        barriers=graph.barriers,
-    )
+        kept[gid] = _keep_best(scores, keep, group.blocks)
+    return Masks(kept, sizes={g.id: g.size for g in graph.groups},
+                 layers={g.id: g.layers for g in graph.groups}, barriers=graph.barriers)
 
 
 def fpgm_masks(
     model: Any,
-    ratio: float,
+    ratio: Optional[float] = None,
     *,
     criterion: Union[str, Criterion] = "fpgm",
     per_layer: Optional[Mapping[str, float]] = None,
     exclude: Optional[Iterable[str]] = None,
     round_to: int = 1,
     min_channels: int = 1,
-) -> "Masks":
+) -> Masks:
     """One-shot structured pruning masks for a tf_keras model.
 
     Traces ``model`` into channel groups, scores each prunable group with ``criterion`` and
@@ -202,12 +229,16 @@ def fpgm_masks(
 
     Args:
       model: a built Functional or Sequential tf_keras model.
-      ratio: fraction of each group's channels to prune, in [0, 1).
+      ratio: fraction of each group's channels to prune, in [0, 1). Optional when
+        ``per_layer`` is given: then only the groups ``per_layer`` names are pruned.
       criterion: ``"fpgm"`` (distance to the other filters), ``"l1"``, ``"l2"``, or a
         function ``filters (n, features) -> scores (n,)`` (lowest pruned first).
-      per_layer: ``{layer name: ratio}`` overriding ``ratio`` for the groups of those
-        layers (a group touched by several takes the largest).
-      exclude: layer names whose groups are never pruned.
+      per_layer: ``{layer name or group id: ratio}`` overriding ``ratio`` for the groups
+        those layers produce (a layer that produces none, e.g. a BatchNormalization, names
+        its own group; a group named several times takes the largest ratio); the keys of
+        ``Sensitivity.ratios_for`` work as they are.
+      exclude: layer names (or group ids) left exactly as they are: every group they touch,
+        input channels included, is never pruned.
       round_to: kept counts are rounded up to a multiple of this (hardware-friendly widths).
       min_channels: every group keeps at least this many channels.
 
@@ -215,9 +246,10 @@ def fpgm_masks(
       :class:`~tfcompress.pruning.Masks`.
 
     Raises:
-      TypeError: if ``model`` is not a tf_keras model.
-      ValueError: for a ratio outside [0, 1), an unknown criterion, unknown layer names in
-        ``per_layer``/``exclude``, or a non-positive ``round_to``/``min_channels``.
+      TypeError: if ``model`` is not a tf_keras model, a ratio is not a number, neither
+        ``ratio`` nor ``per_layer`` is given, or ``criterion`` is neither a name nor callable.
+      ValueError: for a ratio outside [0, 1), an unknown criterion, unknown names in
+        ``per_layer``/``exclude``, or ``round_to``/``min_channels`` below 1.
 
     Example:
       >>> from tfcompress.models import residual_cnn
@@ -225,8 +257,5 @@ def fpgm_masks(
       >>> round(masks.pruned_ratio, 2)
       0.5
     """
-    from tfcompress.pruning.graph import ChannelGraph
-
-    return ChannelGraph(model).compute_masks(
-        ratio, criterion=criterion, per_layer=per_layer, exclude=exclude, round_to=round_to,
-        min_channels=min_channels)
+    return select_masks(ChannelGraph(model), ratio, criterion=criterion, per_layer=per_layer,
+                        exclude=exclude, round_to=round_to, min_channels=min_channels)

@@ -8,14 +8,14 @@ names are unchanged; only channel counts shrink.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from typing import Any, Dict, Iterator, List
 
+from tfcompress._internals import unsafe_deserialization
 from tfcompress._keras import keras, require_graph_model
-from tfcompress.pruning.apply import weight_index
-from tfcompress.pruning.counting import role_positions
-from tfcompress.pruning.handlers.base import IN
+from tfcompress.pruning.graph import ChannelGraph
+from tfcompress.pruning.handlers import IN
+from tfcompress.pruning.masks import Masks
 
 __all__ = ["rebuild"]
 
@@ -57,12 +57,7 @@ def _set_channels(config: Dict[str, Any], channels: int) -> None:
         config["batch_input_shape"] = tuple(shape[:-1]) + (channels,)
 
 
-def _unsafe_lambdas() -> Any:
-    scope = getattr(keras.src.saving.serialization_lib, "SafeModeScope", None)
-    return scope(False) if scope is not None else contextlib.nullcontext()
-
-
-def rebuild(model: Any, masks: Any) -> keras.Model:
+def rebuild(model: Any, masks: Masks) -> keras.Model:
     """A new, smaller model with the pruned channels of ``masks`` physically removed.
 
     Exactness is the contract: on any input, ``rebuild(model, masks)`` computes what
@@ -89,8 +84,6 @@ def rebuild(model: Any, masks: Any) -> keras.Model:
       >>> slim.get_layer("stem_conv").filters, slim.output_shape
       (4, (None, 10))
     """
-    from tfcompress.pruning.graph import ChannelGraph
-
     require_graph_model(model)
     graph = ChannelGraph(model)
     kept = graph.kept_fn(masks)
@@ -105,7 +98,7 @@ def rebuild(model: Any, masks: Any) -> keras.Model:
     for key, record in graph.records.items():
         if record.barrier is not None or key not in entries:
             continue
-        pos = role_positions(record, kept)
+        pos = record.handler.role_positions(record.layer, record.calls[0], kept)
         if all(p is None for p in pos.values()):
             continue
         positions[key] = pos
@@ -117,7 +110,7 @@ def rebuild(model: Any, masks: Any) -> keras.Model:
     cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
     # The config comes from the caller's live model, not from a file, so Python lambdas in
     # Lambda layers are the caller's own code: deserializing them is not a safety concern.
-    with keras.utils.custom_object_scope(_custom_objects(model)), _unsafe_lambdas():
+    with keras.utils.custom_object_scope(_custom_objects(model)), unsafe_deserialization(keras):
         slim = cls.from_config(config)
 
     new_layers = dict(_leaf_layers(slim))
@@ -127,7 +120,7 @@ def rebuild(model: Any, masks: Any) -> keras.Model:
         record = graph.records.get(key)
         if key in positions:
             handler = record.handler
-            for attr, i in weight_index(layer, handler.weights).items():
+            for attr, i in handler.weight_index(layer).items():
                 weights[i] = handler.slice_weight(layer, attr, weights[i], positions[key])
         target.set_weights(weights)
         if record is not None:

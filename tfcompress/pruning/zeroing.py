@@ -1,9 +1,20 @@
-"""Fast in-training masking for :class:`~tfcompress.pruning.FPGMPruning`.
+"""The one zeroing implementation: a 0/1 mask per variable, read from the handlers' tables.
 
-:func:`tfcompress.pruning.apply_masks` edits weights layer by layer, which is right for a
-one-off but too slow to run after every training batch. Here the same zeroing (read from the
-handlers' weight table) becomes one 0/1 mask per variable, applied by a single compiled
-multiply; plus the criterion wrapper the callback scores with.
+:func:`variable_masks` turns :class:`~tfcompress.pruning.Masks` into ``{variable: 0/1 mask}``
+of everything that makes a pruned channel contribute:
+
+* the *output* slice of producers (kernel and bias) and of per-channel layers (BatchNorm
+  gamma and beta, depthwise kernels), so a pruned channel leaves them as exactly 0;
+* the *input* slice of consumers (Conv/Dense kernels) only where the pruned channel arrives
+  non-zero, e.g. after a sigmoid (sigmoid(0) = 0.5) or a Rescaling with an offset.
+
+Then the masked model computes what the rebuilt model computes: a removed channel
+contributes nothing in either. BatchNorm moving statistics are left alone (gamma = beta = 0
+already silences the channel), so the masked model can keep training.
+
+:func:`tfcompress.pruning.apply_masks` multiplies once; :class:`Zeroing` keeps the masks in
+variables and multiplies in one compiled call, cheap enough for
+:class:`~tfcompress.pruning.FPGMPruning` to run after every batch.
 """
 
 from __future__ import annotations
@@ -13,7 +24,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfcompress.pruning.apply import weight_index
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers.base import IN
 from tfcompress.pruning.masks import Masks
@@ -42,11 +52,11 @@ def zero_filters_first(score):
 
 def variable_masks(graph: ChannelGraph, masks: Masks,
                    layers: Optional[set] = None) -> Dict[int, Tuple[tf.Variable, np.ndarray]]:
-    """``{id(variable): (variable, 0/1 mask)}`` of what ``graph.apply(masks)`` zeroes.
+    """``{id(variable): (variable, 0/1 mask)}`` for the variables ``masks`` zeroes (in trace
+    order), restricted to the layer keys in ``layers`` (None: every layer).
 
-    Reads the same handler weight table as :func:`tfcompress.pruning.apply_masks` (which
-    positions of which weight, per role), restricted to the layer keys in ``layers``, but
-    builds numpy masks instead of editing weights layer by layer.
+    Raises:
+      TypeError, ValueError: if ``masks`` does not match ``graph`` (see ``check_masks``).
     """
     kept = graph.kept_fn(masks)
     result = {}
@@ -54,7 +64,7 @@ def variable_masks(graph: ChannelGraph, masks: Masks,
         handler, layer = record.handler, record.layer
         if record.barrier is not None or (layers is not None and key not in layers):
             continue
-        for attr in weight_index(layer, handler.weights):
+        for attr in handler.weight_index(layer):
             spec, variable = handler.weights[attr], getattr(layer, attr)
             jobs = []
             if spec.zero is not None:

@@ -9,25 +9,21 @@ handler of each layer:
   input, return the layout of each output, creating fresh channel spaces (producers),
   coupling spaces (``tracer.unify``) or blocking them (``tracer.block``).
 
-After tracing, masking, counting and rebuilding read the declarative :attr:`weights` table
-(which axis of which weight carries input or output channels) through:
+After tracing, the criteria, masking, counting and rebuilding read the declarative
+:attr:`ChannelHandler.weights` table (which axis of which weight carries input or output
+channels) through the other methods; each method's docstring says who calls it and when.
 
-* :meth:`filters` - the ``(n_out_channels, n_features)`` view that criteria score,
-* :meth:`slice_weight` / :meth:`sliced_shape` - the rebuild and the parameter count,
-* :meth:`zero_weight` - :func:`apply_masks`,
-* :meth:`edit_config` - the rebuild's config surgery,
-* :meth:`macs` - multiply-accumulates of one call.
+Example (a layer that scales each channel by a learned vector, output = x * gamma), one
+module and one decorator::
 
-Example (a layer that scales each channel by a learned vector, output = x * gamma):
-
+    @register_handler(ChannelScale)            # tfcompress.pruning.handlers.register_handler
     class ChannelScaleHandler(CoupledHandler):
         weights = {"gamma": WeightSpec({0: OUT}, zero=OUT)}
-
-    HANDLERS.append((ChannelScale, ChannelScaleHandler()))   # see registry.py
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
@@ -35,17 +31,18 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import numpy as np
 import tensorflow as tf
 
-from tfcompress.pruning.layout import Layout
+from tfcompress.pruning.layout import KeptFn, Layout
 
 __all__ = [
     "IN", "OUT", "MID", "WeightSpec", "Call", "Tracer", "ChannelHandler", "BarrierHandler",
     "CoupledHandler", "maps_zero_to_zero", "mixes_channels", "producer_output",
-    "channels_last_reason", "spatial",
+    "channels_last_reason", "spatial", "ROLES",
 ]
 
 #: Weight-axis roles: input channels, output channels, and (SeparableConv) the depthwise
 #: output between its two kernels.
 IN, OUT, MID = "in", "out", "mid"
+ROLES = (IN, OUT, MID)
 
 Shape = Tuple[Optional[int], ...]
 
@@ -103,8 +100,28 @@ class Tracer(Protocol):
         contiguous blocks (grouped convolutions); blocks it and returns False if impossible."""
 
 
+_ZERO_MAPS: Dict[Any, bool] = {}
+
+
 def maps_zero_to_zero(fn: Callable[[tf.Tensor], Any]) -> bool:
-    """True if ``fn(0) == 0`` exactly (relu, swish, tanh: yes; sigmoid, exp: no)."""
+    """True if ``fn(0) == 0`` exactly (relu, swish, tanh: yes; sigmoid, exp: no).
+
+    Plain functions (Keras activations) are run once and remembered; bound methods and
+    closures are run every time (their result can depend on the object's state).
+    """
+    cacheable = getattr(fn, "__self__", None) is None and getattr(fn, "__closure__", None) is None
+    try:
+        if cacheable and fn in _ZERO_MAPS:
+            return _ZERO_MAPS[fn]
+    except TypeError:  # unhashable callable
+        cacheable = False
+    result = _run_on_zero(fn)
+    if cacheable:
+        _ZERO_MAPS[fn] = result
+    return result
+
+
+def _run_on_zero(fn: Callable[[tf.Tensor], Any]) -> bool:
     try:
         value = np.asarray(fn(tf.zeros((1, 1))))
     except Exception:  # an activation that cannot run on a constant: assume the worst
@@ -143,38 +160,97 @@ def _prod(dims: Sequence[Optional[int]]) -> int:
     return int(math.prod(d if d is not None else 1 for d in dims))
 
 
-class ChannelHandler:
-    """Base class: how one layer family moves, consumes and produces channels.
+class ChannelHandler(abc.ABC):
+    """How one layer family moves, consumes and produces channels.
 
-    Subclasses set :attr:`weights` (attribute name of the weight -> :class:`WeightSpec`) and
-    :attr:`size_key` (the config key holding the number of output channels, if any), and
-    override :meth:`propagate`.
+    Subclasses override :meth:`propagate` and declare :attr:`weights` (attribute name of the
+    weight -> :class:`WeightSpec`) and :attr:`size_key` (the config key holding the number of
+    output channels, if any); the other methods have defaults that read that table. Register
+    a subclass for its layer classes with
+    :func:`~tfcompress.pruning.handlers.register_handler`.
+
+    Handlers are stateless: one instance serves every layer of its classes, and every method
+    receives the layer (or the call) it is asked about.
     """
 
+    #: ``{weight attribute: WeightSpec}``; weights not listed are copied unchanged.
     weights: Mapping[str, WeightSpec] = {}
+    #: The config key of the number of output channels (``"filters"``, ``"units"``), or None.
     size_key: Optional[str] = None
 
+    # ----- called by the tracer ----------------------------------------------------------
     def barrier_reason(self, layer: Any) -> Optional[str]:
-        """Why this layer's configuration cannot be traced, or None if it can."""
+        """Why this layer's configuration cannot be traced, or None if it can.
+
+        Called by the tracer once per layer, before its first call is propagated.
+        """
         return channels_last_reason(layer)
 
+    @abc.abstractmethod
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
-        """Returns the layout of each output of ``call`` (see the module docstring)."""
-        raise NotImplementedError
+        """Returns the channel layout of each output of ``call``.
 
-    # ----- read by masking, counting and rebuilding -------------------------------------
+        Called by the tracer once per call of the layer (shared layers: once per call), with
+        the layouts of the call's inputs in ``call.inputs``. Create fresh spaces with
+        ``tracer.fresh``, couple layouts with ``tracer.unify`` and block the ones this layer
+        cannot prune through with ``tracer.block`` / ``tracer.opaque``.
+        """
+
+    # ----- called by the criteria --------------------------------------------------------
+    def filters(self, layer: Any) -> Optional[np.ndarray]:
+        """``(n_out_channels, n_features)`` filters of a producer, None for other layers.
+
+        Called by the criteria (``fpgm_masks``, ``FPGMPruning``) on the producers of a group,
+        with the current weights, every time masks are computed.
+        """
+        return None
+
+    # ----- called by masking, counting and the rebuild ------------------------------------
     def role_layout(self, layer: Any, role: str, call: Call) -> Layout:
-        """The layout that indexes weight axes with ``role`` (first call of the layer)."""
+        """The layout that indexes the weight axes with ``role``.
+
+        Called by masking, counting and the rebuild with the layer's first call (masking
+        also with every call, for the ``consumes`` input slices).
+        """
         return call.inputs[0] if role == IN else call.outputs[0]
 
-    def filters(self, layer: Any) -> Optional[np.ndarray]:
-        """``(n_out_channels, n_features)`` filters of a producer, None for other layers."""
-        return None
+    def role_positions(self, layer: Any, call: Call, kept: KeptFn) -> Dict[str, Any]:
+        """``{role: kept positions, or None when the role keeps all of them}``.
+
+        Called by the rebuild and the parameter count for every traced layer.
+        """
+        positions = {}
+        for role in ROLES:
+            try:
+                layout = self.role_layout(layer, role, call)
+            except (IndexError, AttributeError):  # the layer has no axis with this role
+                continue
+            pos = layout.positions(kept)
+            positions[role] = None if len(pos) == layout.length else pos
+        return positions
+
+    def weight_index(self, layer: Any) -> Dict[str, int]:
+        """``{attribute: index in layer.get_weights()}`` for the attributes of :attr:`weights`
+        the layer has (``bias`` is absent when ``use_bias=False``, ``gamma`` when
+        ``scale=False``).
+
+        Called by masking, counting and the rebuild to find the weights the table names.
+        """
+        ids = {id(w): i for i, w in enumerate(layer.weights)}
+        index = {}
+        for attr in self.weights:
+            variable = getattr(layer, attr, None)
+            if variable is not None and id(variable) in ids:
+                index[attr] = ids[id(variable)]
+        return index
 
     def sliced_shape(self, layer: Any, attr: str, shape: Shape,
                      counts: Mapping[str, Optional[int]]) -> Shape:
         """The shape of weight ``attr`` once each role keeps ``counts[role]`` positions
-        (None: the role keeps all its positions)."""
+        (None: the role keeps all its positions).
+
+        Called by the parameter count (``count_params`` after pruning, from masks alone).
+        """
         spec = self.weights.get(attr)
         if spec is None:
             return shape
@@ -188,7 +264,10 @@ class ChannelHandler:
 
     def slice_weight(self, layer: Any, attr: str, value: np.ndarray,
                      positions: Mapping[str, Optional[np.ndarray]]) -> np.ndarray:
-        """Keeps ``positions[role]`` along every channel axis of weight ``attr`` (None: all)."""
+        """Keeps ``positions[role]`` along every channel axis of weight ``attr`` (None: all).
+
+        Called by the rebuild for every weight of :attr:`weights` the layer has.
+        """
         spec = self.weights.get(attr)
         if spec is None:
             return value
@@ -200,7 +279,11 @@ class ChannelHandler:
 
     def zero_weight(self, layer: Any, attr: str, value: np.ndarray, role: str,
                     positions: np.ndarray) -> np.ndarray:
-        """Zeroes ``positions`` along the axes of weight ``attr`` that carry ``role``."""
+        """Zeroes ``positions`` along the axes of weight ``attr`` that carry ``role``.
+
+        Called by masking (``apply_masks`` and ``FPGMPruning``) on a 0/1 mask of the weight's
+        shape, once per role to zero; returns a new array.
+        """
         spec = self.weights[attr]
         value = value.copy()
         for axis in range(value.ndim):
@@ -212,16 +295,25 @@ class ChannelHandler:
 
     def edit_config(self, config: Dict[str, Any], layer: Any,
                     positions: Mapping[str, Optional[np.ndarray]]) -> Dict[str, Any]:
-        """The layer config of the rebuilt layer (``size_key`` set to the kept count)."""
+        """The layer config of the rebuilt layer (``size_key`` set to the kept count).
+
+        Called by the rebuild for every layer that loses channels, before ``from_config``.
+        """
         if self.size_key is not None and positions.get(OUT) is not None:
             config = dict(config, **{self.size_key: int(len(positions[OUT]))})
         return config
 
     def after_set_weights(self, layer: Any) -> None:
-        """Called on the rebuilt layer after its weights were set (refresh derived state)."""
+        """Refreshes state derived from the weights of the rebuilt ``layer``.
+
+        Called by the rebuild after the sliced weights were set.
+        """
 
     def macs(self, call: Call, n_in: int, n_out: int) -> int:
-        """Multiply-accumulates of one call with ``n_in``/``n_out`` channels kept."""
+        """Multiply-accumulates of one call with ``n_in``/``n_out`` channels kept.
+
+        Called by the MACs count once per call (0: element-wise work is not counted).
+        """
         return 0
 
 

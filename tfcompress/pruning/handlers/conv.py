@@ -11,6 +11,8 @@ from tfcompress.pruning.handlers.base import (
     IN, MID, OUT, Call, ChannelHandler, CoupledHandler, Tracer, WeightSpec, maps_zero_to_zero,
     producer_output, spatial,
 )
+from tfcompress._keras import existing_classes, keras
+from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
 __all__ = ["ConvHandler", "ConvTransposeHandler", "DepthwiseConvHandler", "SeparableConvHandler"]
@@ -25,6 +27,10 @@ def _kernel_volume(layer: Any) -> int:
     return int(math.prod(layer.kernel_size))
 
 
+L = keras.layers
+
+
+@register_handler(L.Conv1D, L.Conv2D, L.Conv3D)
 class ConvHandler(ChannelHandler):
     """``Conv1D/2D/3D``: kernel ``(*k, in // groups, out)``; a producer of ``filters`` channels.
 
@@ -98,6 +104,7 @@ class ConvHandler(ChannelHandler):
         return volume * (n_in // layer.groups) * n_out
 
 
+@register_handler(L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
 class ConvTransposeHandler(ConvHandler):
     """``Conv1D/2D/3DTranspose``: kernel ``(*k, out, in)``."""
 
@@ -119,6 +126,7 @@ class ConvTransposeHandler(ConvHandler):
         return spatial(call.input_shapes[0]) * _kernel_volume(call.layer) * n_in * n_out
 
 
+@register_handler(L.DepthwiseConv2D, *existing_classes("layers.DepthwiseConv1D"))
 class DepthwiseConvHandler(CoupledHandler):
     """``DepthwiseConv1D/2D``: output ``c*m + k`` comes from input ``c`` (``m`` = multiplier).
 
@@ -139,6 +147,7 @@ class DepthwiseConvHandler(CoupledHandler):
         return spatial(call.output_shapes[0]) * _kernel_volume(call.layer) * n_out
 
 
+@register_handler(L.SeparableConv1D, L.SeparableConv2D)
 class SeparableConvHandler(ConvHandler):
     """``SeparableConv1D/2D``: a depthwise kernel ``(*k, in, m)`` then a pointwise kernel
     ``(1, 1, in*m, out)``; produces ``filters`` channels like a Conv."""

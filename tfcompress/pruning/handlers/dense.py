@@ -9,11 +9,14 @@ import numpy as np
 from tfcompress.pruning.handlers.base import (
     IN, OUT, Call, ChannelHandler, Tracer, WeightSpec, producer_output, spatial,
 )
+from tfcompress._keras import keras
+from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
 __all__ = ["DenseHandler", "EmbeddingHandler"]
 
 
+@register_handler(keras.layers.Dense)
 class DenseHandler(ChannelHandler):
     """``Dense``: kernel ``(in, out)`` on the last axis; a producer of ``units`` channels.
 
@@ -37,6 +40,7 @@ class DenseHandler(ChannelHandler):
         return spatial(call.output_shapes[0]) * n_in * n_out
 
 
+@register_handler(keras.layers.Embedding)
 class EmbeddingHandler(ChannelHandler):
     """``Embedding``: ``embeddings (vocab, out)``; its integer input carries no channels."""
 

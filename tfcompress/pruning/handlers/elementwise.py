@@ -7,15 +7,30 @@ from typing import Any, List, Optional
 from tfcompress.pruning.handlers.base import (
     OUT, Call, CoupledHandler, Tracer, WeightSpec, maps_zero_to_zero, mixes_channels,
 )
+from tfcompress._keras import keras
+from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
 __all__ = ["IdentityHandler", "ActivationHandler", "SoftmaxHandler", "PReLUHandler"]
 
+L = keras.layers
+
+
+@register_handler(
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
+    L.AveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D,
+    L.Cropping3D, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Dropout,
+    L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
+    L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.RepeatVector,
+)
 class IdentityHandler(CoupledHandler):
     """Layers that move values without mixing channels and keep zeros zero: pooling, global
     pooling, padding, cropping, upsampling, dropout and noise layers, RepeatVector."""
 
 
+@register_handler(L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU)
 class ActivationHandler(CoupledHandler):
     """Element-wise activation layers (``ReLU``, ``Activation``, ``LeakyReLU``, ``ELU``, ...).
 
@@ -32,6 +47,7 @@ class ActivationHandler(CoupledHandler):
         return call.inputs[0].clean and maps_zero_to_zero(call.layer.call)
 
 
+@register_handler(L.Softmax)
 class SoftmaxHandler(ActivationHandler):
     """``Softmax``: a barrier over the channel axis, element-wise over the others."""
 
@@ -43,6 +59,7 @@ class SoftmaxHandler(ActivationHandler):
         return [call.inputs[0].with_clean(False)]
 
 
+@register_handler(L.PReLU)
 class PReLUHandler(CoupledHandler):
     """``PReLU``: ``alpha`` has one value per channel unless shared over the channel axis."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, List
 
 from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer
+from tfcompress._keras import existing_classes, keras
+from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout, combine_clean, concat
 
 __all__ = ["MergeHandler", "ConcatenateHandler", "merge_layouts"]
@@ -46,6 +48,7 @@ class MergeHandler(ChannelHandler):
         return merge_layouts(call, tracer, call.inputs, call.input_shapes, self.combine)
 
 
+@register_handler(keras.layers.Concatenate)
 class ConcatenateHandler(ChannelHandler):
     """``Concatenate`` on the channel axis: the output layout lists the inputs' segments at
     their offsets; on another axis it is an element-wise merge (channels coupled)."""
@@ -57,3 +60,10 @@ class ConcatenateHandler(ChannelHandler):
         if any(layout.tile != 1 for layout in call.inputs):
             return tracer.opaque(call, "concatenating flattened (tiled) tensors")
         return [concat(call.inputs)]
+
+
+_L = keras.layers
+register_handler(_L.Add, _L.Subtract, _L.Average, _L.Maximum, _L.Minimum,
+                 *existing_classes("src.applications.inception_resnet_v2.CustomScaleLayer"),
+                 handler=MergeHandler(all))
+register_handler(_L.Multiply, handler=MergeHandler(any))

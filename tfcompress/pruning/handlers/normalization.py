@@ -16,6 +16,8 @@ import numpy as np
 from tfcompress.pruning.handlers.base import (
     OUT, Call, CoupledHandler, Tracer, WeightSpec,
 )
+from tfcompress._keras import existing_classes, keras
+from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
 __all__ = [
@@ -39,6 +41,7 @@ class _PerChannelAxisMixin:
         return None
 
 
+@register_handler(keras.layers.BatchNormalization)
 class BatchNormHandler(_PerChannelAxisMixin, CoupledHandler):
     """``BatchNormalization`` on the last axis: gamma/beta zeroed, statistics sliced."""
 
@@ -57,6 +60,7 @@ class BatchNormHandler(_PerChannelAxisMixin, CoupledHandler):
         return tracer.opaque(call, reason) if reason else super().propagate(call, tracer)
 
 
+@register_handler(keras.layers.LayerNormalization)
 class LayerNormHandler(CoupledHandler):
     """``LayerNormalization``: a barrier over the channel axis, channel-wise otherwise."""
 
@@ -69,6 +73,7 @@ class LayerNormHandler(CoupledHandler):
         return super().propagate(call, tracer)
 
 
+@register_handler(keras.layers.Normalization)
 class NormalizationHandler(_PerChannelAxisMixin, CoupledHandler):
     """``Normalization`` (preprocessing) with per-channel or global statistics."""
 
@@ -97,6 +102,7 @@ class NormalizationHandler(_PerChannelAxisMixin, CoupledHandler):
             layer.finalize_state()
 
 
+@register_handler(keras.layers.Rescaling)
 class RescalingHandler(CoupledHandler):
     """``Rescaling``: ``x * scale + offset`` with scalar scale and offset (per-channel values
     are a barrier: tf_keras cannot rebuild them from a config anyway)."""
@@ -111,6 +117,7 @@ class RescalingHandler(CoupledHandler):
         return super().propagate(call, tracer)
 
 
+@register_handler(*existing_classes("src.applications.convnext.LayerScale"))
 class ChannelScaleHandler(CoupledHandler):
     """Per-channel learned scale ``x * gamma`` (ConvNeXt's ``LayerScale``)."""
 

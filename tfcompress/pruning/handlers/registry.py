@@ -1,101 +1,122 @@
-"""The one table that maps layer classes to channel handlers.
+"""The one table that maps layer classes to channel handlers, and the decorator that fills it.
 
 Lookup walks the layer class's MRO, so subclasses (``Conv2DTranspose`` is a ``Conv2D``,
-``SyncBatchNormalization`` a ``BatchNormalization``) get the most specific row. A class
-with no row in its MRO is a barrier (:class:`BarrierHandler`): tfcompress never guesses.
+``SyncBatchNormalization`` a ``BatchNormalization``) get the most specific row; results are
+cached per class. A class with no row in its MRO is a barrier (:data:`DEFAULT_BARRIER`):
+tfcompress never guesses.
 
-To support a custom layer, add a row (do it before tracing)::
+A new layer family is one module and one decorator (register before tracing)::
 
-    from tfcompress.pruning.handlers import HANDLERS, CoupledHandler
-    HANDLERS.append((MyChannelwiseLayer, CoupledHandler()))
+    from tfcompress.pruning.handlers import CoupledHandler, register_handler
+
+    @register_handler(MyChannelwiseLayer)
+    class MyChannelwiseHandler(CoupledHandler):
+        pass
+
+or, to register an instance (handlers with constructor arguments)::
+
+    register_handler(MyMergeLayer, handler=MergeHandler(any))
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+import functools
+import types
+from typing import Any, Callable, Dict, Mapping, Optional, Type, TypeVar, Union
 
-from tfcompress._keras import keras
-from tfcompress.pruning.handlers.base import BarrierHandler, ChannelHandler
-from tfcompress.pruning.handlers.conv import (
-    ConvHandler, ConvTransposeHandler, DepthwiseConvHandler, SeparableConvHandler,
-)
-from tfcompress.pruning.handlers.dense import DenseHandler, EmbeddingHandler
-from tfcompress.pruning.handlers.elementwise import (
-    ActivationHandler, IdentityHandler, PReLUHandler, SoftmaxHandler,
-)
-from tfcompress.pruning.handlers.merge import ConcatenateHandler, MergeHandler
-from tfcompress.pruning.handlers.normalization import (
-    BatchNormHandler, ChannelScaleHandler, LayerNormHandler, NormalizationHandler,
-    RescalingHandler,
-)
-from tfcompress.pruning.handlers.reshape import PermuteHandler, ReshapeHandler
-from tfcompress.pruning.handlers.tfop import TFOpHandler
+from tfcompress.pruning.handlers.base import ROLES, BarrierHandler, ChannelHandler, WeightSpec
 
-__all__ = ["HANDLERS", "handler_for", "DEFAULT_BARRIER"]
+__all__ = ["HANDLERS", "DEFAULT_BARRIER", "register_handler", "handler_for"]
 
-L = keras.layers
+H = TypeVar("H", bound=Type[ChannelHandler])
 
+_TABLE: Dict[type, ChannelHandler] = {}
 
-def _optional(path: str) -> List[type]:
-    """Classes that exist only in some tf_keras versions (or live in ``applications``)."""
-    obj: Any = keras
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return []
-    return [obj]
-
-
-_IDENTITY = IdentityHandler()
-_ACTIVATION = ActivationHandler()
-
-#: ``(layer class, handler)`` rows. Order does not matter: lookup follows the MRO.
-HANDLERS: List[Tuple[type, ChannelHandler]] = [
-    # producers
-    (L.Conv1D, ConvHandler()), (L.Conv2D, ConvHandler()), (L.Conv3D, ConvHandler()),
-    (L.Conv1DTranspose, ConvTransposeHandler()), (L.Conv2DTranspose, ConvTransposeHandler()),
-    (L.Conv3DTranspose, ConvTransposeHandler()),
-    (L.SeparableConv1D, SeparableConvHandler()), (L.SeparableConv2D, SeparableConvHandler()),
-    (L.Dense, DenseHandler()), (L.Embedding, EmbeddingHandler()),
-    # channel-wise with weights
-    (L.DepthwiseConv2D, DepthwiseConvHandler()),
-    *[(cls, DepthwiseConvHandler()) for cls in _optional("layers.DepthwiseConv1D")],
-    (L.BatchNormalization, BatchNormHandler()), (L.LayerNormalization, LayerNormHandler()),
-    (L.Normalization, NormalizationHandler()), (L.Rescaling, RescalingHandler()),
-    (L.PReLU, PReLUHandler()),
-    *[(cls, ChannelScaleHandler()) for cls in _optional("src.applications.convnext.LayerScale")],
-    # activations
-    (L.Activation, _ACTIVATION), (L.ReLU, _ACTIVATION), (L.LeakyReLU, _ACTIVATION),
-    (L.ELU, _ACTIVATION), (L.ThresholdedReLU, _ACTIVATION), (L.Softmax, SoftmaxHandler()),
-    # channel-wise without weights
-    *[(cls, _IDENTITY) for cls in (
-        L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D,
-        L.AveragePooling2D, L.AveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D,
-        L.GlobalMaxPooling3D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
-        L.GlobalAveragePooling3D, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-        L.Cropping1D, L.Cropping2D, L.Cropping3D, L.UpSampling1D, L.UpSampling2D,
-        L.UpSampling3D, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
-        L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
-        L.ActivityRegularization, L.RepeatVector)],
-    # merges and rearrangements
-    (L.Add, MergeHandler(all)), (L.Subtract, MergeHandler(all)), (L.Average, MergeHandler(all)),
-    (L.Maximum, MergeHandler(all)), (L.Minimum, MergeHandler(all)),
-    (L.Multiply, MergeHandler(any)), (L.Concatenate, ConcatenateHandler()),
-    *[(cls, MergeHandler(all)) for cls in
-      _optional("src.applications.inception_resnet_v2.CustomScaleLayer")],
-    (L.Flatten, ReshapeHandler()), (L.Reshape, ReshapeHandler()), (L.Permute, PermuteHandler()),
-    *[(cls, TFOpHandler()) for cls in _optional("src.layers.core.TFOpLambda")],
-]
+#: ``{layer class: handler}``, read-only; fill it with :func:`register_handler`.
+HANDLERS: Mapping[type, ChannelHandler] = types.MappingProxyType(_TABLE)
 
 DEFAULT_BARRIER = BarrierHandler()
 
 
-def handler_for(layer: Any) -> ChannelHandler:
-    """The handler of the most specific class in ``type(layer).__mro__`` with a row in
-    :data:`HANDLERS`, or :data:`DEFAULT_BARRIER`."""
-    table = {cls: handler for cls, handler in HANDLERS}
-    for cls in type(layer).__mro__:
-        handler = table.get(cls)
+def _validate(layer_classes: tuple, handler: Any) -> None:
+    if not layer_classes:
+        raise TypeError("register_handler needs at least one layer class, e.g. "
+                        "`@register_handler(keras.layers.Conv2D)`.")
+    for cls in layer_classes:
+        if not isinstance(cls, type):
+            raise TypeError(f"register_handler takes layer classes, got {cls!r} "
+                            f"({type(cls).__name__}); pass the class, e.g. `MyLayer`.")
+    if not isinstance(handler, ChannelHandler):
+        raise TypeError(f"A handler must be a ChannelHandler instance, got {handler!r}; "
+                        "subclass tfcompress.pruning.handlers.ChannelHandler.")
+    for attr, spec in dict(handler.weights).items():
+        if not isinstance(spec, WeightSpec):
+            raise TypeError(f"{type(handler).__name__}.weights[{attr!r}] must be a WeightSpec, "
+                            f"got {spec!r}.")
+        roles = set(spec.axes.values()) | ({spec.zero} - {None})
+        if not roles <= set(ROLES):
+            raise ValueError(f"{type(handler).__name__}.weights[{attr!r}] uses roles "
+                             f"{sorted(roles - set(ROLES))}; the roles are {list(ROLES)}.")
+    if handler.size_key is not None and not isinstance(handler.size_key, str):
+        raise TypeError(f"{type(handler).__name__}.size_key must be a config key (str) or "
+                        f"None, got {handler.size_key!r}.")
+
+
+def register_handler(
+    *layer_classes: type, handler: Optional[ChannelHandler] = None
+) -> Union[Callable[[H], H], ChannelHandler]:
+    """Registers the channel handler of ``layer_classes`` (and, through the MRO, their
+    subclasses that have no row of their own).
+
+    As a decorator on a :class:`ChannelHandler` subclass, registers one instance of it (made
+    with no arguments) and returns the class; with ``handler=``, registers that instance and
+    returns it. A later registration for the same class replaces the earlier one.
+
+    Raises:
+      TypeError: if a layer class is not a class, the handler not a ``ChannelHandler``, or
+        its ``weights`` table holds something other than ``WeightSpec`` values.
+      ValueError: if a ``WeightSpec`` names an unknown role.
+
+    Example:
+      >>> import tf_keras
+      >>> from tfcompress.pruning.handlers import CoupledHandler
+      >>> class Scale(tf_keras.layers.Layer):
+      ...     def call(self, x):
+      ...         return 2.0 * x
+      >>> @register_handler(Scale)
+      ... class ScaleHandler(CoupledHandler):
+      ...     pass
+      >>> type(handler_for(Scale())).__name__
+      'ScaleHandler'
+    """
+    if handler is not None:
+        _validate(layer_classes, handler)
+        for cls in layer_classes:
+            _TABLE[cls] = handler
+        handler_for_class.cache_clear()
+        return handler
+
+    def decorate(handler_class: H) -> H:
+        if not (isinstance(handler_class, type) and issubclass(handler_class, ChannelHandler)):
+            raise TypeError(f"@register_handler decorates a ChannelHandler subclass, got "
+                            f"{handler_class!r}.")
+        register_handler(*layer_classes, handler=handler_class())
+        return handler_class
+
+    return decorate
+
+
+@functools.lru_cache(maxsize=None)
+def handler_for_class(layer_class: type) -> ChannelHandler:
+    """The handler of the most specific class in ``layer_class.__mro__`` with a row in
+    :data:`HANDLERS`, or :data:`DEFAULT_BARRIER` (cached per class)."""
+    for cls in layer_class.__mro__:
+        handler = _TABLE.get(cls)
         if handler is not None:
             return handler
     return DEFAULT_BARRIER
+
+
+def handler_for(layer: Any) -> ChannelHandler:
+    """The handler of ``layer`` (see :func:`handler_for_class`)."""
+    return handler_for_class(type(layer))

@@ -16,6 +16,8 @@ import numpy as np
 from tfcompress.pruning.handlers.base import (
     OUT, Call, ChannelHandler, Tracer, channels_last_reason,
 )
+from tfcompress._keras import keras
+from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
 __all__ = ["ReshapeHandler", "PermuteHandler", "trailing_tile"]
@@ -43,6 +45,7 @@ def trailing_tile(in_shape: Sequence[Optional[int]],
     return None
 
 
+@register_handler(keras.layers.Flatten, keras.layers.Reshape)
 class ReshapeHandler(ChannelHandler):
     """``Flatten`` and ``Reshape``."""
 
@@ -64,6 +67,7 @@ class ReshapeHandler(ChannelHandler):
         return config
 
 
+@register_handler(keras.layers.Permute)
 class PermuteHandler(ChannelHandler):
     """``Permute`` that leaves the channel axis last."""
 

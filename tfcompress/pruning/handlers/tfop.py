@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer, maps_zero_to_zero
 from tfcompress.pruning.handlers.merge import merge_layouts
+from tfcompress._keras import existing_classes
+from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
 __all__ = ["TFOpHandler", "TF_OPS"]
@@ -41,6 +43,7 @@ def _channel_constant(value: Any, channels: Optional[int]) -> bool:
     return bool(shape) and shape[-1] not in (1,) and channels != 1
 
 
+@register_handler(*existing_classes("src.layers.core.TFOpLambda"))
 class TFOpHandler(ChannelHandler):
     """``TFOpLambda`` layers whose op is listed in :data:`TF_OPS`."""
 

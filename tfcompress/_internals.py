@@ -1,0 +1,99 @@
+"""Every private Keras and tfmot attribute tfcompress relies on, in one place.
+
+tfcompress reads a model's layer graph and extends tfmot's quantization machinery; a few of
+the things it needs have no public API. Each use lives here, with why it is needed and the
+versions it was checked on, so that an upgrade that breaks one breaks exactly one function.
+
+Checked on: TensorFlow 2.21.0, tf_keras 2.21.0, tensorflow-model-optimization 0.8.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import types
+from typing import Any, Dict, List
+
+__all__ = [
+    "is_graph_network", "nodes_by_depth", "history_layer", "inbound_nodes", "outbound_layers",
+    "unsafe_deserialization", "output_quantizer_vars", "tfmot_private",
+]
+
+
+# ----- tf_keras functional graph ------------------------------------------------------------
+def is_graph_network(model: Any) -> bool:
+    """True for Functional and Sequential models whose layer graph is known.
+
+    ``Model._is_graph_network``: the only flag that tells a Functional model (or a Sequential
+    model with an input shape) from a subclassed one; ``isinstance(model, Functional)`` is not
+    public either.
+    """
+    return bool(getattr(model, "_is_graph_network", False))
+
+
+def nodes_by_depth(model: Any) -> Dict[int, List[Any]]:
+    """``{depth: [Node, ...]}`` of a Functional model (``Model._nodes_by_depth``).
+
+    The public ``model.layers`` loses the call structure of shared layers and nested models;
+    the depth-ordered nodes are what Keras itself runs (``Functional._run_internal_graph``).
+    """
+    return model._nodes_by_depth
+
+
+def history_layer(tensor: Any) -> Any:
+    """The layer that produced a symbolic Keras tensor (``KerasTensor._keras_history``)."""
+    return tensor._keras_history.layer
+
+
+def inbound_nodes(layer: Any) -> List[Any]:
+    """The calls of ``layer`` in the graphs it belongs to (``Layer._inbound_nodes``)."""
+    return list(layer._inbound_nodes)
+
+
+def outbound_layers(layer: Any) -> List[Any]:
+    """The layers that consume ``layer``'s outputs (``Layer._outbound_nodes``)."""
+    return [node.outbound_layer for node in layer._outbound_nodes]
+
+
+def unsafe_deserialization(keras_module: Any) -> contextlib.AbstractContextManager:
+    """Allows Lambda layers in ``from_config`` (``serialization_lib.SafeModeScope(False)``).
+
+    Used only to rebuild a config that came from the caller's live model (their own Python
+    code), never one read from a file. Older tf_keras versions have no safe mode: a no-op.
+    """
+    lib = getattr(getattr(getattr(keras_module, "src", None), "saving", None),
+                  "serialization_lib", None)
+    scope = getattr(lib, "SafeModeScope", None)
+    return scope(False) if scope is not None else contextlib.nullcontext()
+
+
+# ----- tensorflow-model-optimization ----------------------------------------------------------
+def output_quantizer_vars(wrapper: Any) -> Any:
+    """The variables of a ``QuantizeWrapper``'s output quantizers
+    (``QuantizeWrapper._output_quantizer_vars``): tfmot keeps PACT's alpha/beta there and has
+    no accessor for them."""
+    return wrapper._output_quantizer_vars
+
+
+_TFMOT_KERAS = "tensorflow_model_optimization.python.core.quantization.keras"
+
+#: tfmot modules used that ``tfmot.quantization.keras`` does not export: the QuantizeLayer
+#: that quantizes model inputs, the wrapper class (for isinstance checks and .keras saving
+#: fixes), the layout-transform and registry base classes a custom scheme subclasses, the
+#: graph-transformation API the layout transform uses, and ``utils`` (its custom-object scope).
+_TFMOT_PRIVATE = frozenset({
+    "quantize_layer", "quantize_wrapper", "quantize_layout_transform", "quantize_registry",
+    "quantize_scheme", "utils", "graph_transformations.model_transformer",
+    "graph_transformations.transforms",
+})
+
+
+def tfmot_private(name: str) -> types.ModuleType:
+    """A private tfmot module under ``tfmot.python.core.quantization.keras`` (see above).
+
+    Raises:
+      KeyError: for a module not declared in ``_TFMOT_PRIVATE`` (declare it, with the reason).
+    """
+    if name not in _TFMOT_PRIVATE:
+        raise KeyError(f"{name!r} is not a declared tfmot internal; add it to _TFMOT_PRIVATE.")
+    return importlib.import_module(f"{_TFMOT_KERAS}.{name}")
