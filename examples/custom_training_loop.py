@@ -21,8 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402  (Keras 2, what tfcompress and tfmot work with)
 
-from tfcompress._keras import keras  # tf_keras (Keras 2)  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.export import litert, to_tflite  # noqa: E402
 from tfcompress.models import residual_cnn  # noqa: E402

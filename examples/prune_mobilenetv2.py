@@ -25,8 +25,8 @@ import pathlib
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import tf_keras as keras  # noqa: E402  (Keras 2, what tfcompress and tfmot work with)
 
-from tfcompress._keras import keras  # tf_keras (Keras 2)  # noqa: E402
 from tfcompress.export import litert, to_tflite, verify  # noqa: E402
 from tfcompress.pruning import (  # noqa: E402
     apply_masks,

@@ -18,8 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
+import tf_keras as keras  # noqa: E402  (Keras 2, what tfcompress and tfmot work with)
 
-from tfcompress._keras import keras  # tf_keras, the Keras 2 that tfmot works with  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.export import litert, to_tflite, verify  # noqa: E402
 from tfcompress.models import compile_classifier  # noqa: E402

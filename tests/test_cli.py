@@ -283,3 +283,24 @@ def test_python_m_tfcompress_reports_a_keras3_model_in_one_line(tmp_path):
     (last,) = result.stderr.strip().splitlines()  # TensorFlow's load banner is muted too
     assert last.startswith("tfcompress export: error: ") and "Keras 3" in last
     assert "import tf_keras as keras" in last
+
+
+def test_subpackages_load_on_first_access():
+    script = (
+        "import sys\n"
+        "import tfcompress as tfc\n"
+        "assert 'tfcompress.pruning' not in sys.modules  # import tfcompress stays cheap\n"
+        "assert {'pruning', 'quantization', 'export', 'demo'} <= set(dir(tfc))\n"
+        "print(tfc.pruning.fpgm_masks.__name__, tfc.export.to_tflite.__name__,\n"
+        "      tfc.quantization.quantize_model.__name__)\n"
+        "try:\n"
+        "    tfc.prunning\n"
+        "except AttributeError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines == ["fpgm_masks to_tflite quantize_model",
+                     "module 'tfcompress' has no attribute 'prunning'"]

@@ -6,10 +6,13 @@ needs no download, so the demo, examples, tests and benchmarks all run offline.
 
 from __future__ import annotations
 
+import numbers
 from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from tfcompress._validate import check_int
 
 Split = Tuple[np.ndarray, np.ndarray]
 
@@ -28,17 +31,25 @@ def load_digits(size: int = 16, test_fraction: float = 0.25, seed: int = 0) -> T
 
     Raises:
       ImportError: if scikit-learn is not installed (``pip install tfcompress[test]``).
-      ValueError: for a bad ``size`` or ``test_fraction``.
+      TypeError: for a ``size`` that is not an int or a ``test_fraction`` that is not a number.
+      ValueError: for a ``size`` below 8 or a ``test_fraction`` outside (0, 1).
 
     Example:
       >>> (x_train, y_train), (x_test, y_test) = load_digits(size=16)
-      >>> x_train.shape[1:], int(y_test.max())
-      ((16, 16, 1), 9)
+      >>> x_train.shape[1:], int(y_test.max()), len(x_train) + len(x_test)
+      ((16, 16, 1), 9, 1797)
+      >>> load_digits(size=4)
+      Traceback (most recent call last):
+      ...
+      ValueError: `size` must be an integer >= 8, got 4.
     """
-    if not isinstance(size, int) or size < 8:
-        raise ValueError(f"`size` must be an int >= 8, got {size!r}.")
+    check_int(size, "size", 8)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+        raise TypeError(f"`test_fraction` must be a number in (0, 1), got {test_fraction!r}. "
+                        "Pass e.g. `test_fraction=0.25`.")
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}.")
+        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}. "
+                         "Pass e.g. `test_fraction=0.25`.")
     try:
         from sklearn import datasets
     except ImportError as err:  # pragma: no cover - depends on the environment

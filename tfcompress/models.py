@@ -63,6 +63,11 @@ def compile_classifier(model: keras.Model, learning_rate: float = 1e-3) -> keras
 
     Returns:
       ``model``, compiled, for chaining.
+
+    Example:
+      >>> model = compile_classifier(residual_cnn(width=4), learning_rate=1e-3)
+      >>> model.loss.get_config()["from_logits"], round(float(model.optimizer.learning_rate), 6)
+      (True, 0.001)
     """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),

@@ -4,6 +4,12 @@ Subcommands live one per module and register in :data:`COMMANDS`; add a row to
 extend the CLI (see :class:`tfcompress.cli.command.Command`).
 
 Example:
+  >>> [command.name for command in COMMANDS]
+  ['inspect', 'prune', 'export', 'bench', 'demo']
+  >>> build_parser().parse_args(["demo", "--quick"]).quick
+  True
+
+From a shell:
   $ tfcompress inspect model.keras
   $ tfcompress prune model.keras --ratio 0.5 --output slim.keras
   $ tfcompress export slim.keras --format tflite --quantize int8 --calibration x.npy \\
@@ -94,6 +100,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     Bad input (``ValueError``, ``TypeError``, ``OSError``) prints one line on stderr and
     returns 1; usage errors exit with status 2.
+
+    Example:
+      >>> import contextlib, io, tempfile
+      >>> import tf_keras as keras
+      >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+      >>> folder = tempfile.mkdtemp()
+      >>> model.save(folder + "/dense.keras")
+      >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+      ...     main(["export", folder + "/dense.keras", "--output", folder + "/no/m.tflite"])
+      1
+      >>> err.getvalue().startswith("tfcompress export: error: Cannot write")
+      True
     """
     # TensorFlow's C++ logging would otherwise bury our output; users can still override.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

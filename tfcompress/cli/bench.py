@@ -1,4 +1,15 @@
-"""``tfcompress bench``: LiteRT latency of ``.tflite`` files, interleaved, with ratios."""
+"""``tfcompress bench``: LiteRT latency of ``.tflite`` files, interleaved, with ratios.
+
+Example:
+  >>> import argparse
+  >>> parser = argparse.ArgumentParser()
+  >>> add_arguments(parser)
+  >>> args = parser.parse_args([__file__, "--threads", "2"])  # any existing file parses
+  >>> args.threads, args.runs, args.warmup
+  (2, 100, 10)
+
+From a shell: ``tfcompress bench float.tflite slim_int8.tflite --threads 1``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,13 @@
-"""What the commands read: argparse value types, sample arrays and stand-in data."""
+"""What the commands read: argparse value types, sample arrays and stand-in data.
+
+Example:
+  >>> positive_int("3"), ratio("0.25")
+  (3, 0.25)
+  >>> ratio("1")  # doctest: +ELLIPSIS
+  Traceback (most recent call last):
+  ...
+  argparse.ArgumentTypeError: 1.0 is outside [0, 1): it is the fraction of channels to remove...
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,22 @@
-"""``tfcompress inspect``: per-layer size and cost, channel groups and what blocks them."""
+"""``tfcompress inspect``: per-layer size and cost, channel groups and what blocks them.
+
+Example:
+  >>> import tempfile
+  >>> import tf_keras as keras
+  >>> from tfcompress.cli import main
+  >>> path = tempfile.mkdtemp() + "/m.keras"
+  >>> keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="hidden"),
+  ...                   keras.layers.Dense(2, name="out")], name="mlp").save(path)
+  >>> main(["inspect", path])  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+  model 'mlp': 2 layers
+  layer   type   channels  params  MACs
+  ...
+  hidden  Dense         8      40    32
+  out     Dense         2      18    16
+  total: 58 params, 48 MACs per example
+  ...
+  0
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,22 @@
-"""``tfcompress prune``: one-shot FPGM (or L1/L2) masks, rebuilt into a smaller dense model."""
+"""``tfcompress prune``: one-shot FPGM (or L1/L2) masks, rebuilt into a smaller dense model.
+
+Example:
+  >>> import tempfile
+  >>> import tf_keras as keras
+  >>> from tfcompress.cli import main
+  >>> folder = tempfile.mkdtemp()
+  >>> keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="hidden"),
+  ...                   keras.layers.Dense(2, name="out")]).save(folder + "/m.keras")
+  >>> main(["prune", folder + "/m.keras", "--ratio", "0.5", "--round-to", "1"])
+  ... # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+  group   channels  kept
+  ...
+  hidden         8     4
+  ...
+  params      58      30  0.517
+  ...
+  0
+"""
 
 from __future__ import annotations
 

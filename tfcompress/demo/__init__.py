@@ -7,6 +7,11 @@
 
 Example:
   >>> from tfcompress.demo import DemoConfig, run_demo, write_report
+  >>> DemoConfig(quick=True).stage_epochs()  # a CI smoke run: one epoch per stage
+  {'float': 1, 'prune': 1, 'finetune': 1, 'qat': 1}
+
+  The run itself takes about a minute even in quick mode, so it is not run as a doctest:
+
   >>> result = run_demo(DemoConfig(output="demo", quick=True))  # doctest: +SKIP
   >>> result.stage("slim").params < result.stage("float").params  # doctest: +SKIP
   True

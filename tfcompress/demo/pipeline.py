@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-import os
 import pathlib
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from tfcompress._io import PathLike
 from tfcompress._keras import keras
+from tfcompress._validate import check_int, check_ratio
 from tfcompress.datasets import load_digits
 from tfcompress.export import ParityReport, litert, tflite_ops, to_saved_model, to_tflite, verify
 from tfcompress.export.flatbuffer import CONVERSION_OPS
@@ -26,7 +26,6 @@ from tfcompress.quantization import quantize_model
 
 __all__ = ["DemoConfig", "DemoResult", "StageResult", "run_demo"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 Data = Tuple[np.ndarray, np.ndarray]
 #: Per-epoch curves of all stages: ``stage``, ``accuracy``, ``val_accuracy``, ``pruned_ratio``.
 History = Dict[str, list]
@@ -54,7 +53,16 @@ class DemoConfig:
       seed: seeds Keras, NumPy and TensorFlow before training.
 
     Raises:
+      TypeError: for a value of the wrong type (``bits=4.0``, ``ratio="0.5"``).
       ValueError: for a value out of range, naming it and the accepted range.
+
+    Example:
+      >>> DemoConfig(epochs=9).stage_epochs()
+      {'float': 9, 'prune': 6, 'finetune': 3, 'qat': 4}
+      >>> DemoConfig(bits=9)
+      Traceback (most recent call last):
+      ...
+      ValueError: `bits` must be an integer >= 2 and <= 8, got 9.
     """
 
     output: PathLike = "tfcompress-demo"
@@ -67,17 +75,12 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_int("bits", self.bits, 2, 8)
-        _check_int("epochs", self.epochs, 1)
-        _check_int("width", self.width, 1)
-        _check_int("latency_runs", self.latency_runs, 1)
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not (
-            0.0 <= self.ratio < 1.0
-        ):
-            raise ValueError(
-                f"`ratio` must be a number in [0, 1) (the fraction of channels to remove), "
-                f"got {self.ratio!r}. Pass e.g. 0.5."
-            )
+        check_int(self.bits, "bits", 2, 8)
+        check_int(self.epochs, "epochs", 1)
+        check_int(self.width, "width", 1)
+        check_int(self.latency_runs, "latency_runs", 1)
+        check_int(self.seed, "seed", 0)
+        check_ratio(self.ratio, "ratio")
 
     def stage_epochs(self) -> Dict[str, int]:
         """Epochs per stage: ``float``, ``prune`` (ramp), ``finetune`` and ``qat``."""
@@ -98,8 +101,9 @@ class StageResult:
       params: parameters of the model the stage ships (masked channels still count for
         the masked model: it is not smaller yet).
       macs: multiply-accumulates per sample (pruned channels excluded for the masked model).
-      file: the model file or folder of the stage, if it writes one.
-      latency_ms: LiteRT median latency, batch 1, one thread, for ``.tflite`` files.
+      file: the ``.tflite`` file of the stage, if it writes one (the float, slim float and
+        slim int8 stages), so that the sizes in the table compare like with like.
+      latency_ms: LiteRT median latency, batch 1, one thread, of :attr:`file`.
     """
 
     name: str
@@ -133,6 +137,8 @@ class DemoResult:
         layers.
       parity: :func:`tfcompress.export.verify` of the int8 file against the QAT model.
       int8_compute_ops: names of the int8 file's ops that compute on integer activations.
+      saved_model: the slim model's SavedModel folder (a serving format: its size is not
+        comparable with the ``.tflite`` files of the table).
       report: the Markdown report, once :func:`tfcompress.demo.report.write_report` wrote it.
     """
 
@@ -142,6 +148,7 @@ class DemoResult:
     channels: Dict[str, Tuple[int, int]]
     parity: ParityReport
     int8_compute_ops: List[str]
+    saved_model: Optional[pathlib.Path] = None
     report: Optional[pathlib.Path] = None
 
     def stage(self, name: str) -> StageResult:
@@ -156,13 +163,10 @@ class DemoResult:
         """Original float TFLite latency divided by slim int8 TFLite latency."""
         return self.stages[0].latency_ms / self.stages[-1].latency_ms
 
-
-def _check_int(name: str, value, low: int, high: Optional[int] = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (
-        high is not None and value > high
-    ):
-        accepted = f"{low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"`{name}` must be an integer {accepted}, got {value!r}.")
+    @property
+    def pruning_speedup(self) -> float:
+        """Original float TFLite latency divided by slim float TFLite latency."""
+        return self.stages[0].latency_ms / self.stage("slim").latency_ms
 
 
 def _append_history(history: History, stage: str, fit_history, pruned: float) -> None:
@@ -186,7 +190,14 @@ def _tflite_accuracy(path: pathlib.Path, data: Data) -> float:
 
 
 def channels_per_layer(before: keras.Model, after: keras.Model) -> Dict[str, Tuple[int, int]]:
-    """``{layer name: (output channels in before, in after)}`` of conv and dense layers."""
+    """``{layer name: (output channels in before, in after)}`` of conv and dense layers.
+
+    Example:
+      >>> from tfcompress.models import residual_cnn
+      >>> channels = channels_per_layer(residual_cnn(width=8), residual_cnn(width=4))
+      >>> channels["stem_conv"], channels["block2b_conv"], channels["logits"]
+      ((8, 4), (16, 8), (10, 10))
+    """
     slim = {layer.name: layer for layer in after.layers}
     return {
         layer.name: (int(layer.output_shape[-1]), int(slim[layer.name].output_shape[-1]))
@@ -232,15 +243,40 @@ def quantize(config: DemoConfig, slim: keras.Model, train: Data, test: Data, ver
     return qat
 
 
+def _make_output(config: DemoConfig) -> pathlib.Path:
+    out = pathlib.Path(config.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot create the output folder {str(out)!r} ({error.strerror}). "
+                         "Pass --output with a writable folder.") from error
+    return out
+
+
+def time_files(config: DemoConfig, stages: List[StageResult], verbose: int
+               ) -> List[StageResult]:
+    """The stages with a ``.tflite`` file, timed together (LiteRT, one thread, interleaved
+    rounds), with their ``latency_ms`` filled in; the other stages unchanged."""
+    timed = [i for i, stage in enumerate(stages) if stage.file is not None]
+    runs = 20 if config.quick else config.latency_runs
+    latencies = litert.compare_latency([stages[i].file for i in timed], threads=1, runs=runs,
+                                       warmup=max(2, runs // 10), progress=verbose == 1)
+    stages = list(stages)
+    for i, latency in zip(timed, latencies):
+        stages[i] = dataclasses.replace(stages[i], latency_ms=latency.median_ms)
+    return stages
+
+
 def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
              log: Callable[[str], None] = print) -> DemoResult:
     """Runs the whole pipeline on sklearn's digits and writes the model files.
 
     Steps: train float -> FPGM pruning during fit (``PolynomialRatio(0 -> ratio)``) and
     fine-tuning -> ``rebuild`` -> PACT QAT -> export the original float TFLite, the slim
-    SavedModel and the slim int8 TFLite -> parity check -> LiteRT latency (original float
-    vs slim int8, one thread, median of interleaved runs). Files written to
-    ``config.output``: ``float.tflite``, ``slim_saved_model/``, ``slim_int8.tflite``.
+    float TFLite, the slim SavedModel and the slim int8 TFLite -> parity check -> LiteRT
+    latency of the three ``.tflite`` files (one thread, median of interleaved runs). Files
+    written to ``config.output``: ``float.tflite``, ``slim_float.tflite``,
+    ``slim_saved_model/``, ``slim_int8.tflite``.
 
     Args:
       config: the :class:`DemoConfig` (default: ``DemoConfig()``).
@@ -254,19 +290,14 @@ def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
     Raises:
       ValueError: if the output folder cannot be created or written.
 
-    Example:
+    Example (about a minute, so not run as a doctest):
       >>> from tfcompress.demo import DemoConfig, run_demo
       >>> result = run_demo(DemoConfig(output="/tmp/demo", quick=True), verbose=0)  # doctest: +SKIP
       >>> result.stage("slim").params < result.stage("float").params  # doctest: +SKIP
       True
     """
     config = config or DemoConfig()
-    out = pathlib.Path(config.output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"Cannot create the output folder {str(out)!r} ({error.strerror}). "
-                         "Pass --output with a writable folder.") from error
+    out = _make_output(config)
     keras.utils.set_random_seed(config.seed)
     train, test = load_digits(size=16)
     if config.quick:
@@ -287,7 +318,8 @@ def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
     log("[3/6] rebuilding the slim model")
     slim = compile_classifier(rebuild(model, pruning.masks))
     slim_row = StageResult("slim (rebuilt)", _accuracy(slim, test), count_params(slim),
-                           count_macs(slim), to_saved_model(slim, out / "slim_saved_model"))
+                           count_macs(slim), to_tflite(slim, out / "slim_float.tflite", None))
+    saved_model = to_saved_model(slim, out / "slim_saved_model")
 
     log(f"[4/6] PACT quantization-aware training, {config.bits}-bit weights and activations")
     qat = quantize(config, slim, train, test, verbose, history)
@@ -299,18 +331,10 @@ def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
     parity = verify(qat, int8_path, test[0], raise_on_failure=False)
     int8_ops = [op.name for op in tflite_ops(int8_path)
                 if op.name not in CONVERSION_OPS and not op.computes_in_float]
+    int8_row = StageResult("TFLite int8", _tflite_accuracy(int8_path, test), slim_row.params,
+                           slim_row.macs, int8_path)
 
-    log("[6/6] timing the original float and the slim int8 TFLite files (LiteRT, 1 thread)")
-    runs = 20 if config.quick else config.latency_runs
-    base, fast = litert.compare_latency([float_row.file, int8_path], threads=1, runs=runs,
-                                        warmup=max(2, runs // 10), progress=verbose == 1)
-    stages = [
-        dataclasses.replace(float_row, latency_ms=base.median_ms),
-        masked_row,
-        slim_row,
-        qat_row,
-        StageResult("TFLite int8", _tflite_accuracy(int8_path, test), slim_row.params,
-                    slim_row.macs, int8_path, fast.median_ms),
-    ]
+    log("[6/6] timing the float, slim float and slim int8 TFLite files (LiteRT, 1 thread)")
+    stages = time_files(config, [float_row, masked_row, slim_row, qat_row, int8_row], verbose)
     return DemoResult(config, stages, history, channels_per_layer(model, slim), parity,
-                      int8_ops)
+                      int8_ops, saved_model)

@@ -2,6 +2,14 @@
 
 Plots need matplotlib (``pip install matplotlib``); without it the report says so in place
 of each figure and everything else is written as usual.
+
+Example:
+  >>> import pathlib, tempfile
+  >>> history = {"stage": ["float", "float", "prune"], "accuracy": [0.5, 0.8, 0.85],
+  ...            "val_accuracy": [0.45, 0.75, 0.8], "pruned_ratio": [0.0, 0.0, 0.5]}
+  >>> path = plot_training(history, pathlib.Path(tempfile.mkdtemp()) / "training.png")
+  >>> path is None or path.read_bytes()[1:4] == b"PNG"  # None without matplotlib
+  True
 """
 
 from __future__ import annotations
@@ -14,17 +22,17 @@ from tfcompress._plots import pyplot as _pyplot
 from tfcompress._plots import save_figure
 from tfcompress.demo.pipeline import DemoResult
 
-__all__ = ["TABLE_HEADERS", "table_rows", "markdown_table", "plot_training", "plot_channels",
-           "write_report"]
+__all__ = ["TABLE_HEADERS", "table_rows", "markdown_table", "summary_lines", "plot_training",
+           "plot_channels", "write_report"]
 
 #: Column headers of :func:`table_rows`.
 TABLE_HEADERS = ("stage", "accuracy", "params", "MACs", "file", "size KiB", "latency ms")
 
 
 def table_rows(result: DemoResult) -> List[list]:
-    """One row per stage: name, accuracy, params, MACs, file name, size and latency.
+    """One row per stage: name, accuracy, params, MACs, ``.tflite`` file, size and latency.
 
-    Cells that do not apply to a stage (no file, no ``.tflite`` latency) are ``""``.
+    Cells that do not apply to a stage (no file, so no latency) are ``""``.
 
     Example:
       >>> from tfcompress.cli.table import format_table
@@ -38,7 +46,7 @@ def table_rows(result: DemoResult) -> List[list]:
             round(stage.accuracy, 4),
             stage.params,
             stage.macs,
-            stage.file.name + ("/" if stage.file.is_dir() else "") if stage.file else "",
+            stage.file.name if stage.file else "",
             round(size / 1024, 1) if size is not None else "",
             round(stage.latency_ms, 4) if stage.latency_ms is not None else "",
         ])
@@ -64,15 +72,27 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def summary_lines(result: DemoResult) -> List[str]:
-    """What the compression bought, in words: kept params/MACs/size and the speedup."""
-    first, last = result.stages[0], result.stages[-1]
-    return [
+    """What the compression bought, in words: kept params/MACs/size and the speedups.
+
+    Sizes compare ``.tflite`` files with ``.tflite`` files; the slim SavedModel folder, a
+    serving format holding the TensorFlow graph, gets a line of its own.
+    """
+    first, slim, last = result.stages[0], result.stage("slim"), result.stages[-1]
+    kib = [f"{stage.file.name} {stage.size_bytes / 1024:.1f} KiB"
+           for stage in result.stages if stage.file is not None]
+    lines = [
         f"params kept {last.params / first.params:.1%}, MACs kept {last.macs / first.macs:.1%}, "
-        f"file size kept {last.size_bytes / first.size_bytes:.1%}",
+        f"TFLite file size kept {last.size_bytes / first.size_bytes:.1%} ({' -> '.join(kib)})",
         f"accuracy {first.accuracy:.4f} (float) -> {last.accuracy:.4f} (slim int8 TFLite)",
-        f"latency {first.latency_ms:.4f} ms (original float TFLite) -> {last.latency_ms:.4f} ms "
-        f"(slim int8 TFLite): {result.speedup:.2f}x faster (LiteRT, 1 thread, batch 1)",
+        f"latency {first.latency_ms:.4f} ms (float TFLite) -> {slim.latency_ms:.4f} ms (slim "
+        f"float TFLite, {result.pruning_speedup:.2f}x) -> {last.latency_ms:.4f} ms (slim int8 "
+        f"TFLite): {result.speedup:.2f}x faster (LiteRT, 1 thread, batch 1)",
     ]
+    if result.saved_model is not None:
+        size = sum(p.stat().st_size for p in result.saved_model.rglob("*") if p.is_file())
+        lines.append(f"slim SavedModel {result.saved_model.name}/: {size / 1024:.1f} KiB (graph "
+                     "and variables for TensorFlow Serving; not comparable with .tflite sizes)")
+    return lines
 
 
 def _cell(value: object) -> str:
@@ -196,9 +216,9 @@ def write_report(result: DemoResult) -> pathlib.Path:
         *figures,
         "## Output channels per layer\n\n"
         + markdown_table(["layer", "before", "after", "kept"], channel_rows),
-        "## Files\n\n- `float.tflite`: the original float model\n- `slim_saved_model/`: the "
-        "pruned, rebuilt float model (SavedModel)\n- `slim_int8.tflite`: the pruned, "
-        "PACT-quantized int8 model",
+        "## Files\n\n- `float.tflite`: the original float model\n- `slim_float.tflite`: the "
+        "pruned, rebuilt float model\n- `slim_saved_model/`: the same model as a SavedModel "
+        "(for TensorFlow Serving)\n- `slim_int8.tflite`: the pruned, PACT-quantized int8 model",
     ]
     result.report = write_text(out / "report.md", "\n\n".join(parts) + "\n")
     return result.report

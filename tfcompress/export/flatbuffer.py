@@ -4,6 +4,22 @@ We parse the flatbuffer with the schema that ships with the LiteRT runtime
 (``ai_edge_litert.schema_py_generated``) instead of asking an interpreter: an
 interpreter replaces the ops it hands to a delegate (XNNPACK) by one ``DELEGATE``
 node, so what it reports depends on the runtime, while the file does not.
+
+Example:
+  >>> import tempfile
+  >>> import numpy as np
+  >>> import tf_keras as keras
+  >>> from tfcompress.export import to_tflite
+  >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3),
+  ...                           keras.layers.Flatten(), keras.layers.Dense(3)])
+  >>> x = np.random.default_rng(0).uniform(size=(16, 4, 4, 1)).astype("float32")
+  >>> path = to_tflite(model, tempfile.mkdtemp() + "/m.tflite", "int8", x)
+  >>> [op.name for op in tflite_ops(path)]
+  ['QUANTIZE', 'CONV_2D', 'RESHAPE', 'FULLY_CONNECTED', 'DEQUANTIZE']
+  >>> quantization_kind(path), float_fallback_ops(path)
+  ('int8', [])
+  >>> all(r.dtype == "int8" and r.min <= 0.0 <= r.max for r in activation_ranges(path).values())
+  True
 """
 
 from __future__ import annotations
@@ -172,10 +188,13 @@ def tflite_ops(path: PathLike) -> List[TFLiteOp]:
       ValueError: if the file is not a TFLite flatbuffer.
 
     Example:
-      >>> ops = tflite_ops("model.tflite")  # doctest: +SKIP
-      >>> convs = [op for op in ops if op.name == "CONV_2D"]  # doctest: +SKIP
-      >>> all(op.activation_dtypes == ("int8",) for op in convs)  # doctest: +SKIP
-      True
+      >>> import tempfile
+      >>> import tf_keras as keras
+      >>> from tfcompress.export import to_tflite
+      >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3)])
+      >>> (conv,) = tflite_ops(to_tflite(model, tempfile.mkdtemp() + "/m.tflite", None))
+      >>> conv.name, conv.activation_dtypes, [t.constant for t in conv.inputs]
+      ('CONV_2D', ('float32',), [False, True, True])
     """
     schema, model = _read(path)
     op_names = _enum_names(schema.BuiltinOperator)
@@ -221,8 +240,17 @@ def activation_ranges(path: PathLike) -> Dict[str, QuantRange]:
       ValueError: if the file is not a TFLite flatbuffer.
 
     Example:
-      >>> for name, r in activation_ranges("model_int8.tflite").items():  # doctest: +SKIP
-      ...     print(name, r.min, r.max, r.step)
+      >>> import tempfile
+      >>> import numpy as np
+      >>> import tf_keras as keras
+      >>> from tfcompress.export import to_tflite
+      >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+      >>> x = np.linspace(0.0, 1.0, 30, dtype="float32").reshape(10, 3)
+      >>> ranges = activation_ranges(to_tflite(model, tempfile.mkdtemp() + "/m.tflite",
+      ...                                      "int8", x))
+      >>> r = ranges["tfl.quantize"]  # the input, calibrated on [0, 1]
+      >>> round(r.min, 3), round(r.max, 3), round((r.max - r.min) / r.step)
+      (0.0, 1.0, 255)
     """
     schema, model = _read(path)
     subgraph = model.subgraphs[0]

@@ -141,8 +141,16 @@ def run(path: PathLike, x, batch_size: int = 256, threads: Optional[int] = None)
       ValueError: for a model with several inputs or outputs, or data of the wrong shape.
 
     Example:
-      >>> logits = run("model.tflite", x_test)  # doctest: +SKIP
-      >>> accuracy = (logits.argmax(-1) == y_test).mean()  # doctest: +SKIP
+      >>> import tempfile
+      >>> import numpy as np
+      >>> import tf_keras as keras
+      >>> from tfcompress.export import to_tflite
+      >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+      >>> path = to_tflite(model, tempfile.mkdtemp() + "/m.tflite", None)
+      >>> x = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
+      >>> logits = run(path, x, batch_size=4)  # three interpreter calls: 4 + 4 + 2 samples
+      >>> logits.shape, bool(np.allclose(logits, model.predict(x, verbose=0), atol=1e-5))
+      ((10, 2), True)
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
@@ -171,8 +179,13 @@ def latency(
     """Median latency of one model; see :func:`compare_latency`.
 
     Example:
-      >>> latency("model.tflite", threads=1).median_ms  # doctest: +SKIP
-      0.41
+      >>> import tempfile
+      >>> import tf_keras as keras
+      >>> from tfcompress.export import to_tflite
+      >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+      >>> result = latency(to_tflite(model, tempfile.mkdtemp() + "/m.tflite", None), runs=5)
+      >>> result.runs, result.threads, 0 < result.min_ms <= result.median_ms
+      (5, 1, True)
     """
     return compare_latency([path], x, threads=threads, runs=runs, warmup=warmup)[0]
 
@@ -207,9 +220,16 @@ def compare_latency(
       ValueError: for an empty ``paths``, ``runs < 1`` or ``warmup < 0``.
 
     Example:
-      >>> base, slim = compare_latency(["float.tflite", "slim_int8.tflite"])  # doctest: +SKIP
-      >>> slim.median_ms / base.median_ms  # doctest: +SKIP
-      0.31
+      >>> import tempfile
+      >>> import tf_keras as keras
+      >>> from tfcompress.export import to_tflite
+      >>> folder = tempfile.mkdtemp()
+      >>> wide, narrow = (to_tflite(keras.Sequential([keras.Input((64,)), keras.layers.Dense(n)]),
+      ...                           f"{folder}/dense{n}.tflite", None) for n in (256, 8))
+      >>> base, small = compare_latency([wide, narrow], runs=5)
+      >>> [pathlib.Path(r.path).name for r in (base, small)]
+      ['dense256.tflite', 'dense8.tflite']
+      >>> ratio = small.median_ms / base.median_ms  # the speedup is 1 / ratio
     """
     if not paths:
         raise ValueError("`paths` is empty. Pass at least one .tflite file.")

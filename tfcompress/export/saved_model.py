@@ -23,7 +23,12 @@ _FILE_FORMATS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
 
 
 def model_format(path: PathLike) -> str:
-    """The format a path saves to: ``"keras"``, ``"h5"`` or ``"tf"`` (SavedModel folder)."""
+    """The format a path saves to: ``"keras"``, ``"h5"`` or ``"tf"`` (SavedModel folder).
+
+    Example:
+      >>> model_format("slim.keras"), model_format("slim.H5"), model_format("slim_savedmodel")
+      ('keras', 'h5', 'tf')
+    """
     return _FILE_FORMATS.get(pathlib.Path(path).suffix.lower(), "tf")
 
 
@@ -48,8 +53,10 @@ def to_saved_model(model: "keras.Model", path: PathLike) -> pathlib.Path:
     Example:
       >>> import tf_keras as keras
       >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-      >>> to_saved_model(model, "/tmp/dense_savedmodel").is_dir()
-      True
+      >>> import tempfile
+      >>> path = to_saved_model(model, tempfile.mkdtemp() + "/dense_savedmodel")
+      >>> path.is_dir(), (path / "saved_model.pb").is_file()
+      (True, True)
     """
     check_model(model)
     path = output_path(path)
@@ -75,7 +82,12 @@ def save_model(model: "keras.Model", path: PathLike) -> pathlib.Path:
       ValueError: if the parent folder is missing or not writable.
 
     Example:
-      >>> save_model(slim_model, "slim.keras")  # doctest: +SKIP
+      >>> import tempfile
+      >>> import tf_keras as keras
+      >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+      >>> path = save_model(model, tempfile.mkdtemp() + "/dense.h5")
+      >>> path.name, path.is_file()
+      ('dense.h5', True)
     """
     check_model(model)
     save_format = model_format(path)
@@ -119,7 +131,14 @@ def load_model(path: PathLike) -> "keras.Model":
       ValueError: if the file cannot be read as a tf_keras model.
 
     Example:
-      >>> model = load_model("slim.keras")  # doctest: +SKIP
+      >>> import tempfile
+      >>> import numpy as np
+      >>> import tf_keras as keras
+      >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+      >>> copy = load_model(save_model(model, tempfile.mkdtemp() + "/dense.keras"))
+      >>> x = np.ones((1, 4), "float32")
+      >>> bool(np.allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0)))
+      True
     """
     path = pathlib.Path(path).expanduser()
     if not path.exists():

@@ -69,8 +69,11 @@ def is_qat_model(model: "keras.Model") -> bool:
     representative data.
 
     Example:
-      >>> is_qat_model(tfcompress.quantization.quantize_model(model))  # doctest: +SKIP
-      True
+      >>> import tensorflow_model_optimization as tfmot
+      >>> import tf_keras as keras
+      >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+      >>> is_qat_model(model), is_qat_model(tfmot.quantization.keras.quantize_model(model))
+      (False, True)
     """
     check_model(model)
     qat_types = _qat_layer_types()
@@ -227,7 +230,8 @@ def to_tflite(
     Example:
       >>> import tf_keras as keras
       >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-      >>> to_tflite(model, "/tmp/dense.tflite", quantize=None).name
+      >>> import tempfile
+      >>> to_tflite(model, tempfile.mkdtemp() + "/dense.tflite", quantize=None).name
       'dense.tflite'
     """
     check_model(model)

@@ -172,9 +172,17 @@ def verify(
       FileNotFoundError: if ``tflite_path`` does not exist.
 
     Example:
-      >>> report = verify(model, to_tflite(model, "m.tflite"), x_test)  # doctest: +SKIP
-      >>> report.top1_agreement  # doctest: +SKIP
-      1.0
+      >>> import tempfile
+      >>> import numpy as np
+      >>> import tf_keras as keras
+      >>> from tfcompress.export import to_tflite
+      >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+      >>> report = verify(model, to_tflite(model, tempfile.mkdtemp() + "/m.tflite", None), x)
+      >>> report.passed, report.kind, report.top1_agreement, report.op_counts
+      (True, 'float32', 1.0, {'FULLY_CONNECTED': 1})
+      >>> print(report.summary().splitlines()[0])
+      parity PASSED: m.tflite (float32) vs Keras on 32 samples
     """
     check_model(keras_model, "keras_model")
     if not 0.0 <= min_agreement <= 1.0:
