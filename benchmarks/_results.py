@@ -23,7 +23,7 @@ _HEADER = ("# Benchmark results\n\n"
            "Written by the scripts in `benchmarks/`; rerun a script to refresh its section.\n")
 
 
-def _platform() -> str:
+def host() -> str:
     import tensorflow as tf
 
     return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -37,7 +37,7 @@ def today() -> str:
 
 def machine() -> str:
     """One line describing where the numbers were measured (ends with the date)."""
-    return f"{_platform()}, {today()}"
+    return f"{host()}, {today()}"
 
 
 def _git(*args: str) -> str:
@@ -60,7 +60,7 @@ def commit() -> str:
 
 def stamp() -> str:
     """One line for a section header: date, commit and machine of this run."""
-    return f"Measured {today()} on commit `{commit()}`, {_platform()}"
+    return f"Measured {today()} on commit `{commit()}`, {host()}"
 
 
 def write_section(name: str, markdown: str) -> pathlib.Path:
