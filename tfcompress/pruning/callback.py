@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import numbers
 import os
+import sys
 from typing import Any, Dict, Iterable, Mapping, Optional, Union
+
+import tensorflow as tf
 
 from tfcompress._io import write_text
 from tfcompress._keras import keras, require_graph_model
-from tfcompress.pruning.criteria import CRITERIA
+from tfcompress._validate import check_int, check_names, check_ratio, check_ratio_map
+from tfcompress.pruning.counting import graph_macs
+from tfcompress.pruning.criteria import resolve_criterion, select_masks
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.schedules import ConstantRatio, PruningSchedule
@@ -17,9 +24,82 @@ from tfcompress.pruning.zeroing import Zeroing, variable_masks, zero_filters_fir
 
 __all__ = ["FPGMPruning"]
 
+_LOG = logging.getLogger(__name__)
 _MODES = ("soft", "hard")
-_STATE_FILE = "fpgm_pruning_state.json"
+_BACKUP_FILE = "fpgm_pruning_state.json"
 _DEFAULT_FREQUENCY = 100  # steps between updates when a float schedule meets an unknown epoch size
+
+
+class _BatchZeroing:
+    """Hard mode's per-batch work in one TF call: :class:`Zeroing`'s compiled multiply of the
+    masked variables, which also returns the optimizer step it ran after.
+
+    One call instead of two (zero, then read ``iterations`` at the next batch) halves the
+    per-batch cost. The call is a concrete function, traced again only when the set of masked
+    variables changes, as ``Zeroing``'s own function is; new masks on the same variables are
+    ``assign``s. Equal masks are not even re-assigned (``set_masks`` compares).
+    """
+
+    def __init__(self, graph: ChannelGraph, step: Optional[tf.Variable]) -> None:
+        self.graph, self.step = graph, step
+        self.masks: Optional[Masks] = None  # the masks the zeroing holds
+        self._zeroing = Zeroing()
+        self._key: Optional[tuple] = None
+        self._function = None
+
+    def set_masks(self, masks: Masks) -> None:
+        if self.masks is not None and (masks is self.masks or masks == self.masks):
+            return
+        table = variable_masks(self.graph, masks)  # trace order: same order on every worker
+        self._zeroing.set_masks(table)
+        if tuple(table) != self._key:
+            self._key = tuple(table)
+            self._function = tf.function(self._zero_and_read_step).get_concrete_function()
+        self.masks = masks
+
+    def _zero_and_read_step(self) -> tf.Tensor:
+        self._zeroing()
+        return tf.constant(-1, tf.int64) if self.step is None else tf.cast(self.step, tf.int64)
+
+    def __call__(self) -> Optional[int]:
+        """Zeroes the pruned channels; returns the optimizer step (None without one)."""
+        step = int(self._function())
+        return None if step < 0 else step
+
+
+@dataclasses.dataclass
+class _PruningState:
+    """What :class:`FPGMPruning` holds for the model it prunes.
+
+    ``on_train_begin`` creates it for a model it has not seen (tracing it once) and later
+    ``fit`` calls on the same model reuse it. Each mask update (and the resume check at the
+    first batch of a ``fit``) sets ``masks``, ``update_step`` and ``metrics``; ``zeroing`` is
+    made when channels must first stay zero after every batch.
+
+    Attributes:
+      graph: the model's channel groups.
+      dense_macs: MACs of the unpruned model (the denominator of ``macs_ratio``).
+      schedule: the schedule of the current ``fit`` (a float ratio resolves per ``fit``).
+      masks: the masks in force; None before the first update.
+      update_step: the step of the update that computed ``masks``.
+      metrics: ``pruned_ratio`` and ``macs_ratio`` of ``masks``, written into the logs.
+      zeroing: the per-batch zeroing; None until needed or after a recompile.
+      batches: ``on_train_batch_end`` calls so far (the step when there is no optimizer).
+      first_batch: True from ``on_train_begin`` to the first ``on_train_batch_begin``.
+      known_step: the step the last per-batch zeroing read, until the next batch begins.
+    """
+
+    graph: ChannelGraph
+    dense_macs: int
+    schedule: PruningSchedule
+    masks: Optional[Masks] = None
+    update_step: Optional[int] = None
+    metrics: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"pruned_ratio": 0.0, "macs_ratio": 1.0})
+    zeroing: Optional[_BatchZeroing] = None
+    batches: int = 0
+    first_batch: bool = True
+    known_step: Optional[int] = None
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
@@ -33,29 +113,31 @@ class FPGMPruning(keras.callbacks.Callback):
     masked with the final masks, which :attr:`masks` holds; ``rebuild(model, callback.masks)``
     then gives the slim model, computing exactly what the masked one computes.
 
-    When Keras calls each hook:
+    When Keras calls each hook, and what it does:
 
-    * ``on_train_begin``: traces the model (once per model, reused by later ``fit`` calls).
-    * ``on_train_batch_begin``: reads the step (the optimizer's ``iterations``); at the
-      first batch of a ``fit`` that resumes mid-schedule it restores the masks in force (see
-      *Resuming*); if ``schedule(step)`` says so, recomputes and applies the masks, before the
-      batch runs (tfmot's convention).
-    * ``on_train_batch_end``: in ``"hard"`` mode (and in soft mode after the last update)
-      re-zeroes the pruned channels, so they are exactly zero after every batch; writes
-      ``pruned_ratio``/``macs_ratio`` into the logs.
+    * ``on_train_begin`` (once per ``fit``): traces the model the first time it sees it;
+      resolves a float ``schedule`` with this ``fit``'s epoch size.
+    * ``on_train_batch_begin`` (before each batch): reads the step (the optimizer's
+      ``iterations``). At the first batch of a ``fit`` that starts mid-schedule it restores
+      the masks in force (see *Resuming*). If ``schedule(step)`` says so it recomputes the
+      masks and zeroes them, before the batch runs (tfmot's convention).
+    * ``on_train_batch_end`` (after each batch): in ``"hard"`` mode, and in soft mode after the
+      schedule's last update, zeroes the pruned channels again (one compiled call), so they
+      are exactly zero after every batch; writes ``pruned_ratio``/``macs_ratio`` into the logs.
     * ``on_epoch_end``: writes ``pruned_ratio`` (fraction of prunable channels removed) and
       ``macs_ratio`` (MACs kept / dense MACs) into ``logs`` for History, CSVLogger and
       TensorBoard; with ``backup_dir``, saves the masks.
-    * ``on_train_end``: applies the final masks.
+    * ``on_train_end``: zeroes the final masks; deletes the ``backup_dir`` file.
 
     Modes: ``"soft"`` is soft filter pruning as in the FPGM paper: an update zeroes only the
     pruned filters of the producers (Conv/Dense kernels and biases), so gradients still reach
     them through BatchNorm and they may regrow until the next update, which may then choose
-    other filters (all-zero filters are pruned first and left out of the scoring). Once the schedule's last update (``schedule.final_step``) has run, soft mode keeps the
-    pruned channels at zero like hard mode, so the remaining epochs fine-tune the pruned
-    model. ``"hard"`` keeps them at zero after every batch from the first update on (the
-    optimizer's moment estimates of pruned weights are left alone: they only move weights
-    that are zeroed again before any forward pass uses them).
+    other filters (all-zero filters are pruned first and left out of the scoring). Once the
+    schedule's last update (``schedule.final_step``) has run, soft mode keeps the pruned
+    channels at zero like hard mode, so the remaining epochs fine-tune the pruned model.
+    ``"hard"`` keeps them at zero after every batch from the first update on (the optimizer's
+    moment estimates of pruned weights are left alone: they only move weights that are zeroed
+    again before any forward pass uses them).
 
     Resuming: the schedule runs on the optimizer's ``iterations``, which ``BackupAndRestore``
     and checkpoints restore, so a resumed ``fit`` continues the schedule where it stopped.
@@ -82,7 +164,8 @@ class FPGMPruning(keras.callbacks.Callback):
       schedule: a :class:`~tfcompress.pruning.PruningSchedule`, or a float ratio meaning
         ``ConstantRatio(ratio, frequency=steps_per_epoch)``: masks recomputed at the start
         of every epoch (every 100 steps when the epoch size is unknown).
-      criterion: how filters are ranked within a group: ``"fpgm"``, ``"l1"`` or ``"l2"``.
+      criterion: how filters are ranked within a group: ``"fpgm"``, ``"l1"``, ``"l2"`` or a
+        function ``filters -> scores``.
       mode: ``"soft"`` or ``"hard"`` (see above).
       per_layer: layer name -> ratio overriding ``schedule``'s ratio for that layer's group.
         The ratios ramp with the schedule, in proportion to ``ratio / schedule.final_ratio``.
@@ -91,11 +174,13 @@ class FPGMPruning(keras.callbacks.Callback):
       min_channels: every group keeps at least this many channels.
       backup_dir: folder where the masks are saved at each epoch end so that a resumed
         ``fit`` continues with them; the file is deleted when training ends normally.
-      verbose: 1 prints a line at each mask update.
+      verbose: ``1`` reports each mask update like Keras callbacks do (on stdout, or through
+        logging when ``keras.utils.disable_interactive_logging()`` was called). Updates are
+        also logged at DEBUG level on this module's logger.
 
     Raises:
-      TypeError: if ``schedule`` is neither a number nor a ``PruningSchedule``, or an
-        argument has the wrong type.
+      TypeError: if an argument has the wrong type (``schedule`` neither a number nor a
+        ``PruningSchedule``, ``round_to`` not an int, ...).
       ValueError: for an unknown ``mode`` or ``criterion``, a ratio outside ``[0, 1)``,
         ``round_to < 1`` or ``min_channels < 1``.
 
@@ -106,18 +191,22 @@ class FPGMPruning(keras.callbacks.Callback):
       >>> model = compile_classifier(residual_cnn(width=8))
       >>> x, y = np.zeros((8, 16, 16, 1), "float32"), np.zeros(8, "int64")
       >>> pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=2,
-      ...                                       frequency=1))
+      ...                                       frequency=1), mode="hard", verbose=1)
       >>> history = model.fit(x, y, epochs=3, batch_size=8, callbacks=[pruning], verbose=0)
-      >>> history.history["pruned_ratio"][-1]
-      0.5
-      >>> slim = rebuild(model, pruning.masks)
+      FPGMPruning: step 0: ratio 0.000, 0.0% of prunable channels pruned, 100.0% of MACs kept
+      FPGMPruning: step 1: ratio 0.438, 41.7% of prunable channels pruned, 38.1% of MACs kept
+      FPGMPruning: step 2: ratio 0.500, 50.0% of prunable channels pruned, 26.7% of MACs kept
+      >>> [round(ratio, 3) for ratio in history.history["pruned_ratio"]]  # one value per epoch
+      [0.0, 0.417, 0.5]
+      >>> rebuild(model, pruning.masks).get_layer("stem_conv").filters
+      4
     """
 
     def __init__(
         self,
         schedule: Union[float, PruningSchedule],
         *,
-        criterion: str = "fpgm",
+        criterion: Any = "fpgm",
         mode: str = "soft",
         per_layer: Optional[Mapping[str, float]] = None,
         exclude: Optional[Iterable[str]] = None,
@@ -132,187 +221,217 @@ class FPGMPruning(keras.callbacks.Callback):
                 f"`schedule` must be a float ratio or a PruningSchedule, got {schedule!r}. "
                 "Pass e.g. `0.5` or `PolynomialRatio(0.0, 0.5, begin_step=0, end_step=1000)`."
             )
-        if isinstance(schedule, numbers.Real):
-            ConstantRatio(schedule)  # validates the ratio with the schedule's own message
-            schedule = float(schedule)
+        if not isinstance(schedule, PruningSchedule):
+            schedule = check_ratio(schedule, "schedule")
         if mode not in _MODES:
             raise ValueError(f"`mode` must be 'soft' or 'hard', got {mode!r}. 'soft' lets pruned "
                              "filters regrow between updates (FPGM paper); 'hard' keeps them zero.")
-        _check_criterion(criterion)
+        if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
+            raise TypeError(f"`backup_dir` must be a folder path (str or os.PathLike), got "
+                            f"{backup_dir!r}. Pass e.g. the folder of BackupAndRestore.")
         self.schedule = schedule
         self.criterion = criterion
         self.mode = mode
-        self.per_layer = _check_per_layer(per_layer)
-        self.exclude = _check_exclude(exclude)
-        self.round_to = _check_positive_int("round_to", round_to)
-        self.min_channels = _check_positive_int("min_channels", min_channels)
+        self.per_layer = check_ratio_map(per_layer, "per_layer")
+        self.exclude = check_names(exclude, "exclude")
+        self.round_to = check_int(round_to, "round_to", minimum=1)
+        self.min_channels = check_int(min_channels, "min_channels", minimum=1)
         self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
-        self.verbose = int(verbose)
+        self.verbose = check_int(verbose, "verbose", minimum=0)
+        self._score = zero_filters_first(resolve_criterion(criterion))
         self._supports_tf_logs = True  # lets the batch-log values reach every epoch callback
-        self._graph = None
-        self._graph_model = None
-        self._schedule: Optional[PruningSchedule] = None
-        self._masks = None
-        self._update_step: Optional[int] = None
-        self._metrics: Dict[str, float] = {"pruned_ratio": 0.0, "macs_ratio": 1.0}
-        self._batches_seen = 0
-        self._synced = False
-        self._zeroings: Dict[bool, Zeroing] = {}  # full or producers-only zeroing
-        self._zeroed_masks: Dict[bool, Any] = {}  # the masks each zeroing currently holds
+        self._state: Optional[_PruningState] = None
 
     # ---------------------------------------------------------------- public state
     @property
-    def masks(self):
+    def masks(self) -> Optional[Masks]:
         """The masks in force (``None`` before the first update)."""
-        return self._masks
+        return None if self._state is None else self._state.masks
 
     @property
-    def graph(self):
+    def graph(self) -> Optional[ChannelGraph]:
         """The :class:`~tfcompress.pruning.ChannelGraph` traced from the model."""
-        return self._graph
+        return None if self._state is None else self._state.graph
 
     @property
     def pruned_ratio(self) -> float:
         """Fraction of the prunable channels the current masks remove."""
-        return self._metrics["pruned_ratio"]
+        return 0.0 if self._state is None else self._state.metrics["pruned_ratio"]
 
     @property
     def macs_ratio(self) -> float:
         """MACs of the masked model divided by the MACs of the dense model."""
-        return self._metrics["macs_ratio"]
+        return 1.0 if self._state is None else self._state.metrics["macs_ratio"]
 
     # ---------------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs=None):
+        """Traces a model not seen before; resolves the schedule for this ``fit``."""
         model = require_graph_model(self.model)
-        if self._graph is None or self._graph_model is not model:
-            self._graph = ChannelGraph(model)
-            self._graph_model = model
-            self._dense_macs = self._graph.macs()
-            self._masks, self._update_step = None, None
-            self._zeroings, self._zeroed_masks = {}, {}
-        self._schedule = self._resolve_schedule()
-        self._synced = False  # BackupAndRestore may restore `iterations` after this hook
+        state = self._state
+        if state is None or state.graph.model is not model:
+            graph = ChannelGraph(model)
+            state = self._state = _PruningState(graph, graph_macs(graph), self._fit_schedule())
+        state.schedule = self._fit_schedule()
+        state.first_batch, state.known_step = True, None  # BackupAndRestore may restore the step
+        if state.zeroing is not None and state.zeroing.step is not self._step_variable():
+            state.zeroing = None  # recompiled with another optimizer: zero and read anew
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = self._current_step()
-        should_update, ratio = self._schedule(step)
-        if not self._synced:
-            self._synced = True
+        """Restores the masks of a resumed run (first batch); updates them if scheduled."""
+        state = self._state
+        step = state.known_step if state.known_step is not None else self._read_step()
+        state.known_step = None
+        should_update, ratio = state.schedule(step)
+        if state.first_batch:
+            state.first_batch = False
             if not should_update:
-                self._sync(step)
+                self._restore(step)
         if should_update:
             self._update(step, ratio)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._batches_seen += 1
-        if self._masks is not None and (self.mode == "hard" or self._schedule_over()):
-            self._zero(full=True)
+        """Zeroes the pruned channels again when they must stay zero; logs the ratios."""
+        state = self._state
+        state.batches += 1
+        if self._keeps_zero():
+            state.known_step = self._zero()
         if logs is not None:
-            logs.update(self._metrics)
+            logs.update(state.metrics)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Forgets the step read after the last batch: other callbacks may have moved it."""
+        if self._state is not None:
+            self._state.known_step = None
 
     def on_epoch_end(self, epoch, logs=None):
+        """Logs the ratios; saves the masks into ``backup_dir``."""
+        state = self._state
         if logs is not None:
-            logs.update(self._metrics)
-        if self.backup_dir is not None and self._masks is not None:
-            self._save_state()
+            logs.update(state.metrics)
+        if self.backup_dir is not None and state.masks is not None:
+            self._save_backup()
 
     def on_train_end(self, logs=None):
-        if self._masks is not None:
-            self._zero(full=True)
-        if self.backup_dir is not None:
-            path = os.path.join(self.backup_dir, _STATE_FILE)
-            if os.path.exists(path):
-                os.remove(path)
+        """Zeroes the final masks (soft mode leaves regrown filters until here)."""
+        state = self._state
+        state.known_step = None
+        if state.masks is not None:
+            self._zero()
+        if self.backup_dir is not None and os.path.exists(self._backup_path()):
+            os.remove(self._backup_path())
 
     # ---------------------------------------------------------------- internals
-    def _resolve_schedule(self) -> PruningSchedule:
+    def _fit_schedule(self) -> PruningSchedule:
         if isinstance(self.schedule, PruningSchedule):
             return self.schedule
         steps = (self.params or {}).get("steps")
-        frequency = int(steps) if steps else _DEFAULT_FREQUENCY
-        return ConstantRatio(self.schedule, frequency=frequency)
+        return ConstantRatio(self.schedule, frequency=int(steps) if steps else _DEFAULT_FREQUENCY)
 
-    def _schedule_over(self) -> bool:
-        final = self._schedule.final_step
-        return final is not None and self._update_step is not None and self._update_step >= final
+    def _keeps_zero(self) -> bool:
+        """Whether pruned channels must be zero after every batch (hard mode, or soft mode
+        once the schedule's last update has run)."""
+        state = self._state
+        if state.masks is None:
+            return False
+        final = state.schedule.final_step
+        return self.mode == "hard" or (final is not None and state.update_step >= final)
 
-    def _current_step(self) -> int:
-        optimizer = getattr(self.model, "optimizer", None)
-        iterations = getattr(optimizer, "iterations", None)
-        if iterations is None:
-            return self._batches_seen
+    def _step_variable(self) -> Optional[tf.Variable]:
+        return getattr(getattr(self.model, "optimizer", None), "iterations", None)
+
+    def _read_step(self) -> int:
+        variable = self._step_variable()
+        if variable is None:
+            return self._state.batches
         # get_value reads a MirroredVariable too (int() of one fails under tf.distribute).
-        return int(keras.backend.get_value(iterations))
+        return int(keras.backend.get_value(variable))
 
-    def _per_layer(self, ratio: float) -> Optional[Dict[str, float]]:
-        if not self.per_layer:
-            return None
-        final = self._schedule.final_ratio
-        scale = ratio / final if final else 1.0
-        return {name: min(value * scale, value) for name, value in self.per_layer.items()}
+    def _select(self, ratio: float) -> Masks:
+        state = self._state
+        per_layer = None
+        if self.per_layer:
+            final = state.schedule.final_ratio
+            scale = ratio / final if final else 1.0
+            per_layer = {name: min(value * scale, value) for name, value in self.per_layer.items()}
+        return select_masks(state.graph, ratio, criterion=self._score, per_layer=per_layer,
+                            exclude=self.exclude, round_to=self.round_to,
+                            min_channels=self.min_channels)
 
-    def _compute(self, ratio: float):
-        score = CRITERIA[self.criterion] if isinstance(self.criterion, str) else self.criterion
-        return self._graph.compute_masks(
-            ratio, criterion=zero_filters_first(score), per_layer=self._per_layer(ratio),
-            exclude=self.exclude, round_to=self.round_to, min_channels=self.min_channels)
+    def _set_masks(self, masks: Masks, step: int) -> None:
+        state = self._state
+        if state.masks is None or masks != state.masks:
+            state.masks = masks
+            macs = graph_macs(state.graph, masks)
+            state.metrics = {"pruned_ratio": float(masks.pruned_ratio),
+                             "macs_ratio": macs / state.dense_macs if state.dense_macs else 1.0}
+        state.update_step = step
+
+    def _zero(self) -> Optional[int]:
+        """Zeroes the pruned channels of every group member; returns the step read."""
+        state = self._state
+        if state.zeroing is None:
+            state.zeroing = _BatchZeroing(state.graph, self._step_variable())
+        state.zeroing.set_masks(state.masks)
+        return state.zeroing()
+
+    def _zero_producers(self) -> None:
+        """A soft update: zeroes only the producers' filters, so gradients still reach them."""
+        graph = self._state.graph
+        producers = {key for group in graph.groups for key in group.producers}
+        for variable, mask in variable_masks(graph, self._state.masks, producers).values():
+            variable.assign(variable * tf.cast(mask, variable.dtype))
 
     def _update(self, step: int, ratio: float) -> None:
-        self._set_masks(self._compute(ratio), step)
-        self._zero(full=self.mode == "hard" or self._schedule_over())
-        if self.verbose:
-            print(f"FPGMPruning: step {step}: ratio {ratio:.3f}, {self.pruned_ratio:.1%} of "
-                  f"prunable channels pruned, {self.macs_ratio:.1%} of MACs kept")
+        self._set_masks(self._select(ratio), step)
+        if self._keeps_zero():
+            self._zero()
+        else:
+            self._zero_producers()
+        self._report(f"FPGMPruning: step {step}: ratio {ratio:.3f}, {self.pruned_ratio:.1%} of "
+                     f"prunable channels pruned, {self.macs_ratio:.1%} of MACs kept")
 
-    def _set_masks(self, masks, step: Optional[int]) -> None:
-        self._masks, self._update_step = masks, step
-        macs = self._graph.macs(masks)
-        self._metrics = {"pruned_ratio": float(masks.pruned_ratio),
-                         "macs_ratio": float(macs / self._dense_macs) if self._dense_macs else 1.0}
-
-    def _zero(self, full: bool) -> None:
-        """Zeroes the pruned channels: of every group member (``full``), or, for a soft
-        update, only the producers' filters, so that gradients still reach them."""
-        zeroing = self._zeroings.setdefault(full, Zeroing())
-        if self._zeroed_masks.get(full) is not self._masks:
-            layers = None
-            if not full:
-                layers = {key for group in self._graph.groups for key in group.producers}
-            zeroing.set_masks(variable_masks(self._graph, self._masks, layers))
-            self._zeroed_masks[full] = self._masks
-        zeroing()
-
-    def _sync(self, step: int) -> None:
+    def _restore(self, step: int) -> None:
         """Restores the masks in force at ``step`` when a ``fit`` starts mid-schedule."""
-        last = self._schedule.last_update_step(step - 1) if step > 0 else None
-        if last is None or last == self._update_step:
+        state = self._state
+        last = state.schedule.last_update_step(step - 1) if step > 0 else None
+        if last is None or last == state.update_step:
             return  # nothing pruned yet, or this callback already holds those masks
-        masks = self._load_state(last)
-        if masks is None:
-            masks = self._compute(self._schedule(last)[1])
+        entry = self._read_backup().get(str(last))
+        masks = Masks.from_config(entry) if entry else self._select(state.schedule(last)[1])
         self._set_masks(masks, last)
-        if self.mode == "hard" or self._schedule_over():
-            self._zero(full=True)
+        if self._keeps_zero():
+            self._zero()
 
-    def _save_state(self) -> None:
-        path = os.path.join(self.backup_dir, _STATE_FILE)
-        entries = {key: value for key, value in self._read_state().items()
-                   if int(key) < self._update_step}  # drops a stale file's later entries
-        entries[str(self._update_step)] = self._masks.get_config()
-        keep = sorted(entries, key=int)[-2:]  # a crash may separate our save from the checkpoint
-        os.makedirs(self.backup_dir, exist_ok=True)
-        write_text(path, json.dumps({key: entries[key] for key in keep}))
+    def _report(self, message: str) -> None:
+        """Keras callbacks' ``print_msg``: stdout, or logging when interactive logging is off."""
+        _LOG.debug(message)
+        if not self.verbose:
+            return
+        if keras.utils.is_interactive_logging_enabled():
+            sys.stdout.write(message + "\n")
+            sys.stdout.flush()
+        else:
+            _LOG.info(message)
 
-    def _read_state(self) -> Dict[str, Any]:
-        path = os.path.join(self.backup_dir, _STATE_FILE) if self.backup_dir else None
-        if path is None or not os.path.exists(path):
+    # ---------------------------------------------------------------- backup_dir
+    def _backup_path(self) -> str:
+        return os.path.join(self.backup_dir, _BACKUP_FILE)
+
+    def _read_backup(self) -> Dict[str, Any]:
+        """``{str(update step): masks config}`` saved in ``backup_dir`` (empty without one)."""
+        if self.backup_dir is None or not os.path.exists(self._backup_path()):
             return {}
-        with open(path) as file:
+        with open(self._backup_path()) as file:
             return json.load(file)
 
-    def _load_state(self, update_step: int):
-        entry = self._read_state().get(str(update_step))
-        return None if entry is None else Masks.from_config(entry)
+    def _save_backup(self) -> None:
+        step = self._state.update_step
+        entries = {key: value for key, value in self._read_backup().items()
+                   if int(key) < step}  # drops a stale file's later entries
+        entries[str(step)] = self._state.masks.get_config()
+        keep = sorted(entries, key=int)[-2:]  # a crash may separate our save from the checkpoint
+        os.makedirs(self.backup_dir, exist_ok=True)
+        write_text(self._backup_path(), json.dumps({key: entries[key] for key in keep}))
 
     # ---------------------------------------------------------------- serialization
     def get_config(self) -> Dict[str, Any]:
@@ -332,34 +451,3 @@ class FPGMPruning(keras.callbacks.Callback):
         if isinstance(config["schedule"], dict):
             config["schedule"] = keras.utils.deserialize_keras_object(config["schedule"])
         return cls(**config)
-
-
-def _check_criterion(criterion: Any) -> None:
-    if not callable(criterion) and criterion not in CRITERIA:
-        raise ValueError(f"Unknown `criterion` {criterion!r}. Use one of {sorted(CRITERIA)} or "
-                         "a function filters -> scores.")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    return int(value)
-
-
-def _check_per_layer(per_layer: Any) -> Optional[Dict[str, float]]:
-    if per_layer is None:
-        return None
-    if not isinstance(per_layer, Mapping):
-        raise TypeError(f"`per_layer` must map layer names to ratios, got {per_layer!r}. "
-                        "Pass e.g. `{'block2a_conv': 0.7}`.")
-    return {str(name): ConstantRatio(ratio).ratio for name, ratio in per_layer.items()}
-
-
-def _check_exclude(exclude: Any) -> Optional[list]:
-    if exclude is None:
-        return None
-    names = [exclude] if isinstance(exclude, str) else exclude
-    if not isinstance(names, Iterable) or not all(isinstance(name, str) for name in names):
-        raise TypeError(f"`exclude` must be a list of layer names, got {exclude!r}. "
-                        "Pass e.g. `['stem_conv', 'logits']`.")
-    return list(names)

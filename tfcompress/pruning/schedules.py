@@ -18,32 +18,9 @@ import numbers
 from typing import Any, Dict, Optional, Tuple
 
 from tfcompress._keras import keras
+from tfcompress._validate import check_int, check_ratio
 
 __all__ = ["PruningSchedule", "ConstantRatio", "PolynomialRatio"]
-
-
-def _check_int(name: str, value: Any, minimum: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"`{name}` must be an integer number of training steps, got {value!r} "
-            f"({type(value).__name__}). Pass an int, e.g. `{name}=100`."
-        )
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}. Pass a value >= {minimum}.")
-    return value
-
-
-def _check_ratio(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a float in [0, 1), got {value!r} ({type(value).__name__}).")
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"`{name}` must be in [0, 1) (the fraction of channels to remove), got {value}. "
-            "A ratio of 1 would remove every channel; use e.g. 0.5 to remove half of them."
-        )
-    return value
 
 
 class PruningSchedule(abc.ABC):
@@ -134,9 +111,9 @@ class _PeriodicSchedule(PruningSchedule):
     """Shared step logic: updates at ``begin_step + k * frequency`` and at ``end_step``."""
 
     def __init__(self, begin_step: int, end_step: int, frequency: int, open_ended: bool):
-        self.begin_step = _check_int("begin_step", begin_step, minimum=0)
-        self.end_step = _check_int("end_step", end_step, minimum=-1 if open_ended else 0)
-        self.frequency = _check_int("frequency", frequency, minimum=1)
+        self.begin_step = check_int(begin_step, "begin_step", minimum=0)
+        self.end_step = check_int(end_step, "end_step", minimum=-1 if open_ended else 0)
+        self.frequency = check_int(frequency, "frequency", minimum=1)
         if self.end_step != -1 and self.end_step <= self.begin_step:
             raise ValueError(
                 f"`end_step` ({self.end_step}) must be greater than `begin_step` "
@@ -189,7 +166,7 @@ class ConstantRatio(_PeriodicSchedule):
     def __init__(self, ratio: float, begin_step: int = 0, end_step: int = -1,
                  frequency: int = 100):
         super().__init__(begin_step, end_step, frequency, open_ended=True)
-        self.ratio = _check_ratio("ratio", ratio)
+        self.ratio = check_ratio(ratio, "ratio")
 
     def __call__(self, step: int) -> Tuple[bool, float]:
         return self._should_update(int(step)), self.ratio
@@ -225,7 +202,7 @@ class PolynomialRatio(_PeriodicSchedule):
       frequency: number of steps between two mask updates.
 
     Raises:
-      TypeError: if a step argument is not an int or a ratio is not a number.
+      TypeError: if a step argument is not an int, or a ratio or ``power`` not a number.
       ValueError: if a ratio is outside ``[0, 1)``, ``end_step <= begin_step``,
         ``frequency < 1`` or ``power <= 0``.
 
@@ -239,9 +216,12 @@ class PolynomialRatio(_PeriodicSchedule):
     def __init__(self, initial_ratio: float, final_ratio: float, begin_step: int,
                  end_step: int, power: float = 3, frequency: int = 100):
         super().__init__(begin_step, end_step, frequency, open_ended=False)
-        self.initial_ratio = _check_ratio("initial_ratio", initial_ratio)
-        self._final_ratio = _check_ratio("final_ratio", final_ratio)
-        if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
+        self.initial_ratio = check_ratio(initial_ratio, "initial_ratio")
+        self._final_ratio = check_ratio(final_ratio, "final_ratio")
+        if isinstance(power, bool) or not isinstance(power, numbers.Real):
+            raise TypeError(f"`power` must be a number, got {power!r} ({type(power).__name__}). "
+                            "Pass e.g. `power=3`.")
+        if not power > 0:
             raise ValueError(f"`power` must be a positive number, got {power!r}; 3 is the usual "
                              "choice, 1 gives a linear ramp.")
         self.power = power
@@ -250,7 +230,8 @@ class PolynomialRatio(_PeriodicSchedule):
         step = int(step)
         progress = (step - self.begin_step) / (self.end_step - self.begin_step)
         progress = min(1.0, max(0.0, progress))
-        ratio = self.final_ratio + (self.initial_ratio - self.final_ratio) * (1.0 - progress) ** self.power
+        remaining = (1.0 - progress) ** self.power
+        ratio = self.final_ratio + (self.initial_ratio - self.final_ratio) * remaining
         return self._should_update(step), float(ratio)
 
     @property
