@@ -58,3 +58,26 @@ def test_integer_only_shape_ops_do_not_make_a_float_file_int8(tmp_path):
                for op in tflite_ops(path))
     assert quantization_kind(path) == "float32"
     np.testing.assert_array_equal(litert.run(path, np.ones((2, 4, 2))), np.ones((2, 8)))
+
+
+def _op(name, activations, constants=()):
+    from tfcompress.export.flatbuffer import TensorInfo, TFLiteOp
+
+    inputs = tuple(TensorInfo(f"a{i}", d, False) for i, d in enumerate(activations))
+    inputs += tuple(TensorInfo(f"c{i}", d, True) for i, d in enumerate(constants))
+    return TFLiteOp(0, name, inputs, (TensorInfo("out", activations[0], False),))
+
+
+@pytest.mark.parametrize("ops, kind, fallbacks", [
+    ([_op("CONV_2D", ["float32"], ["float32", "float32"])], "float32", []),
+    ([_op("DEQUANTIZE", ["float16"]), _op("CONV_2D", ["float32"], ["float16"])], "float16", []),
+    ([_op("FULLY_CONNECTED", ["float32"], ["int8", "float32"])], "dynamic", []),
+    ([_op("QUANTIZE", ["float32"]), _op("CONV_2D", ["int8"], ["int8", "int32"]),
+      _op("SIN", ["float32"]), _op("DEQUANTIZE", ["int8"])], "int8", ["SIN"]),
+    ([_op("RESHAPE", ["float32", "int32"])], "float32", []),  # int32 shape input: not int8
+])
+def test_kind_and_fallbacks_of_hand_made_op_lists(ops, kind, fallbacks):
+    from tfcompress.export.flatbuffer import fallbacks_of_ops, kind_of_ops
+
+    assert kind_of_ops(ops) == kind
+    assert [op.name for op in fallbacks_of_ops(ops)] == fallbacks
