@@ -8,7 +8,6 @@ from tfcompress._keras import keras
 from tfcompress.quantization import (
     LAYER_RULES,
     PACTQuantizeConfig,
-    PACTQuantizer,
     clip_ranges,
     quantize_apply,
     quantize_scope,
@@ -18,14 +17,48 @@ from tfcompress.quantization.configs import rule_for
 L = keras.layers
 annotate = tfmot.quantization.keras.quantize_annotate_layer
 
+# layer factory, input shape, {kernel attribute: function giving a (channels, values) view}.
+# The channel views are written out by hand from the Keras kernel layouts, not taken from
+# ChannelWeightQuantizer: Conv/Dense keep output channels last, depthwise kernels
+# (h, w, in, multiplier) have in * multiplier, transpose kernels (h, w, out, in) axis -2.
+# Dense is per-tensor (one range for the whole kernel).
+_LAST = lambda k: k.reshape(-1, k.shape[-1]).T  # noqa: E731
+_DEPTHWISE = lambda k: k.reshape(k.shape[0] * k.shape[1], -1).T  # noqa: E731
+_TRANSPOSED = lambda k: np.moveaxis(k, -2, 0).reshape(k.shape[-2], -1)  # noqa: E731
+_WHOLE = lambda k: k.reshape(1, -1)  # noqa: E731
 WEIGHTED = {
-    "Conv1D": (lambda: L.Conv1D(4, 3), (10, 3)),
-    "Conv2D": (lambda: L.Conv2D(4, 3), (8, 8, 3)),
-    "DepthwiseConv2D": (lambda: L.DepthwiseConv2D(3, depth_multiplier=2), (8, 8, 3)),
-    "SeparableConv2D": (lambda: L.SeparableConv2D(4, 3), (8, 8, 3)),
-    "Conv2DTranspose": (lambda: L.Conv2DTranspose(4, 3, strides=2), (5, 5, 3)),
-    "Dense": (lambda: L.Dense(4, activation="relu"), (6,)),
+    "Conv1D": (lambda: L.Conv1D(4, 3), (10, 3), {"kernel": _LAST}),
+    "Conv2D": (lambda: L.Conv2D(4, 3), (8, 8, 3), {"kernel": _LAST}),
+    "DepthwiseConv2D": (lambda: L.DepthwiseConv2D(3, depth_multiplier=2), (8, 8, 3),
+                        {"depthwise_kernel": _DEPTHWISE}),
+    "SeparableConv2D": (lambda: L.SeparableConv2D(4, 3), (8, 8, 3),
+                        {"depthwise_kernel": _DEPTHWISE, "pointwise_kernel": _LAST}),
+    "Conv2DTranspose": (lambda: L.Conv2DTranspose(4, 3, strides=2), (5, 5, 3),
+                        {"kernel": _TRANSPOSED}),
+    "Dense": (lambda: L.Dense(4, activation="relu"), (6,), {"kernel": _WHOLE}),
 }
+
+
+def _variable(layer, short_name):
+    """The variable of ``layer`` whose name ends in ``/short_name:0`` (exactly one)."""
+    found = [w for w in layer.weights if w.name.split("/")[-1] == f"{short_name}:0"]
+    assert len(found) == 1, [w.name for w in layer.weights]
+    return found[0]
+
+
+def _pact_range(wrapper):
+    """(low, high) of the wrapper's one asymmetric PACT quantizer, read from its variables."""
+    alphas = [w for w in wrapper.weights if w.name.endswith("_pact_alpha:0")]
+    betas = [w for w in wrapper.weights if w.name.endswith("_pact_beta:0")]
+    assert len(alphas) == len(betas) == 1, [w.name for w in wrapper.weights]
+    return -float(betas[0].numpy()), float(alphas[0].numpy())
+
+
+def _assert_on_grid(values, step, max_levels):
+    """At most ``max_levels`` distinct values, any two an integer number of steps apart."""
+    levels = np.unique(np.round(values.astype(np.float64) / step, 4))
+    assert len(levels) <= max_levels, (len(levels), max_levels)
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
 
 
 def test_rules_resolve_through_the_mro():
@@ -35,28 +68,62 @@ def test_rules_resolve_through_the_mro():
     class MyConv(L.Conv2D):
         pass
 
-    assert rule_for(MyConv(2, 3)) is rule_for(L.Conv2D(2, 3))
+    class MyDepthwise(L.DepthwiseConv2D):  # DepthwiseConv2D subclasses Conv2D: nearest wins
+        pass
+
+    assert rule_for(MyConv(2, 3)).weights == (("kernel", "channels_last"),)
+    assert rule_for(MyConv).result == "activation"
+    assert rule_for(MyDepthwise(3)).weights == (("depthwise_kernel", "depthwise"),)
+    assert rule_for(L.ReLU()).result == "output" and rule_for(L.Flatten()).result == "none"
     assert rule_for(L.LayerNormalization()) is None
     every_type = [t for rule in LAYER_RULES for t in rule.types]
     assert len(every_type) == len(set(every_type)), "a layer type has two rules"
 
 
+def test_rule_lookups_are_cached_per_class():
+    from tfcompress.quantization.configs import _rule_for_class
+
+    class Fresh(L.Conv1D):
+        pass
+
+    before = _rule_for_class.cache_info()
+    first, second = rule_for(Fresh(2, 3)), rule_for(Fresh)
+    after = _rule_for_class.cache_info()
+    assert first is second
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+
+
 @pytest.mark.parametrize("name", sorted(WEIGHTED))
 @pytest.mark.parametrize("bits", [2, 8])
-def test_the_tfmot_way_quantizes_each_weighted_layer(name, bits):
-    make, shape = WEIGHTED[name]
+def test_the_tfmot_way_puts_weights_and_outputs_on_their_grids(name, bits):
+    make, shape, kernels = WEIGHTED[name]
     inputs = keras.Input(shape)
-    x = annotate(make(), PACTQuantizeConfig(weight_bits=bits, activation_bits=bits))(inputs)
-    model = keras.Model(inputs, L.Flatten()(x))
+    config = PACTQuantizeConfig(weight_bits=bits, activation_bits=bits, alpha_init=1.0)
+    model = keras.Model(inputs, L.Flatten()(annotate(make(), config)(inputs)))
     with quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(model)
-    data = np.random.default_rng(0).normal(size=(2,) + shape).astype(np.float32)
-    out = qat(data, training=True)
-    assert np.isfinite(out.numpy()).all()
     wrapper = next(layer for layer in qat.layers if hasattr(layer, "quantize_config"))
     assert isinstance(wrapper.quantize_config, PACTQuantizeConfig)
-    assert len(wrapper._weight_vars) == len(rule_for(wrapper.layer).weights)
-    assert any("pact_alpha" in w.name for w in wrapper.trainable_weights)
+    data = np.random.default_rng(0).normal(size=(2,) + shape).astype(np.float32)
+    # training=True: tfmot's input quantizer takes its range from this first batch. Eager, so
+    # the wrapped layer keeps the fake-quantized kernels it computed with.
+    out = qat(data, training=True).numpy()
+    # Weights: symmetric narrow range per channel, step = max|w| / (2^(b-1) - 1).
+    levels = 2 ** (bits - 1) - 1
+    for attr, channels in kernels.items():
+        original = _variable(wrapper, attr).numpy()
+        quantized = np.asarray(getattr(wrapper.layer, attr))
+        assert quantized.shape == original.shape and not np.array_equal(quantized, original)
+        for float_channel, channel in zip(channels(original), channels(quantized)):
+            step = np.abs(float_channel).max() / levels
+            _assert_on_grid(channel, step, 2 * levels + 1)
+            assert np.abs(channel).max() <= np.abs(float_channel).max() * (1 + 1e-6)
+    # Output: clipped to [-beta, alpha], 2^b levels of step (alpha + beta) / (2^b - 1).
+    low, high = _pact_range(wrapper)
+    step = (high - low) / (2 ** bits - 1)
+    assert out.min() >= low - step and out.max() <= high + step
+    _assert_on_grid(out, step, 2 ** bits)
+    assert len(np.unique(out)) > 1  # not vacuous: the output is not constant
 
 
 def test_activation_only_layers_get_an_output_quantizer():
@@ -80,6 +147,8 @@ def test_unsupported_layer_has_a_clear_error():
     (dict(activation_bits=16), ValueError),
     (dict(mode="bad"), ValueError),
     (dict(alpha=3.0), TypeError),
+    (dict(weight_bits=4.0), TypeError),
+    (dict(decay="0"), TypeError),
 ])
 def test_bad_options_fail_at_construction(kwargs, error):
     with pytest.raises(error):
@@ -91,8 +160,11 @@ def test_config_round_trip():
     assert PACTQuantizeConfig.from_config(config.get_config()) == config
     assert keras.utils.deserialize_keras_object(
         keras.utils.serialize_keras_object(config)) == config
+    restored = keras.utils.deserialize_keras_object(keras.utils.serialize_keras_object(config))
+    assert (restored.weight_bits, restored.activation_bits) == (3, 5)
+    assert restored.pact_options == {"mode": "relu", "alpha_init": 4.0, "decay": 1e-3}
     quantizer = config.get_output_quantizers(L.ReLU())[0]
-    assert quantizer == PACTQuantizer(5, mode="relu", alpha_init=4.0, decay=1e-3)
+    assert (quantizer.num_bits, quantizer.mode, quantizer.alpha_init) == (5, "relu", 4.0)
     assert config.with_output(False).get_output_quantizers(L.ReLU()) == []
 
 
@@ -111,10 +183,18 @@ def test_clip_range_logger_writes_ranges_into_history():
     from tfcompress.quantization import ClipRangeLogger, quantize_model
 
     qat = quantize_model(keras.Sequential([L.Dense(3, input_shape=(4,)), L.ReLU(name="act")]),
-                         mode="relu", alpha_init=2.0)
-    qat.compile("sgd", "mse")
+                         mode="asymmetric", alpha_init=0.5, beta_init=0.5)
+    qat.compile(keras.optimizers.SGD(0.05), "mse")
+    # Independent record: the variables themselves, read by name after each epoch.
+    alpha = _variable(qat.get_layer("quant_act"), "output_pact_alpha")
+    beta = _variable(qat.get_layer("quant_act"), "output_pact_beta")
+    seen = []
+    read = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append((-float(beta.numpy()),
+                                                      float(alpha.numpy()))))
     data = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
-    history = qat.fit(data, np.ones((16, 3)), epochs=2, verbose=0, callbacks=[ClipRangeLogger()])
-    assert len(history.history["pact/act/alpha"]) == 2
-    assert history.history["pact/act/alpha"][-1] == pytest.approx(clip_ranges(qat)["act"][1])
-    assert history.history["pact/act/low"] == [0.0, 0.0]
+    history = qat.fit(data, np.ones((16, 3)), epochs=3, verbose=0,
+                      callbacks=[ClipRangeLogger(), read])
+    logged = list(zip(history.history["pact/act/low"], history.history["pact/act/alpha"]))
+    np.testing.assert_allclose(logged, seen, rtol=1e-6)
+    assert seen[-1] != (-0.5, 0.5), "the range never moved: the comparison would be vacuous"

@@ -25,14 +25,13 @@ X = np.array([[-2.5, -1.0, -0.3, 0.5, 2.0, 4.0]], dtype=np.float32)
 UPSTREAM = np.array([[0.5, 1.0, 2.0, 3.0, 5.0, 7.0]], dtype=np.float32)
 
 
+# (low, high) of each case, by hand from the inits above.
+HAND_RANGES = {"asymmetric": (-1.0, 2.0), "symmetric": (-1.5, 1.5), "relu": (0.0, 3.0)}
+
+
 def _hand_gradients(mode):
     """PACT's gradients, written out element by element."""
-    if mode == "asymmetric":
-        low, high = -1.0, 2.0
-    elif mode == "symmetric":
-        low, high = -1.5, 1.5
-    else:
-        low, high = 0.0, 3.0
+    low, high = HAND_RANGES[mode]
     above, below = X >= high, X <= low
     inside = ~above & ~below
     d_x = np.where(inside, UPSTREAM, 0.0)
@@ -70,11 +69,15 @@ def test_forward_clips_and_rounds_to_the_grid(mode):
     quantizer = PACTQuantizer(mode=mode, **CASES[mode])
     _, weights = _build(quantizer)
     y = quantizer(tf.constant(X), training=False, weights=weights).numpy()
-    low, high = (float(v) for v in quantizer.clip_range(weights))
-    narrow = quantizer.mode == "symmetric"
-    step = (high - low) / (2 ** quantizer.num_bits - 1 - narrow)
+    low, high = HAND_RANGES[mode]
+    num_bits = CASES[mode]["num_bits"]
+    narrow = mode == "symmetric"
+    step = (high - low) / (2 ** num_bits - 1 - narrow)
     assert y.min() >= low - 1e-6 and y.max() <= high + 1e-6
     np.testing.assert_allclose((y - low) / step, np.round((y - low) / step), atol=1e-4)
+    # The values outside the range land exactly on its ends.
+    np.testing.assert_allclose(y[X <= low], low, atol=1e-6)
+    np.testing.assert_allclose(y[X >= high], high, atol=1e-6)
     assert quantizer(tf.zeros([1, 6]), training=False, weights=weights).numpy().max() == 0.0
 
 
@@ -149,8 +152,27 @@ def test_wrong_types_are_type_errors(kwargs, message):
 
 
 def test_config_round_trip_and_registration():
-    quantizer = PACTQuantizer(num_bits=3, mode="symmetric", alpha_init=4.0, decay=1e-4)
+    quantizer = PACTQuantizer(num_bits=3, mode="symmetric", alpha_init=4.0, decay=1e-4,
+                              trainable_range=False)
     assert PACTQuantizer.from_config(quantizer.get_config()) == quantizer
     restored = keras.utils.deserialize_keras_object(keras.utils.serialize_keras_object(quantizer))
-    assert restored == quantizer
+    assert (restored.num_bits, restored.mode, restored.alpha_init, restored.decay,
+            restored.trainable_range) == (3, "symmetric", 4.0, 1e-4, False)
+    assert restored != PACTQuantizer(num_bits=3, mode="symmetric", alpha_init=4.0, decay=1e-4)
     assert keras.utils.get_registered_name(PACTQuantizer) == "tfcompress>PACTQuantizer"
+    # Configs saved before `trainable_range` existed still load, as trainable.
+    old = {k: v for k, v in quantizer.get_config().items() if k != "trainable_range"}
+    assert PACTQuantizer.from_config(old).trainable_range is True
+
+
+def test_frozen_range_is_calibrated_but_never_trained():
+    quantizer = PACTQuantizer(num_bits=4, mode="asymmetric", calibration_steps=1,
+                              decay=0.1, trainable_range=False)
+    layer, weights = _build(quantizer)
+    assert layer.trainable_weights == [] and len(layer.losses) == 0  # no decay on a constant
+    x = tf.constant([[-1.0, 0.0, 3.0]])
+    quantizer(x, training=True, weights=weights)  # calibration still sets the range
+    assert (float(weights["alpha"]), float(weights["beta"])) == pytest.approx((3.0, 1.0))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(quantizer(x * 2.0, training=True, weights=weights))
+    assert tape.gradient(loss, [weights["alpha"], weights["beta"]]) == [None, None]
