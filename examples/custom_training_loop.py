@@ -53,6 +53,30 @@ def make_train_step(model, optimizer):
     return train_step
 
 
+def train(model, optimizer, dataset, epochs, pruning):
+    """The loop ``fit`` would run, calling the callback hooks where ``fit`` calls them."""
+    train_step = make_train_step(model, optimizer)
+    callbacks = keras.callbacks.CallbackList([pruning], model=model)
+    callbacks.on_train_begin()
+    step = 0
+    for epoch in range(epochs):
+        callbacks.on_epoch_begin(epoch)
+        losses, accuracies = [], []
+        for x_batch, y_batch in dataset:
+            callbacks.on_train_batch_begin(step)
+            loss, batch_accuracy = train_step(x_batch, y_batch)
+            losses.append(float(loss))
+            accuracies.append(float(batch_accuracy))
+            callbacks.on_train_batch_end(step)
+            step += 1
+        logs = {"loss": np.mean(losses), "accuracy": np.mean(accuracies)}
+        callbacks.on_epoch_end(epoch, logs)
+        print(f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, train accuracy "
+              f"{logs['accuracy']:.4f}, pruned_ratio {logs['pruned_ratio']:.3f}, macs_ratio "
+              f"{logs['macs_ratio']:.3f}")
+    callbacks.on_train_end()  # applies the final masks
+
+
 def accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), -1) == y))
 
@@ -77,32 +101,12 @@ def main(argv=None):
 
     model = residual_cnn((16, 16, 1), width=16)
     optimizer = keras.optimizers.Adam(1e-3)
-    train_step = make_train_step(model, optimizer)
     # The ratio ramps over the first half of training, one mask update per epoch; the rest
     # fine-tunes the pruned model (soft mode keeps the channels at zero after the last update).
     ramp_end = max(1, (epochs // 2) * steps)
     pruning = FPGMPruning(PolynomialRatio(0.0, args.ratio, begin_step=0, end_step=ramp_end,
                                           frequency=steps))
-    callbacks = keras.callbacks.CallbackList([pruning], model=model)
-
-    callbacks.on_train_begin()
-    step = 0
-    for epoch in range(epochs):
-        callbacks.on_epoch_begin(epoch)
-        losses, accuracies = [], []
-        for x_batch, y_batch in dataset:
-            callbacks.on_train_batch_begin(step)
-            loss, batch_accuracy = train_step(x_batch, y_batch)
-            losses.append(float(loss))
-            accuracies.append(float(batch_accuracy))
-            callbacks.on_train_batch_end(step)
-            step += 1
-        logs = {"loss": np.mean(losses), "accuracy": np.mean(accuracies)}
-        callbacks.on_epoch_end(epoch, logs)
-        print(f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, train accuracy "
-              f"{logs['accuracy']:.4f}, pruned_ratio {logs['pruned_ratio']:.3f}, macs_ratio "
-              f"{logs['macs_ratio']:.3f}")
-    callbacks.on_train_end()  # applies the final masks
+    train(model, optimizer, dataset, epochs, pruning)
 
     masked_acc = accuracy(model, x_test, y_test)
     slim = rebuild(model, pruning.masks)
