@@ -5,7 +5,12 @@ import pytest
 
 from tfcompress.models import residual_cnn
 from tfcompress.pruning import (
-    CRITERIA, ChannelGraph, fpgm_masks, keep_count, select_masks, zero_pruned,
+    CRITERIA,
+    ChannelGraph,
+    fpgm_masks,
+    keep_count,
+    select_masks,
+    zero_pruned,
 )
 from tfcompress.pruning.criteria import fpgm, l1_norm, l2_norm
 
@@ -14,7 +19,17 @@ def test_fpgm_matches_the_definition():
     rng = np.random.default_rng(0)
     filters = rng.normal(size=(5, 7))
     expected = [sum(np.linalg.norm(filters[i] - filters[j]) for j in range(5)) for i in range(5)]
-    np.testing.assert_allclose(fpgm(filters), expected, rtol=1e-10)
+    # the Gram product runs in float32, the precision of Keras weights
+    np.testing.assert_allclose(fpgm(filters), expected, rtol=1e-6)
+
+
+def test_fpgm_ranks_like_the_float64_definition_on_large_groups():
+    rng = np.random.default_rng(3)
+    filters = rng.normal(size=(300, 2000)).astype(np.float32)
+    f64 = filters.astype(np.float64)
+    exact = np.array([np.linalg.norm(f64 - row, axis=1).sum() for row in f64])  # definition
+    np.testing.assert_allclose(fpgm(filters), exact, rtol=1e-5)
+    assert np.array_equal(np.argsort(fpgm(filters))[:150], np.argsort(exact)[:150])
 
 
 def test_fpgm_prunes_the_filter_nearest_the_geometric_median():

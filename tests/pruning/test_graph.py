@@ -3,12 +3,19 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from _exactness import check_pruned
+
 from tfcompress._keras import keras
 from tfcompress.models import residual_cnn
 from tfcompress.pruning import (
-    ChannelGraph, Masks, apply_masks, fpgm_masks, graph_macs, graph_params, rebuild, select_masks,
+    ChannelGraph,
+    Masks,
+    apply_masks,
+    fpgm_masks,
+    graph_macs,
+    graph_params,
+    rebuild,
+    select_masks,
 )
 
 L = keras.layers

@@ -8,8 +8,8 @@ and the example then runs through the same exactness checks as every other layer
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from _exactness import check_pruned
+
 from tfcompress._keras import keras
 from tfcompress.pruning import HANDLERS, ChannelGraph, handler_for
 from tfcompress.pruning.handlers import BarrierHandler
@@ -141,7 +141,7 @@ def test_every_registered_class_has_an_example():
 def test_handler_is_exact(cls):
     factory, prunable = EXAMPLES[cls]
     model = factory()
-    assert any(type(l) is cls for l in model.layers), "the example must use the class"
+    assert any(type(layer) is cls for layer in model.layers), "the example must use the class"
     graph = ChannelGraph(model)
     group = next(g for g in graph.groups if "producer" in g.layers and "producer" in g.producers)
     assert group.prunable == prunable, graph.barriers

@@ -22,10 +22,18 @@ Example:
 from tfcompress.pruning.apply import apply_masks, zero_pruned
 from tfcompress.pruning.callback import FPGMPruning
 from tfcompress.pruning.counting import (
-    count_macs, count_params, graph_macs, graph_params, uncounted_layers,
+    count_macs,
+    count_params,
+    graph_macs,
+    graph_params,
+    uncounted_layers,
 )
 from tfcompress.pruning.criteria import (
-    CRITERIA, fpgm_masks, keep_count, resolve_criterion, select_masks,
+    CRITERIA,
+    fpgm_masks,
+    keep_count,
+    resolve_criterion,
+    select_masks,
 )
 from tfcompress.pruning.graph import ChannelGraph, Group
 from tfcompress.pruning.handlers import HANDLERS, ChannelHandler, handler_for, register_handler

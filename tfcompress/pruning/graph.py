@@ -92,14 +92,17 @@ class ChannelGraph:
         return self._trace.groups[self._trace.space_group[space]]
 
     def filters(self, group: Group) -> np.ndarray:
-        """``(group.size, n_features)``: the current filters of all producers, concatenated."""
+        """``(group.size, n_features)`` float32: the current filters of all producers,
+        concatenated along the features."""
         parts = []
         for key in group.producers:
             record = self._trace.records[key]
             filters = record.handler.filters(record.layer)
             if filters is not None:
-                parts.append(np.asarray(filters, np.float64).reshape(group.size, -1))
-        return np.concatenate(parts, axis=1) if parts else np.zeros((group.size, 0))
+                parts.append(np.asarray(filters, np.float32).reshape(group.size, -1))
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((group.size, 0), np.float32)
 
     def check_masks(self, masks: Masks) -> None:
         """Validates ``masks`` against this model.

@@ -10,6 +10,15 @@ The last axis of every traced tensor is described by a :class:`Layout`: a sequen
 sequence possibly tiled (``Flatten`` turns ``C`` channels at ``P`` positions into ``P*C``
 features ordered position-major). A layout maps a set of kept channels per space to the kept
 positions on the tensor's last axis, which is all the rebuild and the masking need.
+
+Example (a Conv's 4 channels, then a depthwise conv with ``depth_multiplier=2``; channel 1
+pruned):
+
+  >>> conv = Layout((Segment(space=0, size=4),))
+  >>> depthwise = conv.repeated(2)
+  >>> kept = lambda space: np.array([0, 2, 3])
+  >>> conv.positions(kept).tolist(), depthwise.pruned_positions(kept).tolist()
+  ([0, 2, 3], [2, 3])
 """
 
 from __future__ import annotations

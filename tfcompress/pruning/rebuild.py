@@ -9,12 +9,15 @@ names are unchanged; only channel counts shrink.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
+
+import numpy as np
 
 from tfcompress._internals import unsafe_deserialization
 from tfcompress._keras import keras, require_graph_model
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import IN
+from tfcompress.pruning.layout import KeptFn
 from tfcompress.pruning.masks import Masks
 
 __all__ = ["rebuild"]
@@ -88,6 +91,20 @@ def rebuild(model: Any, masks: Masks) -> keras.Model:
     graph = ChannelGraph(model)
     kept = graph.kept_fn(masks)
     config = copy.deepcopy(model.get_config())
+    positions = _edit_configs(graph, kept, config)
+    cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
+    # The config comes from the caller's live model, not from a file, so Python lambdas in
+    # Lambda layers are the caller's own code: deserializing them is not a safety concern.
+    with keras.utils.custom_object_scope(_custom_objects(model)), unsafe_deserialization(keras):
+        slim = cls.from_config(config)
+    _copy_weights(graph, model, slim, positions)
+    return slim
+
+
+def _edit_configs(graph: ChannelGraph, kept: KeptFn, config: Dict[str, Any]
+                  ) -> Dict[str, Dict[str, Any]]:
+    """Edits ``config`` (the model's, in place) for the kept channels; returns the kept
+    positions of every layer that loses channels, by qualified name."""
     entries = dict(_layer_configs(config))
     for entry in entries.values():  # shapes change: layers build when called, not from config
         entry.pop("build_config", None)
@@ -106,23 +123,28 @@ def rebuild(model: Any, masks: Masks) -> keras.Model:
         entry["config"] = record.handler.edit_config(dict(entry["config"]), record.layer, pos)
         if pos.get(IN) is not None:  # first layer of a Sequential given an input_shape
             _set_channels(entry["config"], len(pos[IN]))
+    return positions
 
-    cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
-    # The config comes from the caller's live model, not from a file, so Python lambdas in
-    # Lambda layers are the caller's own code: deserializing them is not a safety concern.
-    with keras.utils.custom_object_scope(_custom_objects(model)), unsafe_deserialization(keras):
-        slim = cls.from_config(config)
 
+def _copy_weights(graph: ChannelGraph, model: Any, slim: Any,
+                  positions: Mapping[str, Dict[str, Any]]) -> None:
+    """Gives every layer of ``slim`` its original weights, sliced where channels were
+    removed, in one batched assignment."""
     new_layers = dict(_leaf_layers(slim))
+    pairs: List[Tuple[Any, np.ndarray]] = []
     for key, layer in _leaf_layers(model):
         target = new_layers[key]
-        weights: List[Any] = layer.get_weights()
+        weights = [w.numpy() for w in layer.weights]
         record = graph.records.get(key)
         if key in positions:
             handler = record.handler
             for attr, i in handler.weight_index(layer).items():
                 weights[i] = handler.slice_weight(layer, attr, weights[i], positions[key])
-        target.set_weights(weights)
+        if len(weights) != len(target.weights):
+            target.set_weights(weights)  # raises Keras' own message naming the layer
+        pairs.extend(zip(target.weights, weights))
+    keras.backend.batch_set_value(pairs)
+    for key, layer in new_layers.items():
+        record = graph.records.get(key)
         if record is not None:
-            record.handler.after_set_weights(target)
-    return slim
+            record.handler.after_set_weights(layer)

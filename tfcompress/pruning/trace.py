@@ -9,6 +9,12 @@ blocked: their group is not prunable and says why.
 
 The tracer is the only mutable object here; what it returns (:class:`Trace`) is frozen and is
 wrapped by :class:`tfcompress.pruning.ChannelGraph`.
+
+Example:
+  >>> from tfcompress.models import residual_cnn
+  >>> found = trace(residual_cnn(width=8))
+  >>> found.groups["stem_conv"].producers, found.groups["stem_conv"].prunable
+  (('stem_conv', 'block1b_conv'), True)
 """
 
 from __future__ import annotations
@@ -371,4 +377,3 @@ def _unique_id(taken: Mapping[str, Any], base: str) -> str:
         n += 1
         gid = f"{base}#{n}"
     return gid
-

@@ -15,6 +15,14 @@ already silences the channel), so the masked model can keep training.
 :func:`tfcompress.pruning.apply_masks` multiplies once; :class:`Zeroing` keeps the masks in
 variables and multiplies in one compiled call, cheap enough for
 :class:`~tfcompress.pruning.FPGMPruning` to run after every batch.
+
+Example:
+  >>> from tfcompress.models import residual_cnn
+  >>> from tfcompress.pruning import ChannelGraph, select_masks
+  >>> graph = ChannelGraph(residual_cnn(width=8))
+  >>> table = variable_masks(graph, select_masks(graph, 0.5))
+  >>> sorted(v.name for v, _ in table.values())[:3]
+  ['block1a_bn/beta:0', 'block1a_bn/gamma:0', 'block1a_conv/bias:0']
 """
 
 from __future__ import annotations

@@ -5,13 +5,29 @@ Importing this package registers every built-in handler (each module registers i
 """
 
 from tfcompress.pruning.handlers import (  # noqa: F401  (registers the built-in handlers)
-    conv, dense, elementwise, merge, normalization, reshape, tfop,
+    conv,
+    dense,
+    elementwise,
+    merge,
+    normalization,
+    reshape,
+    tfop,
 )
 from tfcompress.pruning.handlers.base import (
-    IN, MID, OUT, BarrierHandler, Call, ChannelHandler, CoupledHandler, WeightSpec,
+    IN,
+    MID,
+    OUT,
+    BarrierHandler,
+    Call,
+    ChannelHandler,
+    CoupledHandler,
+    WeightSpec,
 )
 from tfcompress.pruning.handlers.registry import (
-    DEFAULT_BARRIER, HANDLERS, handler_for, register_handler,
+    DEFAULT_BARRIER,
+    HANDLERS,
+    handler_for,
+    register_handler,
 )
 
 __all__ = [

@@ -108,6 +108,10 @@ def maps_zero_to_zero(fn: Callable[[tf.Tensor], Any]) -> bool:
 
     Plain functions (Keras activations) are run once and remembered; bound methods and
     closures are run every time (their result can depend on the object's state).
+
+    Example:
+      >>> maps_zero_to_zero(tf.nn.relu), maps_zero_to_zero(tf.sigmoid)
+      (True, False)
     """
     cacheable = getattr(fn, "__self__", None) is None and getattr(fn, "__closure__", None) is None
     try:
@@ -351,5 +355,9 @@ class CoupledHandler(ChannelHandler):
 
 
 def spatial(shape: Shape) -> int:
-    """Product of the spatial dimensions (unknown ones count as 1)."""
+    """Product of the spatial dimensions (unknown ones count as 1).
+
+    Example:
+      >>> spatial((None, 4, 5, 3)), spatial((None, None, 7, 3))
+      (20, 7)"""
     return _prod(shape[1:-1])

@@ -7,11 +7,20 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from tfcompress.pruning.handlers.base import (
-    IN, MID, OUT, Call, ChannelHandler, CoupledHandler, Tracer, WeightSpec, maps_zero_to_zero,
-    producer_output, spatial,
-)
 from tfcompress._keras import existing_classes, keras
+from tfcompress.pruning.handlers.base import (
+    IN,
+    MID,
+    OUT,
+    Call,
+    ChannelHandler,
+    CoupledHandler,
+    Tracer,
+    WeightSpec,
+    maps_zero_to_zero,
+    producer_output,
+    spatial,
+)
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
@@ -37,6 +46,12 @@ class ConvHandler(ChannelHandler):
     Grouped convolutions (``groups > 1``) are exact: input and output channels are split into
     ``groups`` contiguous blocks and pruning keeps the same number of channels in every block,
     so the rebuilt layer is again a valid grouped convolution.
+
+    Example:
+      >>> conv = keras.layers.Conv2D(4, 3, groups=2)
+      >>> conv.build((None, 8, 8, 6))
+      >>> ConvHandler().filters(conv).shape  # 4 filters of 3 x 3 x (6 / 2) weights
+      (4, 27)
     """
 
     weights = {
@@ -174,4 +189,3 @@ class SeparableConvHandler(ConvHandler):
         mid = n_in * call.layer.depth_multiplier
         volume = spatial(call.output_shapes[0])
         return volume * (_kernel_volume(call.layer) * mid + mid * n_out)
-

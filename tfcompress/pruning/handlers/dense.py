@@ -6,10 +6,17 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from tfcompress.pruning.handlers.base import (
-    IN, OUT, Call, ChannelHandler, Tracer, WeightSpec, producer_output, spatial,
-)
 from tfcompress._keras import keras
+from tfcompress.pruning.handlers.base import (
+    IN,
+    OUT,
+    Call,
+    ChannelHandler,
+    Tracer,
+    WeightSpec,
+    producer_output,
+    spatial,
+)
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
@@ -22,6 +29,12 @@ class DenseHandler(ChannelHandler):
 
     After ``Flatten`` its input layout is tiled, so pruning a channel removes the kernel rows
     of that channel at every spatial position.
+
+    Example:
+      >>> dense = keras.layers.Dense(3)
+      >>> dense.build((None, 5))
+      >>> DenseHandler().filters(dense).shape  # one row of 5 input weights per unit
+      (3, 5)
     """
 
     weights = {

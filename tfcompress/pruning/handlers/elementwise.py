@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from tfcompress.pruning.handlers.base import (
-    OUT, Call, CoupledHandler, Tracer, WeightSpec, maps_zero_to_zero, mixes_channels,
-)
 from tfcompress._keras import keras
+from tfcompress.pruning.handlers.base import (
+    OUT,
+    Call,
+    CoupledHandler,
+    Tracer,
+    WeightSpec,
+    maps_zero_to_zero,
+    mixes_channels,
+)
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
@@ -30,12 +36,24 @@ class IdentityHandler(CoupledHandler):
     pooling, padding, cropping, upsampling, dropout and noise layers, RepeatVector."""
 
 
+#: Layers whose ``call`` is exactly ``self.activation(inputs)``.
+_PLAIN_ACTIVATION_LAYERS = (L.Activation,)
+
+
 @register_handler(L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU)
 class ActivationHandler(CoupledHandler):
     """Element-wise activation layers (``ReLU``, ``Activation``, ``LeakyReLU``, ``ELU``, ...).
 
     Whether a pruned (zero) channel stays zero is decided by running the activation on 0, so
     ``sigmoid`` (0.5) makes consumers zero their input slice, ``relu`` does not.
+
+    Example:
+      >>> from tfcompress.pruning import ChannelGraph
+      >>> x = keras.Input((6,))
+      >>> h = keras.layers.Activation("sigmoid", name="gate")(keras.layers.Dense(4, name="d")(x))
+      >>> graph = ChannelGraph(keras.Model(x, keras.layers.Dense(2)(h)))
+      >>> graph.records["gate"].calls[0].outputs[0].clean  # sigmoid(0) = 0.5: not clean
+      False
     """
 
     def barrier_reason(self, layer: Any) -> Optional[str]:
@@ -44,7 +62,12 @@ class ActivationHandler(CoupledHandler):
         return super().barrier_reason(layer)
 
     def output_clean(self, call: Call) -> bool:
-        return call.inputs[0].clean and maps_zero_to_zero(call.layer.call)
+        if not call.inputs[0].clean:
+            return False
+        activation = getattr(call.layer, "activation", None)  # Activation("swish"): cached
+        if type(call.layer) in _PLAIN_ACTIVATION_LAYERS and callable(activation):
+            return maps_zero_to_zero(activation)
+        return maps_zero_to_zero(call.layer.call)
 
 
 @register_handler(L.Softmax)

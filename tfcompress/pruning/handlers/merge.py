@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, List
 
-from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer
 from tfcompress._keras import existing_classes, keras
+from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout, combine_clean, concat
 
@@ -39,7 +39,15 @@ def merge_layouts(call: Call, tracer: Tracer, layouts: List[Layout], shapes: Lis
 class MergeHandler(ChannelHandler):
     """``Add``, ``Subtract``, ``Average``, ``Maximum``, ``Minimum`` (``all``: a pruned channel
     stays 0 only if it is 0 in every input) and ``Multiply`` (``any``: one zero suffices).
-    Every input shares one channel index space, so all of them are pruned together."""
+    Every input shares one channel index space, so all of them are pruned together.
+
+    Example:
+      >>> from tfcompress.pruning import ChannelGraph
+      >>> x = keras.Input((8, 8, 3))
+      >>> a, b = keras.layers.Conv2D(4, 3, name="a")(x), keras.layers.Conv2D(4, 3, name="b")(x)
+      >>> y = keras.layers.Conv2D(2, 1)(keras.layers.Add(name="add")([a, b]))
+      >>> ChannelGraph(keras.Model(x, y)).group("a").producers  # pruned together
+      ('a', 'b')"""
 
     def __init__(self, combine: Callable[[Iterable[bool]], bool] = all) -> None:
         self.combine = combine

@@ -13,10 +13,14 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from tfcompress.pruning.handlers.base import (
-    OUT, Call, CoupledHandler, Tracer, WeightSpec,
-)
 from tfcompress._keras import existing_classes, keras
+from tfcompress.pruning.handlers.base import (
+    OUT,
+    Call,
+    CoupledHandler,
+    Tracer,
+    WeightSpec,
+)
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
@@ -62,7 +66,15 @@ class BatchNormHandler(_PerChannelAxisMixin, CoupledHandler):
 
 @register_handler(keras.layers.LayerNormalization)
 class LayerNormHandler(CoupledHandler):
-    """``LayerNormalization``: a barrier over the channel axis, channel-wise otherwise."""
+    """``LayerNormalization``: a barrier over the channel axis, channel-wise otherwise.
+
+    Example:
+      >>> from tfcompress.pruning import ChannelGraph
+      >>> x = keras.Input((6,))
+      >>> h = keras.layers.LayerNormalization(name="ln")(keras.layers.Dense(4, name="d")(x))
+      >>> ChannelGraph(keras.Model(x, keras.layers.Dense(2)(h))).group("d").barriers
+      (('ln', 'normalizes across the channel axis'),)
+    """
 
     zero_preserving = False
 

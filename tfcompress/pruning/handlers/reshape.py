@@ -13,10 +13,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tfcompress.pruning.handlers.base import (
-    OUT, Call, ChannelHandler, Tracer, channels_last_reason,
-)
 from tfcompress._keras import keras
+from tfcompress.pruning.handlers.base import (
+    OUT,
+    Call,
+    ChannelHandler,
+    Tracer,
+    channels_last_reason,
+)
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
@@ -28,6 +32,10 @@ def trailing_tile(in_shape: Sequence[Optional[int]],
     """How many times the input's last axis is tiled into the output's last axis, or None.
 
     The output's last axis must be exactly the product of some trailing input axes.
+
+    Example:
+      >>> trailing_tile((None, 4, 4, 8), (None, 128)), trailing_tile((None, 4, 8), (None, 6))
+      (16, None)
     """
     dims = list(in_shape[1:])
     out_last = out_shape[-1] if len(out_shape) > 1 else None

@@ -11,9 +11,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfcompress._keras import existing_classes
 from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer, maps_zero_to_zero
 from tfcompress.pruning.handlers.merge import merge_layouts
-from tfcompress._keras import existing_classes
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
@@ -45,7 +45,16 @@ def _channel_constant(value: Any, channels: Optional[int]) -> bool:
 
 @register_handler(*existing_classes("src.layers.core.TFOpLambda"))
 class TFOpHandler(ChannelHandler):
-    """``TFOpLambda`` layers whose op is listed in :data:`TF_OPS`."""
+    """``TFOpLambda`` layers whose op is listed in :data:`TF_OPS`.
+
+    Example:
+      >>> from tfcompress._keras import keras
+      >>> from tfcompress.pruning import ChannelGraph
+      >>> x = keras.Input((6,))
+      >>> h = keras.layers.Dense(4, name="d")(x) * 3.0  # a TFOpLambda: math.multiply
+      >>> ChannelGraph(keras.Model(x, keras.layers.Dense(2)(h))).group("d").prunable
+      True
+    """
 
     def barrier_reason(self, layer: Any) -> Optional[str]:
         if layer.symbol not in TF_OPS:
