@@ -5,14 +5,28 @@ class fails ``test_every_registered_class_has_an_example`` until an example is a
 and the example then runs through the same exactness checks as every other layer.
 """
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from _exactness import check_pruned
 
 from tfcompress._keras import keras
-from tfcompress.pruning import HANDLERS, ChannelGraph, handler_for
-from tfcompress.pruning.handlers import BarrierHandler
+from tfcompress.pruning import (
+    HANDLERS,
+    ChannelGraph,
+    count_macs,
+    handler_for,
+    register_handler,
+    uncounted_layers,
+)
+from tfcompress.pruning.handlers import (
+    BarrierHandler,
+    ChannelHandler,
+    CoupledHandler,
+    WeightSpec,
+)
 
 L = keras.layers
 SHAPES = {2: (5,), 3: (6, 2), 4: (6, 6, 2), 5: (4, 4, 4, 2)}
@@ -160,3 +174,105 @@ def test_unknown_layers_are_barriers():
     lam = L.Lambda(lambda x: x)
     assert isinstance(handler_for(lam), BarrierHandler)
     assert isinstance(handler_for(L.Dot(axes=1)), BarrierHandler)
+
+
+# ----- the registry seam -----------------------------------------------------------------
+class _Double(L.Layer):
+    """A custom channel-wise layer no built-in handler knows."""
+
+    def call(self, inputs):
+        return 2.0 * inputs
+
+
+def _double_model():
+    x = keras.Input((5,))
+    h = _Double(name="double")(L.Dense(8, name="producer")(x))
+    return keras.Model(x, L.Dense(3)(h))
+
+
+@pytest.fixture
+def registry_snapshot():
+    """Restores the registry after a test registers handlers of its own."""
+    from tfcompress.pruning.handlers import registry
+
+    saved = dict(registry._TABLE)
+    yield
+    registry._TABLE.clear()
+    registry._TABLE.update(saved)
+    registry.handler_for_class.cache_clear()
+
+
+def test_one_decorator_makes_a_custom_layer_prunable(registry_snapshot):
+    assert not ChannelGraph(_double_model()).group("producer").prunable  # a barrier first
+
+    @register_handler(_Double)
+    class DoubleHandler(CoupledHandler):
+        pass
+
+    model = _double_model()
+    assert isinstance(handler_for(model.get_layer("double")), DoubleHandler)  # cache cleared
+    assert ChannelGraph(model).group("producer").prunable
+    stats = check_pruned(model, ratio=0.5, tflite=False)
+    assert stats["macs_kept"] < 1
+
+
+@pytest.mark.parametrize("args,kwargs,error,match", [
+    ((), {"handler": CoupledHandler()}, TypeError, r"at least one layer class"),
+    (("Conv2D",), {"handler": CoupledHandler()}, TypeError, r"layer classes, got 'Conv2D'"),
+    ((_Double,), {"handler": object()}, TypeError, r"ChannelHandler instance"),
+    ((_Double,), {"handler": type("Bad", (CoupledHandler,), {"weights": {"w": {0: "in"}}})()},
+     TypeError, r"weights\['w'\] must be a WeightSpec"),
+    ((_Double,), {"handler": type("Bad", (CoupledHandler,),
+                                  {"weights": {"w": WeightSpec({0: "channels"})}})()},
+     ValueError, r"unknown|roles \['channels'\]"),
+])
+def test_register_handler_validates(registry_snapshot, args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        register_handler(*args, **kwargs)
+    assert _Double not in HANDLERS
+
+
+def test_decorator_refuses_a_non_handler_class(registry_snapshot):
+    with pytest.raises(TypeError, match="decorates a ChannelHandler subclass"):
+        register_handler(_Double)(object)
+
+
+def test_a_handler_needs_propagate():
+    class Incomplete(ChannelHandler):
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()
+
+
+# ----- strict tracing ---------------------------------------------------------------------
+class _Broken(CoupledHandler):
+    def propagate(self, call, tracer):
+        raise RuntimeError("handler bug")
+
+
+def test_strict_tracing_raises_a_handler_error(registry_snapshot, caplog):
+    register_handler(_Double, handler=_Broken())
+    with pytest.raises(RuntimeError, match="handler bug"):
+        ChannelGraph(_double_model(), strict=True)
+    graph = ChannelGraph(_double_model(), strict=False)  # users: a barrier and a warning
+    assert not graph.group("producer").prunable
+    assert ("double", "tracing failed (RuntimeError: handler bug)") in graph.barriers["producer"]
+    assert "'double' (_Double) is a barrier" in caplog.text
+
+
+def test_the_test_suite_traces_strictly():
+    from tfcompress.pruning.trace import STRICT_ENV, strict_default
+
+    assert os.environ.get(STRICT_ENV) == "1" and strict_default()
+
+
+# ----- counting reports what it cannot count ---------------------------------------------
+def test_count_macs_names_the_layers_it_cannot_count(caplog):
+    model = _double_model()
+    graph = ChannelGraph(model)
+    assert uncounted_layers(graph) == [
+        ("double", "no channel handler for this layer type (custom layer, Lambda or "
+                   "unsupported op)")]
+    assert count_macs(model) == 5 * 8 + 8 * 3  # the two Dense layers, by hand
+    assert "leaves out 1 layer(s) it cannot count: double" in caplog.text
