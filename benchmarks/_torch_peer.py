@@ -125,8 +125,8 @@ def torch_pruner_name():
 
 def torch_pruner(model, example):
     """A one-shot Torch-Pruning pruner at ``RATIO`` (building it traces the dependency graph)."""
-    return _pruner_class()(model, example, importance=torch_importance()[0], pruning_ratio=RATIO,
-                        ignored_layers=[model.logits])
+    return _pruner_class()(model, example, importance=torch_importance()[0],
+                           pruning_ratio=RATIO, ignored_layers=[model.logits])
 
 
 def conv_linear_macs(model, example) -> int:

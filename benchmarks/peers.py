@@ -41,11 +41,26 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from _torch_peer import (  # noqa: E402  (the torch side: model mirror, training, timing)
-    BATCH, CONVS, LEARNING_RATE, MISSING, RATIO, WIDTH, conv_linear_macs, copy_keras_weights,
-    fit_torch, torch_accuracy, torch_channels, torch_importance, torch_latency, torch_pruner,
-    torch_pruner_name, torch_residual_cnn, tp, torch)
+    BATCH,
+    CONVS,
+    LEARNING_RATE,
+    MISSING,
+    RATIO,
+    WIDTH,
+    conv_linear_macs,
+    copy_keras_weights,
+    fit_torch,
+    torch,
+    torch_accuracy,
+    torch_channels,
+    torch_importance,
+    torch_latency,
+    torch_pruner,
+    torch_pruner_name,
+    torch_residual_cnn,
+    tp,
+)
 
 #: Batch sizes timed: 1 (where per-op overhead shows) and 32 (where compute dominates).
 LATENCY_BATCHES = (1, 32)

@@ -1,9 +1,9 @@
 """Property tests: random small architectures stay exact after masking and rebuilding."""
 
+from _exactness import check_pruned
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _exactness import check_pruned
 from tfcompress._keras import keras
 
 L = keras.layers

@@ -30,8 +30,8 @@ def test_verify_passes_exact_pipelines_and_catches_silent_divergence(fresh_cnn, 
     assert not info.value.report.passed and info.value.report.samples == len(x_test)
 
 
-def test_int8_export_of_the_pruned_model_reports_agreement_and_fallbacks(fresh_cnn, digits,
-                                                                        tmp_path):
+def test_int8_export_of_the_pruned_model_reports_agreement_and_fallbacks(
+        fresh_cnn, digits, tmp_path):
     (x_train, _), (x_test, _) = digits
     masks = pruning.fpgm_masks(fresh_cnn, 0.5)
     pruning.apply_masks(fresh_cnn, masks)
