@@ -180,6 +180,12 @@ def test_unsupported_layers_are_listed_or_kept_float_on_request():
     assert "dense_out" not in clip_ranges(qat)
     with pytest.raises(ValueError, match="not in the model"):
         quantize_model(model, exclude=["nope"])
+    qat = quantize_model(model, exclude="norm")  # one name, not its characters
+    assert type(qat.get_layer("norm")) is L.LayerNormalization
+    with pytest.raises(TypeError, match="exclude"):
+        quantize_model(model, exclude=[3])
+    with pytest.raises(TypeError, match="skip_unsupported"):
+        quantize_model(model, skip_unsupported="yes")
 
 
 def test_bad_models_get_clear_errors():

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._internals import tfmot_private
 from tfcompress._keras import keras, require_graph_model
-from tfcompress._validate import require_float32
+from tfcompress._validate import check_names, require_float32
 from tfcompress.quantization import serialization
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for, supported_types
 from tfcompress.quantization.pact import PACTQuantizer
@@ -52,9 +52,23 @@ def quantize_scope(*custom_objects: Dict[str, type]) -> Iterator[None]:
         yield
 
 
-def _unsupported(model: keras.Model, exclude: Iterable[str]) -> Sequence[str]:
-    return [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
-            if layer.name not in exclude and rule_for(layer) is None]
+def _check_exclusions(model: keras.Model, exclude, skip_unsupported) -> List[str]:
+    """Validates ``exclude`` and refuses unsupported layers unless ``skip_unsupported``."""
+    exclude = check_names(exclude, "exclude") or []
+    if not isinstance(skip_unsupported, bool):
+        raise TypeError(f"`skip_unsupported` must be True or False, got {skip_unsupported!r}.")
+    unknown = sorted(set(exclude) - {layer.name for layer in model.layers})
+    if unknown:
+        raise ValueError(f"`exclude` names layers that are not in the model: {unknown}.")
+    unsupported = [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
+                   if layer.name not in exclude and rule_for(layer) is None]
+    if unsupported and not skip_unsupported:
+        raise ValueError(
+            f"PACT cannot quantize these layers: {', '.join(unsupported)}. Pass "
+            "`skip_unsupported=True` to keep them in float, or `exclude=[...]` to name them. "
+            f"Supported layer types: {', '.join(supported_types())}."
+        )
+    return exclude
 
 
 def quantize_model(
@@ -109,17 +123,7 @@ def quantize_model(
     require_graph_model(model)
     require_float32(model, "PACT quantization-aware training")
     config = PACTQuantizeConfig(weight_bits, activation_bits, **pact_options)
-    names = {layer.name for layer in model.layers}
-    unknown = sorted(set(exclude) - names)
-    if unknown:
-        raise ValueError(f"`exclude` names layers that are not in the model: {unknown}.")
-    unsupported = _unsupported(model, exclude)
-    if unsupported and not skip_unsupported:
-        raise ValueError(
-            f"PACT cannot quantize these layers: {', '.join(unsupported)}. Pass "
-            "`skip_unsupported=True` to keep them in float, or `exclude=[...]` to name them. "
-            f"Supported layer types: {', '.join(supported_types())}."
-        )
+    exclude = _check_exclusions(model, exclude, skip_unsupported)
     prepared = prepare_for_qat(model)
     keep_float = set(exclude) | {layer.name for layer in prepared.layers
                                  if rule_for(layer) is None}
