@@ -14,17 +14,33 @@ def masks():
     return fpgm_masks(residual_cnn(width=8), 0.5)
 
 
-def test_json_round_trip(masks):
-    text = masks.to_json()
-    assert json.loads(text)["format"] == "tfcompress.pruning.Masks"
-    again = Masks.from_json(text)
-    assert again == masks
-    assert again.layers == masks.layers and again.barriers == masks.barriers
+HAND_MADE = {
+    "format": "tfcompress.pruning.Masks", "version": 1,
+    "groups": [
+        {"id": "conv", "size": 4, "layers": ["conv", "bn"], "kept": [0, 2]},
+        {"id": "head", "size": 3, "layers": ["head"], "barriers": [["head", "model output"]]},
+    ],
+}
 
 
-def test_save_and_load(masks, tmp_path):
-    path = masks.save(tmp_path / "masks.json")
-    assert Masks.load(path) == masks
+def test_json_document_is_the_hand_written_one():
+    masks = Masks({"conv": [0, 2]}, sizes={"conv": 4, "head": 3},
+                  layers={"conv": ["conv", "bn"], "head": ["head"]},
+                  barriers={"head": [("head", "model output")]})
+    assert json.loads(masks.to_json()) == HAND_MADE
+
+
+def test_json_is_read_back_field_by_field(masks, tmp_path):
+    loaded = Masks.from_json(json.dumps(HAND_MADE))
+    assert loaded.sizes == {"conv": 4, "head": 3}
+    assert list(loaded.kept) == ["conv"] and loaded.kept["conv"].tolist() == [0, 2]
+    assert loaded.layers == {"conv": ("conv", "bn"), "head": ("head",)}
+    assert loaded.barriers == {"head": (("head", "model output"),)}
+    assert loaded.pruned("conv").tolist() == [1, 3]
+    path = masks.save(tmp_path / "masks.json")  # a file holds what the masks hold
+    document = json.loads(path.read_text())
+    assert {g["id"]: g.get("kept") for g in document["groups"] if "kept" in g} == {
+        gid: idx.tolist() for gid, idx in masks.kept.items()}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
