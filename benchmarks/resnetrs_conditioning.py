@@ -77,6 +77,7 @@ def calibrate_batchnorm(model: Any, x: Any) -> int:
 def _build(name, dtype, weights=None):
     keras.backend.clear_session()
     keras.backend.set_floatx(dtype)
+    keras.utils.set_random_seed(0)  # the same random kernels on every run
     model = build_application(name)
     if weights is not None:
         model.set_weights([w.astype(dtype) for w in weights])
