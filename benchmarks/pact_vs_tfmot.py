@@ -174,7 +174,7 @@ def accuracy_part(args, data):
         f"converter's full-int8 quantization ({CALIBRATION_SAMPLES} training images as "
         "representative data) and runs it on LiteRT. \"PACT frozen range\" calibrates alpha/"
         "beta like PACT but never trains them (`trainable_range=False`). "
-        f"{stamp()}; the run took {minutes:.0f} min.\n\n"
+        f"{args.stamp}; the run took {minutes:.0f} min.\n\n"
         + table + "\n\n" + "\n".join(goals) + "\n"))
     return base
 
@@ -214,7 +214,7 @@ def timing_part(args, data, base=None):
         "## PACT vs tfmot QAT step time (`benchmarks/pact_vs_tfmot.py`)\n\n"
         f"Batch {BATCH}, same model; {args.timing_rounds} interleaved `train_on_batch` rounds "
         f"(alternating order) after warm-up, medians. Load average at the end: {load:.1f} "
-        f"(the machine is shared). {stamp()}.\n\n"
+        f"(the machine is shared). {args.stamp}.\n\n"
         + table + "\n\n" + goal + "\n"))
     print(table + "\n" + goal)
 
@@ -231,6 +231,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.seeds < 3:
         parser.error(f"--seeds must be at least 3 for a mean ± std, got {args.seeds}")
+    args.stamp = stamp()  # the commit this run starts from (others may commit meanwhile)
     data = load_digits(size=16)
     base = accuracy_part(args, data) if args.only in (None, "accuracy") else None
     if args.only in (None, "timing"):
