@@ -225,7 +225,7 @@ def main(argv=None):
     parser.add_argument("--float-epochs", type=int, default=8)
     parser.add_argument("--qat-epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak LR (cosine)")
-    parser.add_argument("--timing-rounds", type=int, default=60)
+    parser.add_argument("--timing-rounds", type=int, default=150)
     parser.add_argument("--only", choices=("accuracy", "timing"),
                         help="run one part (each rewrites its own RESULTS.md section)")
     args = parser.parse_args(argv)
