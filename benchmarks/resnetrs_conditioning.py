@@ -181,6 +181,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["ResNetRS50", "ResNetRS420"])
     parser.add_argument("--dry-run", action="store_true", help="print only; RESULTS.md untouched")
     args = parser.parse_args(argv)
+    measured = stamp()  # before the run: the commit the numbers come from
     rows = []
     for name in args.models:
         for setup in SETUPS:
@@ -190,7 +191,7 @@ def main(argv=None):
     table += ["| " + " | ".join(cells(row)) + " |" for row in rows]
     markdown = "\n".join([
         "## ResNetRS: pruning error or float32 rounding? (`benchmarks/resnetrs_conditioning.py`)",
-        "", f"{stamp()}.",
+        "", f"{measured}.",
         "Zoo setup (`weights=None`, 32 px, 2 random inputs, FPGM ratio 0.3). Each row: one set",
         "of weights in float32 and its float64 twin (same values), the same masks on both.",
         "Errors are max |a - b| / max |a|. `random`: the zoo's random BatchNorm statistics;",
