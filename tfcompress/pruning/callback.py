@@ -25,27 +25,20 @@ from tfcompress.pruning.zeroing import Zeroing, variable_masks, zero_filters_fir
 __all__ = ["FPGMPruning"]
 
 _LOG = logging.getLogger(__name__)
-_MODES = ("soft", "hard")
 _BACKUP_FILE = "fpgm_pruning_state.json"
 _DEFAULT_FREQUENCY = 100  # steps between updates when a float schedule meets an unknown epoch size
 
 
 class _BatchZeroing:
-    """Hard mode's per-batch work in one TF call: :class:`Zeroing`'s compiled multiply of the
-    masked variables, which also returns the optimizer step it ran after.
-
-    One call instead of two (zero, then read ``iterations`` at the next batch) halves the
-    per-batch cost. The call is a concrete function, traced again only when the set of masked
-    variables changes, as ``Zeroing``'s own function is; new masks on the same variables are
-    ``assign``s. Equal masks are not even re-assigned (``set_masks`` compares).
-    """
+    """The per-batch work in one TF call (a concrete function): :class:`Zeroing`'s compiled
+    multiply, returning the optimizer step read after it, so that the next batch needs no
+    second call. Traced again only when the set of masked variables changes (as ``Zeroing``
+    is); equal masks are not re-assigned."""
 
     def __init__(self, graph: ChannelGraph, step: Optional[tf.Variable]) -> None:
-        self.graph, self.step = graph, step
+        self.graph, self.step, self._zeroing = graph, step, Zeroing()
         self.masks: Optional[Masks] = None  # the masks the zeroing holds
-        self._zeroing = Zeroing()
-        self._key: Optional[tuple] = None
-        self._function = None
+        self._key, self._function = None, None
 
     def set_masks(self, masks: Masks) -> None:
         if self.masks is not None and (masks is self.masks or masks == self.masks):
@@ -69,37 +62,21 @@ class _BatchZeroing:
 
 @dataclasses.dataclass
 class _PruningState:
-    """What :class:`FPGMPruning` holds for the model it prunes.
+    """What :class:`FPGMPruning` holds for the model it prunes: made by ``on_train_begin`` for
+    a model it has not seen, reused by later ``fit`` calls on the same model. Each mask update
+    (or resume) sets ``masks``, ``update_step`` and ``metrics``."""
 
-    ``on_train_begin`` creates it for a model it has not seen (tracing it once) and later
-    ``fit`` calls on the same model reuse it. Each mask update (and the resume check at the
-    first batch of a ``fit``) sets ``masks``, ``update_step`` and ``metrics``; ``zeroing`` is
-    made when channels must first stay zero after every batch.
-
-    Attributes:
-      graph: the model's channel groups.
-      dense_macs: MACs of the unpruned model (the denominator of ``macs_ratio``).
-      schedule: the schedule of the current ``fit`` (a float ratio resolves per ``fit``).
-      masks: the masks in force; None before the first update.
-      update_step: the step of the update that computed ``masks``.
-      metrics: ``pruned_ratio`` and ``macs_ratio`` of ``masks``, written into the logs.
-      zeroing: the per-batch zeroing; None until needed or after a recompile.
-      batches: ``on_train_batch_end`` calls so far (the step when there is no optimizer).
-      first_batch: True from ``on_train_begin`` to the first ``on_train_batch_begin``.
-      known_step: the step the last per-batch zeroing read, until the next batch begins.
-    """
-
-    graph: ChannelGraph
-    dense_macs: int
-    schedule: PruningSchedule
-    masks: Optional[Masks] = None
-    update_step: Optional[int] = None
-    metrics: Dict[str, float] = dataclasses.field(
+    graph: ChannelGraph  # the model's channel groups
+    dense_macs: int  # MACs of the unpruned model, the denominator of macs_ratio
+    schedule: PruningSchedule  # of the current fit (a float ratio resolves per fit)
+    masks: Optional[Masks] = None  # the masks in force; None before the first update
+    update_step: Optional[int] = None  # the step of the update that computed `masks`
+    metrics: Dict[str, float] = dataclasses.field(  # of `masks`, written into the logs
         default_factory=lambda: {"pruned_ratio": 0.0, "macs_ratio": 1.0})
-    zeroing: Optional[_BatchZeroing] = None
-    batches: int = 0
-    first_batch: bool = True
-    known_step: Optional[int] = None
+    zeroing: Optional[_BatchZeroing] = None  # made at the first need; dropped on recompile
+    batches: int = 0  # on_train_batch_end calls: the step of a model without optimizer
+    first_batch: bool = True  # from on_train_begin to the first on_train_batch_begin
+    known_step: Optional[int] = None  # read by the last zeroing, until the next batch begins
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
@@ -115,50 +92,39 @@ class FPGMPruning(keras.callbacks.Callback):
 
     When Keras calls each hook, and what it does:
 
-    * ``on_train_begin`` (once per ``fit``): traces the model the first time it sees it;
-      resolves a float ``schedule`` with this ``fit``'s epoch size.
+    * ``on_train_begin`` (once per ``fit``): traces a model not seen before; resolves a float
+      ``schedule`` with this ``fit``'s epoch size.
     * ``on_train_batch_begin`` (before each batch): reads the step (the optimizer's
-      ``iterations``). At the first batch of a ``fit`` that starts mid-schedule it restores
-      the masks in force (see *Resuming*). If ``schedule(step)`` says so it recomputes the
-      masks and zeroes them, before the batch runs (tfmot's convention).
-    * ``on_train_batch_end`` (after each batch): in ``"hard"`` mode, and in soft mode after the
-      schedule's last update, zeroes the pruned channels again (one compiled call), so they
-      are exactly zero after every batch; writes ``pruned_ratio``/``macs_ratio`` into the logs.
-    * ``on_epoch_end``: writes ``pruned_ratio`` (fraction of prunable channels removed) and
-      ``macs_ratio`` (MACs kept / dense MACs) into ``logs`` for History, CSVLogger and
-      TensorBoard; with ``backup_dir``, saves the masks.
+      ``iterations``); at the first batch of a ``fit`` that starts mid-schedule, restores the
+      masks in force (see *Resuming*); if ``schedule(step)`` says so, recomputes the masks and
+      zeroes them before the batch runs (tfmot's convention).
+    * ``on_train_batch_end``: in ``"hard"`` mode (in soft mode once the schedule's last update
+      has run) zeroes the pruned channels again in one compiled call; writes ``pruned_ratio``
+      (prunable channels removed) and ``macs_ratio`` (MACs kept / dense MACs) into the logs.
+    * ``on_epoch_end``: the same logs for History, CSVLogger and TensorBoard; with
+      ``backup_dir``, saves the masks. (``on_epoch_begin`` only forgets a cached step.)
     * ``on_train_end``: zeroes the final masks; deletes the ``backup_dir`` file.
 
     Modes: ``"soft"`` is soft filter pruning as in the FPGM paper: an update zeroes only the
-    pruned filters of the producers (Conv/Dense kernels and biases), so gradients still reach
-    them through BatchNorm and they may regrow until the next update, which may then choose
-    other filters (all-zero filters are pruned first and left out of the scoring). Once the
-    schedule's last update (``schedule.final_step``) has run, soft mode keeps the pruned
-    channels at zero like hard mode, so the remaining epochs fine-tune the pruned model.
-    ``"hard"`` keeps them at zero after every batch from the first update on (the optimizer's
-    moment estimates of pruned weights are left alone: they only move weights that are zeroed
-    again before any forward pass uses them).
+    pruned filters of the producers (Conv/Dense kernels and biases), so they may regrow until
+    the next update, which may choose other filters (all-zero filters are pruned first). After
+    the schedule's last update (``schedule.final_step``) soft mode keeps pruned channels zero
+    like hard mode, so the remaining epochs fine-tune the pruned model. ``"hard"`` keeps them
+    zero after every batch from the first update on (optimizer moments are left alone: they
+    only move weights that are zeroed again before any forward pass uses them).
 
     Resuming: the schedule runs on the optimizer's ``iterations``, which ``BackupAndRestore``
-    and checkpoints restore, so a resumed ``fit`` continues the schedule where it stopped.
-    The masks in force at that point are the ones computed at the last update before it: give
-    ``backup_dir`` (for instance the folder of ``BackupAndRestore``) and the callback saves
-    them at each epoch end and reloads them, so the resumed run matches an uninterrupted one.
-    Without it, the callback recomputes them on the restored weights with the ratio of that
-    update: the same masks in hard mode (the restored pruned filters are zero, and zero
-    filters are pruned first), possibly other channels in soft mode.
+    and checkpoints restore, so a resumed ``fit`` continues the schedule where it stopped,
+    with the masks of the last update before it: saved in ``backup_dir`` (e.g. the folder of
+    ``BackupAndRestore``) at each epoch end, so the resumed run matches an uninterrupted one;
+    without it, recomputed on the restored weights: the same masks in hard mode (zero filters
+    are pruned first), possibly other channels in soft mode.
 
-    Custom training loops: call the hooks yourself, e.g. through a ``CallbackList``. The step
-    is the ``iterations`` of ``model.optimizer`` when the model was compiled, otherwise the
-    number of ``on_train_batch_end`` calls so far::
-
-        callbacks = keras.callbacks.CallbackList([pruning], model=model)
-        callbacks.on_train_begin()
-        for step, (x, y) in enumerate(dataset):
-            callbacks.on_train_batch_begin(step)
-            train_step(x, y)          # your tf.function, applying model.optimizer
-            callbacks.on_train_batch_end(step)
-        callbacks.on_train_end()       # applies the final masks
+    Custom training loops: call ``on_train_begin``, then ``on_train_batch_begin`` and
+    ``on_train_batch_end`` around each training step, then ``on_train_end`` (which applies the
+    final masks), e.g. through a ``keras.callbacks.CallbackList`` as in
+    ``examples/custom_training_loop.py``. The step is the ``iterations`` of ``model.optimizer``
+    when the model was compiled, otherwise the number of ``on_train_batch_end`` calls so far.
 
     Args:
       schedule: a :class:`~tfcompress.pruning.PruningSchedule`, or a float ratio meaning
@@ -174,13 +140,11 @@ class FPGMPruning(keras.callbacks.Callback):
       min_channels: every group keeps at least this many channels.
       backup_dir: folder where the masks are saved at each epoch end so that a resumed
         ``fit`` continues with them; the file is deleted when training ends normally.
-      verbose: ``1`` reports each mask update like Keras callbacks do (on stdout, or through
-        logging when ``keras.utils.disable_interactive_logging()`` was called). Updates are
-        also logged at DEBUG level on this module's logger.
+      verbose: ``1`` reports each mask update as Keras callbacks do: on stdout, or to this
+        module's logger (INFO) after ``keras.utils.disable_interactive_logging()``.
 
     Raises:
-      TypeError: if an argument has the wrong type (``schedule`` neither a number nor a
-        ``PruningSchedule``, ``round_to`` not an int, ...).
+      TypeError: if an argument has the wrong type (e.g. ``round_to`` not an int).
       ValueError: for an unknown ``mode`` or ``criterion``, a ratio outside ``[0, 1)``,
         ``round_to < 1`` or ``min_channels < 1``.
 
@@ -217,13 +181,12 @@ class FPGMPruning(keras.callbacks.Callback):
     ):
         super().__init__()
         if isinstance(schedule, bool) or not isinstance(schedule, (numbers.Real, PruningSchedule)):
-            raise TypeError(
-                f"`schedule` must be a float ratio or a PruningSchedule, got {schedule!r}. "
-                "Pass e.g. `0.5` or `PolynomialRatio(0.0, 0.5, begin_step=0, end_step=1000)`."
-            )
+            raise TypeError(f"`schedule` must be a float ratio or a PruningSchedule, got "
+                            f"{schedule!r}. Pass e.g. `0.5` or `PolynomialRatio(0.0, 0.5, "
+                            "begin_step=0, end_step=1000)`.")
         if not isinstance(schedule, PruningSchedule):
             schedule = check_ratio(schedule, "schedule")
-        if mode not in _MODES:
+        if mode not in ("soft", "hard"):
             raise ValueError(f"`mode` must be 'soft' or 'hard', got {mode!r}. 'soft' lets pruned "
                              "filters regrow between updates (FPGM paper); 'hard' keeps them zero.")
         if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
@@ -242,7 +205,6 @@ class FPGMPruning(keras.callbacks.Callback):
         self._supports_tf_logs = True  # lets the batch-log values reach every epoch callback
         self._state: Optional[_PruningState] = None
 
-    # ---------------------------------------------------------------- public state
     @property
     def masks(self) -> Optional[Masks]:
         """The masks in force (``None`` before the first update)."""
@@ -291,31 +253,27 @@ class FPGMPruning(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         """Zeroes the pruned channels again when they must stay zero; logs the ratios."""
-        state = self._state
-        state.batches += 1
+        self._state.batches += 1
         if self._keeps_zero():
-            state.known_step = self._zero()
+            self._state.known_step = self._zero()
         if logs is not None:
-            logs.update(state.metrics)
+            logs.update(self._state.metrics)
 
     def on_epoch_begin(self, epoch, logs=None):
         """Forgets the step read after the last batch: other callbacks may have moved it."""
-        if self._state is not None:
-            self._state.known_step = None
+        self._state.known_step = None
 
     def on_epoch_end(self, epoch, logs=None):
         """Logs the ratios; saves the masks into ``backup_dir``."""
-        state = self._state
         if logs is not None:
-            logs.update(state.metrics)
-        if self.backup_dir is not None and state.masks is not None:
+            logs.update(self._state.metrics)
+        if self.backup_dir is not None and self._state.masks is not None:
             self._save_backup()
 
     def on_train_end(self, logs=None):
         """Zeroes the final masks (soft mode leaves regrown filters until here)."""
-        state = self._state
-        state.known_step = None
-        if state.masks is not None:
+        self._state.known_step = None
+        if self._state.masks is not None:
             self._zero()
         if self.backup_dir is not None and os.path.exists(self._backup_path()):
             os.remove(self._backup_path())
@@ -330,30 +288,23 @@ class FPGMPruning(keras.callbacks.Callback):
     def _keeps_zero(self) -> bool:
         """Whether pruned channels must be zero after every batch (hard mode, or soft mode
         once the schedule's last update has run)."""
-        state = self._state
-        if state.masks is None:
-            return False
-        final = state.schedule.final_step
-        return self.mode == "hard" or (final is not None and state.update_step >= final)
+        state, final = self._state, self._state.schedule.final_step
+        return state.masks is not None and (
+            self.mode == "hard" or (final is not None and state.update_step >= final))
 
     def _step_variable(self) -> Optional[tf.Variable]:
         return getattr(getattr(self.model, "optimizer", None), "iterations", None)
 
     def _read_step(self) -> int:
-        variable = self._step_variable()
-        if variable is None:
-            return self._state.batches
-        # get_value reads a MirroredVariable too (int() of one fails under tf.distribute).
-        return int(keras.backend.get_value(variable))
+        variable = self._step_variable()  # get_value reads a MirroredVariable too (int() fails)
+        return self._state.batches if variable is None else int(keras.backend.get_value(variable))
 
     def _select(self, ratio: float) -> Masks:
-        state = self._state
-        per_layer = None
-        if self.per_layer:
-            final = state.schedule.final_ratio
+        final, per_layer = self._state.schedule.final_ratio, None
+        if self.per_layer:  # ramps with the schedule, never above the value given
             scale = ratio / final if final else 1.0
             per_layer = {name: min(value * scale, value) for name, value in self.per_layer.items()}
-        return select_masks(state.graph, ratio, criterion=self._score, per_layer=per_layer,
+        return select_masks(self._state.graph, ratio, criterion=self._score, per_layer=per_layer,
                             exclude=self.exclude, round_to=self.round_to,
                             min_channels=self.min_channels)
 
@@ -404,16 +355,12 @@ class FPGMPruning(keras.callbacks.Callback):
 
     def _report(self, message: str) -> None:
         """Keras callbacks' ``print_msg``: stdout, or logging when interactive logging is off."""
-        _LOG.debug(message)
-        if not self.verbose:
-            return
-        if keras.utils.is_interactive_logging_enabled():
+        if self.verbose and keras.utils.is_interactive_logging_enabled():
             sys.stdout.write(message + "\n")
             sys.stdout.flush()
         else:
-            _LOG.info(message)
+            _LOG.log(logging.INFO if self.verbose else logging.DEBUG, message)
 
-    # ---------------------------------------------------------------- backup_dir
     def _backup_path(self) -> str:
         return os.path.join(self.backup_dir, _BACKUP_FILE)
 
@@ -433,7 +380,6 @@ class FPGMPruning(keras.callbacks.Callback):
         os.makedirs(self.backup_dir, exist_ok=True)
         write_text(self._backup_path(), json.dumps({key: entries[key] for key in keep}))
 
-    # ---------------------------------------------------------------- serialization
     def get_config(self) -> Dict[str, Any]:
         """Returns the constructor arguments; the schedule is Keras-serialized."""
         schedule = self.schedule
