@@ -103,7 +103,7 @@ def speed_markdown(rows, rounds, loads):
               "fpgm_masks(0.3) s", "rebuild s", "clone_model(slim) s", "rebuild/clone",
               "MACs kept", "params kept"]
     slow = [f"{r['name']} ({r['masks'][0]:.2f} s)" for r in rows if r["masks"][0] > MASKS_GOAL_S]
-    over = [f"{r['name']} ({r['rebuild'][0] / r['clone'][0]:.2f}x)" for r in rows
+    over = [f"{r['name']} ({r['rebuild'][0] / r['clone'][0]:.3f}x)" for r in rows
             if r["rebuild"][0] > REBUILD_GOAL * r["clone"][0]]
     verdict_masks = ("met for every model" if not slow else "NOT met for " + ", ".join(slow))
     verdict_rebuild = ("met for every model" if not over else "NOT met for " + ", ".join(over))
