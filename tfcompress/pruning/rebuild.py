@@ -129,21 +129,23 @@ def _edit_configs(graph: ChannelGraph, kept: KeptFn, config: Dict[str, Any]
 def _copy_weights(graph: ChannelGraph, model: Any, slim: Any,
                   positions: Mapping[str, Dict[str, Any]]) -> None:
     """Gives every layer of ``slim`` its original weights, sliced where channels were
-    removed, in one batched assignment."""
+    removed (unchanged weights are assigned variable to variable)."""
     new_layers = dict(_leaf_layers(slim))
-    pairs: List[Tuple[Any, np.ndarray]] = []
+    pairs: List[Tuple[Any, Any]] = []
     for key, layer in _leaf_layers(model):
         target = new_layers[key]
-        weights = [w.numpy() for w in layer.weights]
+        weights: List[Any] = list(layer.weights)  # unchanged: assigned variable to variable
         record = graph.records.get(key)
         if key in positions:
             handler = record.handler
             for attr, i in handler.weight_index(layer).items():
-                weights[i] = handler.slice_weight(layer, attr, weights[i], positions[key])
+                weights[i] = handler.slice_weight(layer, attr, weights[i].numpy(),
+                                                  positions[key])
         if len(weights) != len(target.weights):
-            target.set_weights(weights)  # raises Keras' own message naming the layer
+            target.set_weights([np.asarray(w) for w in weights])  # Keras' message names it
         pairs.extend(zip(target.weights, weights))
-    keras.backend.batch_set_value(pairs)
+    for variable, value in pairs:  # a variable's value is copied without a numpy round trip
+        variable.assign(value)
     for key, layer in new_layers.items():
         record = graph.records.get(key)
         if record is not None:
