@@ -66,6 +66,30 @@ def clock(function, times, kept):
     return result
 
 
+def gram_work(graph, masks):
+    """Multiply-accumulates of FPGM's Gram products: ``size^2 x features`` summed over the
+    groups ``masks`` prunes (the filters of all producers of a group, concatenated)."""
+    work = 0
+    for group in graph.groups:
+        if group.id in masks.kept and len(masks.kept[group.id]) < group.size:
+            work += group.size ** 2 * graph.filters(group).shape[1]
+    return work
+
+
+def matmul_rate(repeats=3):
+    """This machine's float32 matrix-product speed now (GMAC/s, best of ``repeats``), on a
+    product of the shape FPGM computes (1024 filters of 16384 features)."""
+    f = np.random.default_rng(0).normal(size=(1024, 16384)).astype(np.float32)
+    best = min(_timed_product(f) for _ in range(repeats))
+    return 1024 * 1024 * 16384 / best / 1e9
+
+
+def _timed_product(f):
+    start = time.perf_counter()
+    f @ f.T
+    return time.perf_counter() - start
+
+
 def speed_row(name, rounds):
     """Trace, masks, then rebuild and ``clone_model`` of the slim model interleaved: the order
     alternates every round (rebuild first in round 0, which gives the slim model to clone)."""
@@ -86,12 +110,25 @@ def speed_row(name, rounds):
                 clock(lambda: keras.models.clone_model(slim), times["clone"], kept)
     row = {"name": name, "side": side, "params": model.count_params(),
            "macs_kept": graph_macs(graph, masks) / graph_macs(graph),
-           "params_kept": slim.count_params() / model.count_params()}
+           "params_kept": slim.count_params() / model.count_params(),
+           "gram": gram_work(graph, masks)}
     row.update({key: (statistics.median(values), min(values)) for key, values in times.items()})
     return row  # the models and everything in ``kept`` are freed on return
 
 
-def speed_markdown(rows, rounds, loads):
+def floor_sentence(rows, rate):
+    """Which models' median ``fpgm_masks`` time is at most twice the time their Gram products
+    alone need at the measured matmul rate (the arithmetic floor of exact FPGM)."""
+    parts = [f"{r['name']} {r['gram'] / 1e9:.0f} GMAC = {r['gram'] / 1e9 / rate:.2f} s of "
+             f"{r['masks'][0]:.2f} s" for r in rows]
+    bound = [r["name"] for r in rows if r["masks"][0] <= 2 * r["gram"] / 1e9 / rate]
+    return (f"FPGM's Gram products (size^2 x features per scored group) at this machine's "
+            f"measured float32 matmul rate ({rate:.0f} GMAC/s, best of 3 just before the table): "
+            + "; ".join(parts) + ". Within 2x of that arithmetic floor: "
+            + (", ".join(bound) if bound else "none") + ".")
+
+
+def speed_markdown(rows, rounds, loads, rate):
     def cell(pair):
         return f"{pair[0]:.2f} ({pair[1]:.2f})"
 
@@ -115,11 +152,14 @@ Load average (1 min) {loads[0]:.1f} before this table and {loads[1]:.1f} after i
 {table(header, lines)}
 
 Goal `fpgm_masks(0.3) <= {MASKS_GOAL_S:g} s` (median): {verdict_masks}.
-Goal `rebuild <= {REBUILD_GOAL:g}x clone_model` (ratio of medians): {verdict_rebuild}."""
+Goal `rebuild <= {REBUILD_GOAL:g}x clone_model` (ratio of medians): {verdict_rebuild}.
+
+{floor_sentence(rows, rate)}"""
 
 
 def tool_speed(rounds, models=SPEED_MODELS):
     loads = [os.getloadavg()[0]]
+    rate = matmul_rate()
     rows = []
     for name in models:
         rows.append(speed_row(name, rounds))
@@ -129,7 +169,7 @@ def tool_speed(rounds, models=SPEED_MODELS):
         print(f"  {name}: masks {r['masks'][0]:.2f} s, rebuild {r['rebuild'][0]:.2f} s, "
               f"clone {r['clone'][0]:.2f} s")
     loads.append(os.getloadavg()[0])
-    return speed_markdown(rows, rounds, loads)
+    return speed_markdown(rows, rounds, loads, rate)
 
 
 # ------------------------------------------------------------------ 3./4. accuracy
