@@ -46,15 +46,21 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+#: Files the benchmarks themselves write: a run that rewrites them is still a clean run.
+OUTPUTS = ("benchmarks/RESULTS.md", "benchmarks/zoo.json")
+
+
 def commit() -> str:
-    """Short hash of HEAD, with ``+dirty`` when tracked files differ from it.
+    """Short hash of HEAD, with ``+dirty`` when tracked files other than the benchmarks'
+    own outputs (:data:`OUTPUTS`) differ from it.
 
     ``unknown`` outside a git checkout. Untracked files do not count as dirty.
     """
     head = _git("rev-parse", "--short", "HEAD")
     if not head:
         return "unknown"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    excluded = [f":(exclude){path}" for path in OUTPUTS]
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
     return head + ("+dirty" if dirty else "")
 
 
