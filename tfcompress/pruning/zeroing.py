@@ -22,7 +22,7 @@ Example:
   >>> graph = ChannelGraph(residual_cnn(width=8))
   >>> table = variable_masks(graph, select_masks(graph, 0.5))
   >>> sorted(v.name for v, _ in table.values())[:3]
-  ['block1a_bn/beta:0', 'block1a_bn/gamma:0', 'block1a_conv/bias:0']
+  ['block1a_bn/beta:0', 'block1a_bn/gamma:0', 'block1a_conv/kernel:0']
 """
 
 from __future__ import annotations
