@@ -34,24 +34,23 @@ def fpgm(filters: np.ndarray) -> np.ndarray:
 
     Each filter's score is the sum of its Euclidean distances to the other filters of the
     group: filters close to the geometric median are the most replaceable, so the smallest
-    sums are pruned first. Vectorised through the Gram matrix (``O(n^2 f)``): the matrix
-    product, where the work is, runs in float32 (the precision of the weights; distances
-    agree with a float64 computation to about 1e-6 relative), the rest in float64.
+    sums are pruned first. Vectorised through the Gram matrix (``O(n^2 f)``) in float32, the
+    precision of the weights (sums agree with a float64 computation to about 1e-5 relative).
 
     Example:
       >>> fpgm(np.array([[0.0], [1.0], [3.0]])).tolist()
       [4.0, 3.0, 5.0]
     """
     f = np.asarray(filters, np.float32).reshape(len(filters), -1)
-    squared = np.einsum("ij,ij->i", f, f, dtype=np.float64)
-    d2 = (f @ f.T).astype(np.float64)  # the n x n work below is in place (n can be 4000)
+    squared = np.einsum("ij,ij->i", f, f, dtype=np.float64).astype(np.float32)
+    d2 = f @ f.T  # float32 n x n, then in place: n reaches 6144 (ConvNeXt's MLP groups)
     d2 *= -2.0
     d2 += squared[:, None]
     d2 += squared[None, :]
     np.fill_diagonal(d2, 0.0)
     np.maximum(d2, 0.0, out=d2)
     np.sqrt(d2, out=d2)
-    return d2.sum(axis=1)
+    return d2.sum(axis=1, dtype=np.float64)
 
 
 def l1_norm(filters: np.ndarray) -> np.ndarray:
