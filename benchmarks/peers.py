@@ -183,7 +183,7 @@ def latencies(keras_pair, torch_pair, x_test, runs, batches=LATENCY_BATCHES):
 
 # ------------------------------------------------------------------ report
 def report(results, size, latency, args, elapsed):
-    from _results import machine
+    from _results import commit, machine
 
     def both(function):
         return [function("tfc"), function("tp")]
@@ -250,7 +250,8 @@ def report(results, size, latency, args, elapsed):
     seeds = ", ".join(map(str, range(args.seeds)))
     markdown = f"""## tfcompress vs Torch-Pruning (`benchmarks/peers.py`)
 
-Measured on {machine()}, torch {torch.__version__}, torch-pruning {tp.__version__}
+Measured on {machine()}, commit `{commit()}`,
+torch {torch.__version__}, torch-pruning {tp.__version__}
 {"(--quick run) " if args.quick else ""}in one run of {elapsed / 60:.1f} min. The machine is shared
 with other jobs (1-minute load average {os.getloadavg()[0]:.1f} on 2 cores at the end of the run),
 so timings are noisy, the longer batch-32 runs most: latencies are medians of {args.runs}
