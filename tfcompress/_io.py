@@ -1,13 +1,15 @@
-"""Atomic file and directory writes: a failed write leaves nothing behind."""
+"""Atomic file and directory writes (a failed write leaves nothing behind), and the JSON file
+methods of the documents tfcompress saves."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
 import tempfile
-from typing import Iterator, Union
+from typing import Any, Dict, Iterator, Optional, Type, TypeVar, Union
 
 #: What every tfcompress function accepts as a path: a string or an ``os.PathLike``.
 PathLike = Union[str, "os.PathLike[str]"]
@@ -87,3 +89,50 @@ def write_text(path: PathLike, text: str, argument: str = "path") -> pathlib.Pat
     with atomic_file(path, argument) as tmp:
         tmp.write_text(text)
     return pathlib.Path(path)
+
+
+_Document = TypeVar("_Document", bound="JsonDocument")
+
+
+class JsonDocument:
+    """``to_json``/``from_json``/``save``/``load`` for a class with ``get_config`` and
+    ``from_config`` (:class:`~tfcompress.pruning.Masks`, sensitivity results).
+
+    ``save`` is atomic; a text that is not JSON raises ``ValueError`` naming ``KIND``.
+    """
+
+    #: What the document is, for error messages.
+    KIND = "Document"
+
+    def get_config(self) -> Dict[str, Any]:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls: Type[_Document], config: Any) -> _Document:  # pragma: no cover
+        raise NotImplementedError
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        """The document as a JSON string."""
+        return json.dumps(self.get_config(), indent=indent)
+
+    @classmethod
+    def from_json(cls: Type[_Document], text: str) -> _Document:
+        """The document from :meth:`to_json` output.
+
+        Raises:
+          ValueError: if ``text`` is not valid JSON or not a document of this kind.
+        """
+        try:
+            config = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{cls.KIND} JSON could not be parsed: {error}.") from error
+        return cls.from_config(config)
+
+    def save(self, path: PathLike) -> pathlib.Path:
+        """Writes the document as JSON, atomically. Returns the path."""
+        return write_text(path, self.to_json(indent=1))
+
+    @classmethod
+    def load(cls: Type[_Document], path: PathLike) -> _Document:
+        """Reads a document written by :meth:`save`."""
+        return cls.from_json(pathlib.Path(path).read_text())

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional
 
 from tfcompress._keras import keras
 
 __all__ = [
-    "check_ratio", "check_int", "check_names", "check_ratio_map", "float16_layers",
+    "check_ratio", "check_number", "check_int", "check_names", "check_ratio_map", "float16_layers",
     "require_float32",
 ]
 
@@ -44,6 +44,31 @@ def check_ratio(value: Any, name: str) -> float:
         raise ValueError(f"{what}, got {value}. A ratio of 1 would remove every channel; "
                          "use e.g. 0.5 to remove half of them.")
     return value
+
+
+def check_number(value: Any, name: str, allowed: str,
+                 valid: Optional[Callable[[float], bool]] = None,
+                 example: Optional[Any] = None) -> float:
+    """A real number (not a bool) for which ``valid`` holds; ``allowed`` describes the valid
+    values in the messages, ``example`` a good value.
+
+    Raises:
+      TypeError: for a non-number.
+      ValueError: if ``valid(value)`` is False (NaN fails every comparison, so it is refused
+        by any bound).
+
+    Example:
+      >>> check_number(3, "power", "a positive number", valid=lambda v: v > 0)
+      3.0
+    """
+    hint = "" if example is None else f" Pass e.g. `{name}={example}`."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be {allowed}, got {value!r} "
+                        f"({type(value).__name__}).{hint}")
+    number = float(value)
+    if valid is not None and not valid(number):
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.{hint}")
+    return number
 
 
 def check_int(value: Any, name: str, minimum: Optional[int] = None,

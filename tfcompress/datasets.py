@@ -6,13 +6,12 @@ needs no download, so the demo, examples, tests and benchmarks all run offline.
 
 from __future__ import annotations
 
-import numbers
 from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from tfcompress._validate import check_int
+from tfcompress._validate import check_int, check_number
 
 Split = Tuple[np.ndarray, np.ndarray]
 
@@ -44,12 +43,8 @@ def load_digits(size: int = 16, test_fraction: float = 0.25, seed: int = 0) -> T
       ValueError: `size` must be an integer >= 8, got 4.
     """
     check_int(size, "size", 8)
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
-        raise TypeError(f"`test_fraction` must be a number in (0, 1), got {test_fraction!r}. "
-                        "Pass e.g. `test_fraction=0.25`.")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}. "
-                         "Pass e.g. `test_fraction=0.25`.")
+    check_number(test_fraction, "test_fraction", "a number in (0, 1)",
+                 valid=lambda v: 0.0 < v < 1.0, example=0.25)
     try:
         from sklearn import datasets
     except ImportError as err:  # pragma: no cover - depends on the environment

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfcompress._validate import check_number
 from tfcompress.pruning.counting import graph_macs
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.sensitivity_result import GroupSensitivity, SensitivityResult
@@ -64,8 +64,7 @@ def _levels(scan: SensitivityResult, per_layer: Mapping[str, float]) -> List[int
         if name not in index:
             raise ValueError(f"Layer {name!r} names no scanned group; use the keys of "
                              f"`ratios_for` ({list(scan.names)}).")
-        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-            raise TypeError(f"per_layer[{name!r}] must be a ratio (float), got {ratio!r}.")
+        check_number(ratio, f"per_layer[{name!r}]", "a ratio (float)")
         matches = [i for i, r in enumerate(scan.ratios) if math.isclose(r, ratio)]
         if ratio and not matches:
             raise ValueError(f"Ratio {ratio!r} for {name!r} was not scanned; predictions "
@@ -139,13 +138,8 @@ def _cheapest_step(scan: SensitivityResult, levels: List[int], hits: Sequence[Se
 
 
 def _check_target(macs_target: Any) -> float:
-    if isinstance(macs_target, bool) or not isinstance(macs_target, numbers.Real):
-        raise TypeError(f"`macs_target` must be a float, the fraction of MACs to keep, got "
-                        f"{macs_target!r} ({type(macs_target).__name__}); e.g. 0.5.")
-    if not 0 < macs_target <= 1:
-        raise ValueError(f"`macs_target` must be the fraction of MACs to keep, in (0, 1], "
-                         f"got {macs_target!r}; e.g. 0.5 to halve the MACs.")
-    return float(macs_target)
+    return check_number(macs_target, "macs_target", "the fraction of MACs to keep, in (0, 1]",
+                        valid=lambda v: 0 < v <= 1, example=0.5)
 
 
 def ratios_for(scan: SensitivityResult, macs_target: float) -> Dict[str, float]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import pathlib
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfcompress._io import PathLike, write_text
+from tfcompress._io import JsonDocument
 
 __all__ = ["Masks", "check_masks"]
 
@@ -16,7 +14,7 @@ _FORMAT = "tfcompress.pruning.Masks"
 _VERSION = 1
 
 
-class Masks:
+class Masks(JsonDocument):
     """Kept channel indices per channel group (see :class:`~tfcompress.pruning.ChannelGraph`).
 
     Groups missing from ``kept`` keep all their channels. Two ``Masks`` are equal when they
@@ -39,6 +37,8 @@ class Masks:
       >>> Masks.from_json(masks.to_json()) == masks
       True
     """
+
+    KIND = "Masks"
 
     def __init__(
         self,
@@ -121,32 +121,6 @@ class Masks:
             layers={g["id"]: g.get("layers", ()) for g in groups},
             barriers={g["id"]: g["barriers"] for g in groups if "barriers" in g},
         )
-
-    def to_json(self, indent: Optional[int] = None) -> str:
-        """The masks as a JSON string."""
-        return json.dumps(self.get_config(), indent=indent)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Masks":
-        """Masks from :meth:`to_json` output.
-
-        Raises:
-          ValueError: if ``text`` is not valid JSON or not a masks document.
-        """
-        try:
-            config = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"Masks JSON could not be parsed: {error}.") from error
-        return cls.from_config(config)
-
-    def save(self, path: PathLike) -> pathlib.Path:
-        """Writes the masks as JSON, atomically. Returns the path."""
-        return write_text(path, self.to_json(indent=1))
-
-    @classmethod
-    def load(cls, path: PathLike) -> "Masks":
-        """Reads masks written by :meth:`save`."""
-        return cls.from_json(pathlib.Path(path).read_text())
 
     # ----- reporting ----------------------------------------------------------------------
     def summary(self, max_layers: int = 3) -> str:

@@ -14,11 +14,10 @@ step, outside any ``tf.function``, so there is nothing to trace.
 from __future__ import annotations
 
 import abc
-import numbers
 from typing import Any, Dict, Optional, Tuple
 
 from tfcompress._keras import keras
-from tfcompress._validate import check_int, check_ratio
+from tfcompress._validate import check_int, check_number, check_ratio
 
 __all__ = ["PruningSchedule", "ConstantRatio", "PolynomialRatio"]
 
@@ -218,12 +217,8 @@ class PolynomialRatio(_PeriodicSchedule):
         super().__init__(begin_step, end_step, frequency, open_ended=False)
         self.initial_ratio = check_ratio(initial_ratio, "initial_ratio")
         self._final_ratio = check_ratio(final_ratio, "final_ratio")
-        if isinstance(power, bool) or not isinstance(power, numbers.Real):
-            raise TypeError(f"`power` must be a number, got {power!r} ({type(power).__name__}). "
-                            "Pass e.g. `power=3`.")
-        if not power > 0:
-            raise ValueError(f"`power` must be a positive number, got {power!r}; 3 is the usual "
-                             "choice, 1 gives a linear ramp.")
+        check_number(power, "power", "a positive number (3 is the usual choice, 1 gives a "
+                     "linear ramp)", valid=lambda v: v > 0, example=3)
         self.power = power
 
     def __call__(self, step: int) -> Tuple[bool, float]:

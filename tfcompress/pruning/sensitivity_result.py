@@ -25,11 +25,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
-from tfcompress._io import PathLike, write_text
+from tfcompress._io import JsonDocument, PathLike
 from tfcompress._plots import pyplot, save_figure
 
 __all__ = ["GroupSensitivity", "SensitivityResult", "group_label"]
@@ -100,7 +99,7 @@ class GroupSensitivity:
             macs_saved=tuple(int(m) for m in config["macs_saved"]))
 
 
-class SensitivityResult:
+class SensitivityResult(JsonDocument):
     """Per-group metric drop and MACs saved at each pruning ratio (what a scan measured).
 
     Users get the subclass :class:`~tfcompress.pruning.sensitivity.Sensitivity` from
@@ -130,6 +129,8 @@ class SensitivityResult:
       >>> result
       SensitivityResult(1 groups x 2 ratios, baseline=1: c1)
     """
+
+    KIND = "Sensitivity"
 
     def __init__(
         self,
@@ -228,32 +229,6 @@ class SensitivityResult:
                    {(a, b): w for a, b, w in config.get("interactions", [])},
                    criterion=config.get("criterion", "fpgm"),
                    round_to=config.get("round_to", 1), model_name=config.get("model", ""))
-
-    def to_json(self, indent: Optional[int] = None) -> str:
-        """The scan as a JSON string."""
-        return json.dumps(self.get_config(), indent=indent)
-
-    @classmethod
-    def from_json(cls: Type[_Result], text: str) -> _Result:
-        """A scan from :meth:`to_json` output.
-
-        Raises:
-          ValueError: if ``text`` is not valid JSON or not a sensitivity document.
-        """
-        try:
-            config = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"Sensitivity JSON could not be parsed: {error}.") from error
-        return cls.from_config(config)
-
-    def save(self, path: PathLike) -> pathlib.Path:
-        """Writes the scan as JSON, atomically. Returns the path."""
-        return write_text(path, self.to_json(indent=1))
-
-    @classmethod
-    def load(cls: Type[_Result], path: PathLike) -> _Result:
-        """Reads a scan written by :meth:`save`."""
-        return cls.from_json(pathlib.Path(path).read_text())
 
     # ----- reporting -----------------------------------------------------------------------
     def summary(self) -> str:

@@ -12,14 +12,13 @@ so it plugs into ``QuantizeConfig``/``quantize_apply`` like tfmot's own quantize
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import Any, Dict, Optional, Tuple, Union
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
-from tfcompress._validate import check_int
+from tfcompress._validate import check_int, check_number
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.tflite_mode import exporting
 
@@ -47,31 +46,17 @@ def validate_bits(value: Any, argument: str) -> int:
     return value
 
 
-def _check_number(value: Any, argument: str, allowed: str) -> float:
-    """A real number (not a bool); ``allowed`` says which values are valid, for the message."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{argument}` must be {allowed}, got {value!r} "
-                        f"({type(value).__name__}).")
-    return float(value)
-
-
 def _check_alpha_init(alpha_init: Any) -> Union[str, float]:
     allowed = "'auto' or a positive number"
     if isinstance(alpha_init, str):
         if alpha_init != "auto":
             raise ValueError(f"`alpha_init` must be {allowed}, got {alpha_init!r}.")
         return alpha_init
-    value = _check_number(alpha_init, "alpha_init", allowed)
-    if not value > 0:
-        raise ValueError(f"`alpha_init` must be {allowed}, got {alpha_init!r}.")
-    return value
+    return check_number(alpha_init, "alpha_init", allowed, valid=lambda v: v > 0)
 
 
 def _check_non_negative(value: Any, argument: str, allowed: str) -> float:
-    number = _check_number(value, argument, allowed)
-    if not number >= 0:  # NaN fails too
-        raise ValueError(f"`{argument}` must be {allowed}, got {value!r}.")
-    return number
+    return check_number(value, argument, allowed, valid=lambda v: v >= 0)
 
 
 def _pact_fake_quant(x, low, high, num_bits: int, narrow_range: bool):
