@@ -16,7 +16,7 @@ import logging
 import math
 from typing import Any, List, Optional, Tuple
 
-from tfcompress._keras import require_graph_model
+from tfcompress._keras import keras, require_graph_model
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import BarrierHandler
 from tfcompress.pruning.layout import KeptFn
@@ -32,7 +32,7 @@ def _macs(graph: ChannelGraph, kept: KeptFn) -> Tuple[int, List[Tuple[str, str]]
     total, failed = 0, []
     for key, record in graph.records.items():
         if isinstance(record.handler, BarrierHandler):
-            if type(record.layer).__name__ != "InputLayer":
+            if not isinstance(record.layer, keras.layers.InputLayer):
                 failed.append((key, record.barrier or "no channel handler"))
             continue
         for call in record.calls:
