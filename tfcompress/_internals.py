@@ -12,37 +12,72 @@ from __future__ import annotations
 import contextlib
 import importlib
 import types
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
+
+import tensorflow as tf
 
 __all__ = [
-    "is_graph_network", "nodes_by_depth", "history_layer", "inbound_nodes", "outbound_layers",
+    "is_graph_network", "nodes_by_depth", "node_parts", "history_layer", "inbound_nodes", "outbound_layers",
     "unsafe_deserialization", "output_quantizer_vars", "tfmot_private",
 ]
 
 
 # ----- tf_keras functional graph ------------------------------------------------------------
+def _keras3_graph(model: Any) -> Any:
+    """The Keras 3 object holding a model's graph: a Functional model itself, or the
+    Functional a built Sequential model keeps in ``Sequential._functional``."""
+    if hasattr(model, "_nodes_by_depth"):
+        return model
+    return getattr(model, "_functional", None)
+
+
+def _is_keras3(model: Any) -> bool:
+    return type(model).__module__.startswith("keras.") or any(
+        c.__module__.startswith("keras.") for c in type(model).__mro__)
+
+
 def is_graph_network(model: Any) -> bool:
     """True for Functional and Sequential models whose layer graph is known.
 
-    ``Model._is_graph_network``: the only flag that tells a Functional model (or a Sequential
-    model with an input shape) from a subclassed one; ``isinstance(model, Functional)`` is not
-    public either.
+    tf_keras: ``Model._is_graph_network``, the only flag that tells a Functional model (or a
+    Sequential model with an input shape) from a subclassed one. Keras 3 (3.15): a
+    Functional model has ``_nodes_by_depth`` (from ``ops.Function``); a built Sequential
+    model keeps a Functional in ``_functional``.
     """
+    if _is_keras3(model):
+        return _keras3_graph(model) is not None
     return bool(getattr(model, "_is_graph_network", False))
 
 
 def nodes_by_depth(model: Any) -> Dict[int, List[Any]]:
-    """``{depth: [Node, ...]}`` of a Functional model (``Model._nodes_by_depth``).
+    """``{depth: [node, ...]}`` of a Functional model (``_nodes_by_depth`` in both Kerases).
 
     The public ``model.layers`` loses the call structure of shared layers and nested models;
     the depth-ordered nodes are what Keras itself runs (``Functional._run_internal_graph``).
     """
+    if _is_keras3(model):
+        return _keras3_graph(model)._nodes_by_depth
     return model._nodes_by_depth
 
 
+def node_parts(node: Any) -> Tuple[Any, list, list, Any, Any, bool]:
+    """``(layer, input tensors, output tensors, args, kwargs, is_input)`` of a graph node.
+
+    tf_keras nodes: ``layer``, ``keras_inputs``, ``outputs``, ``call_args``,
+    ``call_kwargs``; Keras 3 nodes: ``operation``, ``input_tensors``, ``outputs``,
+    ``arguments.args``/``arguments.kwargs``.
+    """
+    if hasattr(node, "operation"):
+        return (node.operation, list(node.input_tensors), list(node.outputs),
+                node.arguments.args, node.arguments.kwargs, bool(node.is_input))
+    return (node.layer, list(node.keras_inputs), tf.nest.flatten(node.outputs),
+            node.call_args, node.call_kwargs, bool(node.is_input))
+
+
 def history_layer(tensor: Any) -> Any:
-    """The layer that produced a symbolic Keras tensor (``KerasTensor._keras_history``)."""
-    return tensor._keras_history.layer
+    """The layer that produced a symbolic Keras tensor (``KerasTensor._keras_history``, a
+    named tuple whose first field is the layer in tf_keras and the operation in Keras 3)."""
+    return tensor._keras_history[0]
 
 
 def inbound_nodes(layer: Any) -> List[Any]:

@@ -1,35 +1,66 @@
-"""The one module that imports Keras.
+"""The one module that imports Keras: the flavour seam.
 
-tfcompress works on Keras 2 models, i.e. the ``tf_keras`` package, because
-tensorflow-model-optimization (tfmot) is built on it. Since TensorFlow 2.16,
-``tf.keras`` is Keras 3 unless the user sets ``TF_USE_LEGACY_KERAS=1`` before
-importing TensorFlow. We never rely on that variable: we import ``tf_keras``
-directly, and every public entry point calls :func:`check_model` so that a
-Keras 3 model gets a clear explanation instead of a failure deep inside tfmot.
+tfcompress works on two Kerases:
 
-Every other module does ``from tfcompress._keras import keras``.
+* **tf_keras** (Keras 2), the package tensorflow-model-optimization (tfmot) is built on;
+* **Keras 3** (``import keras``, and ``tf.keras`` since TensorFlow 2.16).
+
+They agree on what a Conv2D is and differ in how a model stores its graph, its configs and
+its callbacks. Everything that differs lives here (and, for private attributes, in
+:mod:`tfcompress._internals`): which flavour an object is (:func:`flavour_of`), the layer
+classes of both (:func:`layer_classes`), a model's calls in order (:func:`graph_nodes`),
+rebuilding a model from its config (:func:`model_from_config`), registering serializable
+classes in both (:func:`serializable`). Handlers, criteria, masks, counting, the rebuild,
+export and PACT's math are written once against this module.
+
+``keras`` is tf_keras (the tfmot front-end's Keras), ``keras3`` is Keras 3; every other
+module imports them from here. We never rely on ``TF_USE_LEGACY_KERAS``.
+
+Example:
+  >>> flavour_of(keras.layers.Dense(2)).name, flavour_of(keras3.layers.Dense(2)).name
+  ('tf_keras', 'keras3')
 """
 
 from __future__ import annotations
 
-from typing import Any, List
+import dataclasses
+import types
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+import keras as keras3
 import tf_keras as keras
 
-from tfcompress._internals import is_graph_network
+from tfcompress import _internals
 
 __all__ = [
-    "keras", "check_model", "is_keras3_object", "require_graph_model", "existing_classes",
+    "keras", "keras3", "Flavour", "TF_KERAS", "KERAS3", "FLAVOURS", "flavour_of", "check_model",
+    "is_keras3_object", "require_graph_model", "existing_classes", "layer_classes",
+    "is_model", "is_sequential", "is_input_layer", "graph_nodes", "input_names",
+    "output_names", "model_from_config", "serializable", "callback_bases", "backend",
+    "require_tensorflow_backend",
 ]
 
-_KERAS3_FIX = (
-    "tfcompress (like tensorflow-model-optimization) works on Keras 2 models from the "
-    "`tf_keras` package, but this is a Keras 3 object (what `tf.keras` and `import keras` "
-    "give since TensorFlow 2.16). Build the model with tf_keras instead:\n"
-    "    import tf_keras as keras\n"
-    "    model = keras.Sequential([...])   # or keras.Model(inputs, outputs)\n"
-    "and load saved models with `tf_keras.models.load_model(path)`."
-)
+T = TypeVar("T", bound=type)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flavour:
+    """One Keras: its name (``"tf_keras"`` or ``"keras3"``) and its module."""
+
+    name: str
+    module: types.ModuleType
+
+    @property
+    def is_keras3(self) -> bool:
+        return self.name == "keras3"
+
+    def __repr__(self) -> str:
+        return f"Flavour({self.name!r})"
+
+
+TF_KERAS = Flavour("tf_keras", keras)
+KERAS3 = Flavour("keras3", keras3)
+FLAVOURS: Tuple[Flavour, ...] = (TF_KERAS, KERAS3)
 
 
 def is_keras3_object(obj: object) -> bool:
@@ -41,8 +72,48 @@ def is_keras3_object(obj: object) -> bool:
     return False
 
 
-def check_model(model: object, argument: str = "model") -> "keras.Model":
-    """Validates that ``model`` is a built ``tf_keras.Model``.
+def flavour_of(obj: object) -> Optional[Flavour]:
+    """The Keras a layer, model or KerasTensor comes from, or None for anything else."""
+    if isinstance(obj, keras3.layers.Layer) or is_keras3_object(obj):
+        return KERAS3
+    if isinstance(obj, keras.layers.Layer) or type(obj).__module__.startswith("tf_keras"):
+        return TF_KERAS
+    return None
+
+
+def backend() -> str:
+    """The Keras 3 backend in use (``"tensorflow"``, ``"jax"``, ...)."""
+    return keras3.backend.backend()
+
+
+def require_tensorflow_backend(what: str) -> None:
+    """Raises a RuntimeError naming ``what`` if Keras 3 runs on a backend other than
+    TensorFlow (QAT and TFLite export run TensorFlow graphs)."""
+    if backend() != "tensorflow":
+        raise RuntimeError(
+            f"{what} needs Keras 3's TensorFlow backend, but KERAS_BACKEND={backend()!r}. "
+            "Pruning (masks, rebuild, counting) works on any backend; for this step set "
+            "KERAS_BACKEND=tensorflow before importing keras, or save the model as .keras "
+            "and run it in a TensorFlow-backend process.")
+
+
+def is_model(obj: object) -> bool:
+    """True for a ``Model`` of either flavour."""
+    return isinstance(obj, (keras.Model, keras3.Model))
+
+
+def is_sequential(obj: object) -> bool:
+    """True for a ``Sequential`` model of either flavour."""
+    return isinstance(obj, (keras.Sequential, keras3.Sequential))
+
+
+def is_input_layer(obj: object) -> bool:
+    """True for an ``InputLayer`` of either flavour."""
+    return isinstance(obj, (keras.layers.InputLayer, keras3.layers.InputLayer))
+
+
+def check_model(model: object, argument: str = "model") -> Any:
+    """Validates that ``model`` is a built Keras model (tf_keras or Keras 3).
 
     Args:
       model: the object a user passed to a public function.
@@ -52,37 +123,34 @@ def check_model(model: object, argument: str = "model") -> "keras.Model":
       ``model`` unchanged.
 
     Raises:
-      TypeError: if ``model`` is a Keras 3 object or not a Keras model at all.
+      TypeError: if ``model`` is not a Keras model at all.
       ValueError: if the model has not been built (its input shapes are unknown).
     """
-    if isinstance(model, keras.Model):
+    if is_model(model):
         if not model.built:
             raise ValueError(
                 f"`{argument}` ({model.name!r}) is not built, so its shapes are unknown. "
-                "Call `model.build(input_shape)` or call the model on data first, or give "
-                "the first layer an `input_shape`."
+                "Call `model.build(input_shape)` or call the model on data first, or start "
+                "it with `keras.Input(shape)`."
             )
         return model
-    if is_keras3_object(model):
-        raise TypeError(f"`{argument}` is a Keras 3 model ({type(model).__name__}). {_KERAS3_FIX}")
     raise TypeError(
-        f"`{argument}` must be a tf_keras.Model, got {type(model).__module__}."
-        f"{type(model).__qualname__}. Build the model with `tf_keras` "
-        "(`import tf_keras as keras`)."
+        f"`{argument}` must be a Keras model (keras.Model from Keras 3, or tf_keras.Model), "
+        f"got {type(model).__module__}.{type(model).__qualname__}."
     )
 
 
-def require_graph_model(model: object, argument: str = "model") -> "keras.Model":
+def require_graph_model(model: object, argument: str = "model") -> Any:
     """Like :func:`check_model`, and also requires a Functional or Sequential model.
 
     Pruning and quantization read the model's layer graph; a subclassed model hides it.
 
     Raises:
-      TypeError: for Keras 3 objects and non-models.
+      TypeError: for non-models.
       ValueError: for subclassed or unbuilt models.
     """
     check_model(model, argument)
-    if not isinstance(model, keras.Sequential) and not is_graph_network(model):
+    if not _internals.is_graph_network(model):
         raise ValueError(
             f"`{argument}` ({type(model).__name__} {model.name!r}) is a subclassed model, whose "
             "layer graph tfcompress cannot read. Use a Functional or Sequential model; to keep "
@@ -94,16 +162,109 @@ def require_graph_model(model: object, argument: str = "model") -> "keras.Model"
     return model
 
 
+def _lookup(module: Any, path: str) -> Any:
+    obj: Any = module
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
 def existing_classes(*paths: str) -> List[type]:
-    """The classes at ``keras.<path>`` that exist in the installed Keras (e.g. classes that
-    only some versions have, or that live in ``src.applications``)."""
+    """The classes at ``<keras>.<path>`` that exist, in tf_keras and in Keras 3 (classes
+    that only some versions have, or that live in ``src.applications``)."""
     found = []
-    for path in paths:
-        obj: Any = keras
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if obj is not None:
-            found.append(obj)
+    for flavour in FLAVOURS:
+        for path in paths:
+            obj = _lookup(flavour.module, path)
+            if isinstance(obj, type) and obj not in found:
+                found.append(obj)
     return found
+
+
+def layer_classes(*names: str) -> List[type]:
+    """``keras.layers.<name>`` of both flavours, for every name that exists in each.
+
+    Example:
+      >>> [c.__module__.split(".")[0] for c in layer_classes("Conv2D")]
+      ['tf_keras', 'keras']
+    """
+    return existing_classes(*(f"layers.{name}" for name in names))
+
+
+# ----- the functional graph -------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One call in a model's graph, the same for both flavours.
+
+    Attributes:
+      layer: the layer (or, in Keras 3, the ``keras.ops`` operation) called.
+      inputs: the KerasTensors the call consumed, flattened.
+      outputs: the KerasTensors it produced, flattened.
+      args, kwargs: the call's arguments as recorded (tensors included).
+      is_input: True for an InputLayer's node.
+    """
+
+    layer: Any
+    inputs: Sequence[Any]
+    outputs: Sequence[Any]
+    args: Any
+    kwargs: Any
+    is_input: bool
+
+
+def graph_nodes(model: Any) -> Dict[int, List[Node]]:
+    """``{depth: [Node, ...]}`` of a Functional or Sequential model (what Keras runs)."""
+    return {depth: [Node(*_internals.node_parts(node)) for node in nodes]
+            for depth, nodes in _internals.nodes_by_depth(model).items()}
+
+
+def input_names(model: Any) -> List[str]:
+    """The names of the model's inputs (its InputLayers)."""
+    if flavour_of(model) is TF_KERAS:
+        return list(model.input_names)
+    return [_internals.history_layer(t).name for t in model.inputs]
+
+
+def output_names(model: Any) -> List[str]:
+    """The names of the model's outputs (the layers producing them)."""
+    if flavour_of(model) is TF_KERAS:
+        return list(model.output_names)
+    return [_internals.history_layer(t).name for t in model.outputs]
+
+
+def model_from_config(model: Any, config: Dict[str, Any], custom_objects: Dict[str, type]
+                      ) -> Any:
+    """A new model of ``model``'s flavour and class (Sequential or Functional) from
+    ``config``, an edited copy of ``model.get_config()``.
+
+    The config comes from the caller's live model, not from a file, so Python lambdas in
+    Lambda layers are the caller's own code: deserializing them is not a safety concern.
+    """
+    module = flavour_of(model).module
+    cls = module.Sequential if is_sequential(model) else module.Model
+    with module.utils.custom_object_scope(custom_objects), \
+            _internals.unsafe_deserialization(module):
+        return cls.from_config(config)
+
+
+def registered_name(cls: type) -> str:
+    """The name a layer class is serialized under (``package>Name`` for registered ones)."""
+    for flavour in FLAVOURS:
+        if issubclass(cls, flavour.module.layers.Layer):
+            return flavour.module.saving.get_registered_name(cls)
+    return cls.__name__
+
+
+def serializable(package: str = "tfcompress") -> Callable[[T], T]:
+    """Registers a class as serializable in both Kerases (``package>ClassName``)."""
+    def register(cls: T) -> T:
+        cls = keras.utils.register_keras_serializable(package=package)(cls)
+        return keras3.saving.register_keras_serializable(package=package)(cls)
+    return register
+
+
+def callback_bases() -> Tuple[type, ...]:
+    """Base classes for a callback that both Kerases' ``fit`` accept."""
+    return (keras.callbacks.Callback, keras3.callbacks.Callback)

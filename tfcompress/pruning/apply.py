@@ -20,7 +20,8 @@ __all__ = ["apply_masks", "zero_pruned"]
 def zero_pruned(graph: ChannelGraph, masks: Masks) -> None:
     """Zeroes the pruned channels of ``masks`` in ``graph.model`` (in place)."""
     for variable, mask in variable_masks(graph, masks).values():
-        variable.assign(variable.numpy() * mask.astype(variable.dtype.as_numpy_dtype))
+        value = variable.numpy()
+        variable.assign(value * mask.astype(value.dtype))
 
 
 def apply_masks(model: Any, masks: Masks) -> None:

@@ -16,7 +16,7 @@ import logging
 import math
 from typing import Any, List, Optional, Tuple
 
-from tfcompress._keras import keras, require_graph_model
+from tfcompress._keras import is_input_layer, require_graph_model
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import BarrierHandler
 from tfcompress.pruning.layout import KeptFn
@@ -32,7 +32,7 @@ def _macs(graph: ChannelGraph, kept: KeptFn) -> Tuple[int, List[Tuple[str, str]]
     total, failed = 0, []
     for key, record in graph.records.items():
         if isinstance(record.handler, BarrierHandler):
-            if not isinstance(record.layer, keras.layers.InputLayer):
+            if not is_input_layer(record.layer):
                 failed.append((key, record.barrier or "no channel handler"))
             continue
         for call in record.calls:
@@ -79,7 +79,7 @@ def graph_params(graph: ChannelGraph, masks: Optional[Masks] = None) -> int:
     total = 0
     for record in graph.records.values():
         layer, handler = record.layer, record.handler
-        shapes = [tuple(w.shape) for w in layer.weights]
+        shapes = [tuple(w.shape) for w in getattr(layer, "weights", ())]  # keras.ops: none
         if record.barrier is None and handler.weights and masks is not None:
             counts = {role: (None if pos is None else len(pos)) for role, pos in
                       handler.role_positions(layer, record.calls[0], kept).items()}

@@ -13,8 +13,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 
-from tfcompress._internals import unsafe_deserialization
-from tfcompress._keras import keras, require_graph_model
+from tfcompress._keras import is_model, model_from_config, registered_name, require_graph_model
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import IN
 from tfcompress.pruning.layout import KeptFn
@@ -37,7 +36,7 @@ def _layer_configs(config: Dict[str, Any], prefix: str = "") -> Iterator[tuple]:
 
 def _leaf_layers(model: Any, prefix: str = "") -> Iterator[tuple]:
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
+        if is_model(layer):
             yield from _leaf_layers(layer, f"{prefix}{layer.name}/")
         else:
             yield prefix + layer.name, layer
@@ -49,18 +48,20 @@ def _custom_objects(model: Any) -> Dict[str, type]:
     for _, layer in _leaf_layers(model):
         cls = type(layer)
         objects.setdefault(cls.__name__, cls)
-        objects.setdefault(keras.saving.get_registered_name(cls), cls)
+        objects.setdefault(registered_name(cls), cls)
     return objects
 
 
 def _set_channels(config: Dict[str, Any], channels: int) -> None:
-    """Sets the channel (last) dimension of a layer config's declared input shape."""
-    shape = config.get("batch_input_shape")
-    if shape is not None and len(shape) > 1:
-        config["batch_input_shape"] = tuple(shape[:-1]) + (channels,)
+    """Sets the channel (last) dimension of a layer config's declared input shape
+    (``batch_input_shape`` in tf_keras, ``batch_shape`` of an InputLayer in Keras 3)."""
+    for key in ("batch_input_shape", "batch_shape"):
+        shape = config.get(key)
+        if shape is not None and len(shape) > 1:
+            config[key] = tuple(shape[:-1]) + (channels,)
 
 
-def rebuild(model: Any, masks: Masks) -> keras.Model:
+def rebuild(model: Any, masks: Masks) -> Any:
     """A new, smaller model with the pruned channels of ``masks`` physically removed.
 
     Exactness is the contract: on any input, ``rebuild(model, masks)`` computes what
@@ -68,15 +69,16 @@ def rebuild(model: Any, masks: Masks) -> keras.Model:
     fewer channels, MACs and parameters. ``model`` itself is not modified.
 
     Args:
-      model: the Functional or Sequential tf_keras model the masks were computed on.
+      model: the Functional or Sequential model (tf_keras or Keras 3) the masks were
+        computed on.
       masks: :class:`~tfcompress.pruning.Masks`.
 
     Returns:
-      A tf_keras model of the same class, with the same layer, input and output names and
-      the same input and output shapes.
+      A model of the same flavour and class, with the same layer, input and output names
+      and the same input and output shapes.
 
     Raises:
-      TypeError: if ``model`` is not a tf_keras model or ``masks`` not a ``Masks``.
+      TypeError: if ``model`` is not a Keras model or ``masks`` not a ``Masks``.
       ValueError: if the masks do not match the model, naming the mismatch.
 
     Example:
@@ -92,11 +94,7 @@ def rebuild(model: Any, masks: Masks) -> keras.Model:
     kept = graph.kept_fn(masks)
     config = copy.deepcopy(model.get_config())
     positions = _edit_configs(graph, kept, config)
-    cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
-    # The config comes from the caller's live model, not from a file, so Python lambdas in
-    # Lambda layers are the caller's own code: deserializing them is not a safety concern.
-    with keras.utils.custom_object_scope(_custom_objects(model)), unsafe_deserialization(keras):
-        slim = cls.from_config(config)
+    slim = model_from_config(model, config, _custom_objects(model))
     _copy_weights(graph, model, slim, positions)
     return slim
 

@@ -26,10 +26,8 @@ import os
 import types
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import tensorflow as tf
-
-from tfcompress._internals import history_layer, is_graph_network, nodes_by_depth
-from tfcompress._keras import keras
+from tfcompress._internals import history_layer, is_graph_network
+from tfcompress._keras import graph_nodes, input_names, is_model, output_names
 from tfcompress.pruning.handlers import BarrierHandler, Call, ChannelHandler, handler_for
 from tfcompress.pruning.layout import Layout, Segment
 
@@ -121,8 +119,10 @@ class _Space:
 
 
 def _shape(tensor: Any) -> Tuple[Optional[int], ...]:
-    shape = tensor.shape
-    return tuple(shape.as_list()) if shape.rank is not None else ()
+    shape = tensor.shape  # a TensorShape in tf_keras, a tuple in Keras 3
+    if getattr(shape, "rank", 0) is None:
+        return ()
+    return tuple(None if d is None else int(d) for d in shape)
 
 
 def _channels(shape: Tuple[Optional[int], ...]) -> int:
@@ -161,12 +161,12 @@ class _Tracer:
     def run(self) -> Trace:
         model = self.model
         inputs = []
-        for tensor, name in zip(model.inputs, model.input_names):
+        for tensor, name in zip(model.inputs, input_names(model)):
             size = _channels(_shape(tensor))
             space = self._new_space(size, name, blocked=[(name, "model input")])
             inputs.append(Layout((Segment(space, size),)))
         outputs = self._trace_model(model, "", inputs)
-        for name, layout in zip(model.output_names, outputs):
+        for name, layout in zip(output_names(model), outputs):
             self._block_layout(layout, (name, "reaches a model output"))
         groups, space_group = self._build_groups()
         records = {key: LayerRecord(key, r.layer, r.handler, tuple(r.calls), r.barrier)
@@ -235,30 +235,32 @@ class _Tracer:
         if prefix:
             for tensor, layout in zip(model.inputs, inputs):
                 self.nested_inputs[prefix + history_layer(tensor).name] = layout
-        order = {id(layer): i for i, layer in enumerate(model.layers)}
-        by_depth = nodes_by_depth(model)
+        # Keras 3 lists keras.ops nodes in `operations`, not in `layers`
+        layers = getattr(model, "operations", None) or model.layers
+        order = {id(layer): i for i, layer in enumerate(layers)}
+        by_depth = graph_nodes(model)
         for depth in sorted(by_depth, reverse=True):
             # within a depth, follow the model's layer order so group ids are reproducible
             nodes = sorted(by_depth[depth], key=lambda n: order.get(id(n.layer), -1))
             for node in nodes:
                 if node.is_input:
                     continue
-                ins = [tensors[id(t)] for t in node.keras_inputs]
+                ins = [tensors[id(t)] for t in node.inputs]
                 outs = self._trace_call(node, prefix, ins)
-                for tensor, layout in zip(tf.nest.flatten(node.outputs), outs):
+                for tensor, layout in zip(node.outputs, outs):
                     tensors[id(tensor)] = layout
         return [tensors[id(t)] for t in model.outputs]
 
     def _trace_call(self, node: Any, prefix: str, ins: List[Layout]) -> List[Layout]:
         layer = node.layer
         key = prefix + layer.name
-        out_tensors = tf.nest.flatten(node.outputs)
-        nested = isinstance(layer, keras.Model)
+        out_tensors = node.outputs
+        nested = is_model(layer)
         if nested and is_graph_network(layer) and len(layer.inputs) == len(ins):
             return self._trace_model(layer, key + "/", ins)
-        call = Call(layer, key, ins, [_shape(t) for t in node.keras_inputs],
-                    [_shape(t) for t in out_tensors], node.call_args, node.call_kwargs,
-                    [id(t) for t in node.keras_inputs])
+        call = Call(layer, key, ins, [_shape(t) for t in node.inputs],
+                    [_shape(t) for t in out_tensors], node.args, node.kwargs,
+                    [id(t) for t in node.inputs])
         record = self.records.get(key)
         if record is None:
             handler = handler_for(layer) if not nested else BarrierHandler(

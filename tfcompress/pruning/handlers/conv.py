@@ -7,7 +7,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from tfcompress._keras import existing_classes, keras
+from tfcompress._keras import layer_classes
 from tfcompress.pruning.handlers.base import (
     IN,
     MID,
@@ -36,10 +36,9 @@ def _kernel_volume(layer: Any) -> int:
     return int(math.prod(layer.kernel_size))
 
 
-L = keras.layers
 
 
-@register_handler(L.Conv1D, L.Conv2D, L.Conv3D)
+@register_handler(*layer_classes("Conv1D", "Conv2D", "Conv3D"))
 class ConvHandler(ChannelHandler):
     """``Conv1D/2D/3D``: kernel ``(*k, in // groups, out)``; a producer of ``filters`` channels.
 
@@ -48,6 +47,7 @@ class ConvHandler(ChannelHandler):
     so the rebuilt layer is again a valid grouped convolution.
 
     Example:
+      >>> import keras
       >>> conv = keras.layers.Conv2D(4, 3, groups=2)
       >>> conv.build((None, 8, 8, 6))
       >>> ConvHandler().filters(conv).shape  # 4 filters of 3 x 3 x (6 / 2) weights
@@ -119,7 +119,7 @@ class ConvHandler(ChannelHandler):
         return volume * (n_in // layer.groups) * n_out
 
 
-@register_handler(L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+@register_handler(*layer_classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"))
 class ConvTransposeHandler(ConvHandler):
     """``Conv1D/2D/3DTranspose``: kernel ``(*k, out, in)``."""
 
@@ -141,7 +141,7 @@ class ConvTransposeHandler(ConvHandler):
         return spatial(call.input_shapes[0]) * _kernel_volume(call.layer) * n_in * n_out
 
 
-@register_handler(L.DepthwiseConv2D, *existing_classes("layers.DepthwiseConv1D"))
+@register_handler(*layer_classes("DepthwiseConv2D", "DepthwiseConv1D"))
 class DepthwiseConvHandler(CoupledHandler):
     """``DepthwiseConv1D/2D``: output ``c*m + k`` comes from input ``c`` (``m`` = multiplier).
 
@@ -150,7 +150,8 @@ class DepthwiseConvHandler(CoupledHandler):
     """
 
     weights = {
-        "depthwise_kernel": WeightSpec({-2: IN}, zero=IN),
+        "depthwise_kernel": WeightSpec({-2: IN}, zero=IN),  # tf_keras
+        "kernel": WeightSpec({-2: IN}, zero=IN),  # Keras 3 names the depthwise kernel `kernel`
         "bias": WeightSpec({0: OUT}, zero=OUT),
     }
 
@@ -162,7 +163,7 @@ class DepthwiseConvHandler(CoupledHandler):
         return spatial(call.output_shapes[0]) * _kernel_volume(call.layer) * n_out
 
 
-@register_handler(L.SeparableConv1D, L.SeparableConv2D)
+@register_handler(*layer_classes("SeparableConv1D", "SeparableConv2D"))
 class SeparableConvHandler(ConvHandler):
     """``SeparableConv1D/2D``: a depthwise kernel ``(*k, in, m)`` then a pointwise kernel
     ``(1, 1, in*m, out)``; produces ``filters`` channels like a Conv."""

@@ -6,7 +6,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from tfcompress._keras import keras
+from tfcompress._keras import layer_classes
 from tfcompress.pruning.handlers.base import (
     IN,
     OUT,
@@ -23,7 +23,7 @@ from tfcompress.pruning.layout import Layout
 __all__ = ["DenseHandler", "EmbeddingHandler"]
 
 
-@register_handler(keras.layers.Dense)
+@register_handler(*layer_classes("Dense"))
 class DenseHandler(ChannelHandler):
     """``Dense``: kernel ``(in, out)`` on the last axis; a producer of ``units`` channels.
 
@@ -31,6 +31,7 @@ class DenseHandler(ChannelHandler):
     of that channel at every spatial position.
 
     Example:
+      >>> import keras
       >>> dense = keras.layers.Dense(3)
       >>> dense.build((None, 5))
       >>> DenseHandler().filters(dense).shape  # one row of 5 input weights per unit
@@ -53,7 +54,7 @@ class DenseHandler(ChannelHandler):
         return spatial(call.output_shapes[0]) * n_in * n_out
 
 
-@register_handler(keras.layers.Embedding)
+@register_handler(*layer_classes("Embedding"))
 class EmbeddingHandler(ChannelHandler):
     """``Embedding``: ``embeddings (vocab, out)``; its integer input carries no channels."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from tfcompress._keras import keras
+from tfcompress._keras import layer_classes
 from tfcompress.pruning.handlers.base import (
     OUT,
     Call,
@@ -19,28 +19,25 @@ from tfcompress.pruning.layout import Layout
 
 __all__ = ["IdentityHandler", "ActivationHandler", "SoftmaxHandler", "PReLUHandler"]
 
-L = keras.layers
 
 
-@register_handler(
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
-    L.AveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D,
-    L.Cropping3D, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Dropout,
-    L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
-    L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.RepeatVector,
-)
+@register_handler(*layer_classes(
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "RepeatVector",
+))
 class IdentityHandler(CoupledHandler):
     """Layers that move values without mixing channels and keep zeros zero: pooling, global
     pooling, padding, cropping, upsampling, dropout and noise layers, RepeatVector."""
 
 
 #: Layers whose ``call`` is exactly ``self.activation(inputs)``.
-_PLAIN_ACTIVATION_LAYERS = (L.Activation,)
+_PLAIN_ACTIVATION_LAYERS = tuple(layer_classes("Activation"))
 
 
-@register_handler(L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.ThresholdedReLU)
+@register_handler(*layer_classes("Activation", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU"))
 class ActivationHandler(CoupledHandler):
     """Element-wise activation layers (``ReLU``, ``Activation``, ``LeakyReLU``, ``ELU``, ...).
 
@@ -49,6 +46,7 @@ class ActivationHandler(CoupledHandler):
 
     Example:
       >>> from tfcompress.pruning import ChannelGraph
+      >>> import keras
       >>> x = keras.Input((6,))
       >>> h = keras.layers.Activation("sigmoid", name="gate")(keras.layers.Dense(4, name="d")(x))
       >>> graph = ChannelGraph(keras.Model(x, keras.layers.Dense(2)(h)))
@@ -70,7 +68,7 @@ class ActivationHandler(CoupledHandler):
         return maps_zero_to_zero(call.layer.call)
 
 
-@register_handler(L.Softmax)
+@register_handler(*layer_classes("Softmax"))
 class SoftmaxHandler(ActivationHandler):
     """``Softmax``: a barrier over the channel axis, element-wise over the others."""
 
@@ -82,7 +80,7 @@ class SoftmaxHandler(ActivationHandler):
         return [call.inputs[0].with_clean(False)]
 
 
-@register_handler(L.PReLU)
+@register_handler(*layer_classes("PReLU"))
 class PReLUHandler(CoupledHandler):
     """``PReLU``: ``alpha`` has one value per channel unless shared over the channel axis."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, List
 
-from tfcompress._keras import existing_classes, keras
+from tfcompress._keras import existing_classes, layer_classes
 from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout, combine_clean, concat
@@ -43,6 +43,7 @@ class MergeHandler(ChannelHandler):
 
     Example:
       >>> from tfcompress.pruning import ChannelGraph
+      >>> import keras
       >>> x = keras.Input((8, 8, 3))
       >>> a, b = keras.layers.Conv2D(4, 3, name="a")(x), keras.layers.Conv2D(4, 3, name="b")(x)
       >>> y = keras.layers.Conv2D(2, 1)(keras.layers.Add(name="add")([a, b]))
@@ -56,7 +57,7 @@ class MergeHandler(ChannelHandler):
         return merge_layouts(call, tracer, call.inputs, call.input_shapes, self.combine)
 
 
-@register_handler(keras.layers.Concatenate)
+@register_handler(*layer_classes("Concatenate"))
 class ConcatenateHandler(ChannelHandler):
     """``Concatenate`` on the channel axis: the output layout lists the inputs' segments at
     their offsets; on another axis it is an element-wise merge (channels coupled)."""
@@ -70,8 +71,7 @@ class ConcatenateHandler(ChannelHandler):
         return [concat(call.inputs)]
 
 
-_L = keras.layers
-register_handler(_L.Add, _L.Subtract, _L.Average, _L.Maximum, _L.Minimum,
+register_handler(*layer_classes("Add", "Subtract", "Average", "Maximum", "Minimum"),
                  *existing_classes("src.applications.inception_resnet_v2.CustomScaleLayer"),
                  handler=MergeHandler(all))
-register_handler(_L.Multiply, handler=MergeHandler(any))
+register_handler(*layer_classes("Multiply"), handler=MergeHandler(any))

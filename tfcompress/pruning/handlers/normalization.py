@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from tfcompress._keras import existing_classes, keras
+from tfcompress._keras import existing_classes, layer_classes
 from tfcompress.pruning.handlers.base import (
     OUT,
     Call,
@@ -45,7 +45,7 @@ class _PerChannelAxisMixin:
         return None
 
 
-@register_handler(keras.layers.BatchNormalization)
+@register_handler(*layer_classes("BatchNormalization"))
 class BatchNormHandler(_PerChannelAxisMixin, CoupledHandler):
     """``BatchNormalization`` on the last axis: gamma/beta zeroed, statistics sliced."""
 
@@ -64,12 +64,13 @@ class BatchNormHandler(_PerChannelAxisMixin, CoupledHandler):
         return tracer.opaque(call, reason) if reason else super().propagate(call, tracer)
 
 
-@register_handler(keras.layers.LayerNormalization)
+@register_handler(*layer_classes("LayerNormalization"))
 class LayerNormHandler(CoupledHandler):
     """``LayerNormalization``: a barrier over the channel axis, channel-wise otherwise.
 
     Example:
       >>> from tfcompress.pruning import ChannelGraph
+      >>> import keras
       >>> x = keras.Input((6,))
       >>> h = keras.layers.LayerNormalization(name="ln")(keras.layers.Dense(4, name="d")(x))
       >>> ChannelGraph(keras.Model(x, keras.layers.Dense(2)(h))).group("d").barriers
@@ -85,7 +86,7 @@ class LayerNormHandler(CoupledHandler):
         return super().propagate(call, tracer)
 
 
-@register_handler(keras.layers.Normalization)
+@register_handler(*layer_classes("Normalization"))
 class NormalizationHandler(_PerChannelAxisMixin, CoupledHandler):
     """``Normalization`` (preprocessing) with per-channel or global statistics."""
 
@@ -114,7 +115,7 @@ class NormalizationHandler(_PerChannelAxisMixin, CoupledHandler):
             layer.finalize_state()
 
 
-@register_handler(keras.layers.Rescaling)
+@register_handler(*layer_classes("Rescaling"))
 class RescalingHandler(CoupledHandler):
     """``Rescaling``: ``x * scale + offset`` with scalar scale and offset (per-channel values
     are a barrier: tf_keras cannot rebuild them from a config anyway)."""

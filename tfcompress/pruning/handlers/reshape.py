@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tfcompress._keras import keras
+from tfcompress._keras import layer_classes
 from tfcompress.pruning.handlers.base import (
     OUT,
     Call,
@@ -53,7 +53,7 @@ def trailing_tile(in_shape: Sequence[Optional[int]],
     return None
 
 
-@register_handler(keras.layers.Flatten, keras.layers.Reshape)
+@register_handler(*layer_classes("Flatten", "Reshape"))
 class ReshapeHandler(ChannelHandler):
     """``Flatten`` and ``Reshape``."""
 
@@ -75,7 +75,7 @@ class ReshapeHandler(ChannelHandler):
         return config
 
 
-@register_handler(keras.layers.Permute)
+@register_handler(*layer_classes("Permute"))
 class PermuteHandler(ChannelHandler):
     """``Permute`` that leaves the channel axis last."""
 
