@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Tuple
 import tensorflow as tf
 
 __all__ = [
-    "is_graph_network", "nodes_by_depth", "node_parts", "history_layer", "inbound_nodes", "outbound_layers",
-    "unsafe_deserialization", "output_quantizer_vars", "tfmot_private",
+    "is_graph_network", "nodes_by_depth", "node_parts", "history_layer", "inbound_nodes",
+    "outbound_layers", "unsafe_deserialization", "output_quantizer_vars", "tfmot_private",
 ]
 
 

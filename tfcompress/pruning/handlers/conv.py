@@ -36,8 +36,6 @@ def _kernel_volume(layer: Any) -> int:
     return int(math.prod(layer.kernel_size))
 
 
-
-
 @register_handler(*layer_classes("Conv1D", "Conv2D", "Conv3D"))
 class ConvHandler(ChannelHandler):
     """``Conv1D/2D/3D``: kernel ``(*k, in // groups, out)``; a producer of ``filters`` channels.
