@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfcompress._keras import keras  # noqa: E402
+from tfcompress._keras import FLAVOURS, keras  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
 
@@ -40,10 +40,31 @@ def fresh_cnn(trained_cnn):
     return compile_classifier(clone)
 
 
+@pytest.fixture(params=FLAVOURS, ids=lambda f: f.name)
+def flavour(request):
+    """Each Keras in turn: a :class:`tfcompress._keras.Flavour` (``.module`` is the Keras)."""
+    return request.param
+
+
+@pytest.fixture(scope="session", params=FLAVOURS, ids=lambda f: f.name)
+def trained_cnn_by_flavour(request, digits):
+    """``(flavour, model)``: the digits residual CNN trained in each Keras from the same
+    initial weights; tests must clone it before changing it."""
+    (x, y), _ = digits
+    flavour = request.param
+    keras.utils.set_random_seed(0)
+    reference = residual_cnn((16, 16, 1), width=16)
+    model = compile_classifier(residual_cnn((16, 16, 1), width=16, flavour=flavour.name))
+    model.set_weights(reference.get_weights())
+    model.fit(x, y, batch_size=32, epochs=8, verbose=0, shuffle=False)
+    return flavour, model
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
     np.random.seed(1234)
     tf.random.set_seed(1234)
     yield
-    keras.backend.clear_session()
+    for flavour in FLAVOURS:
+        flavour.module.utils.clear_session()
