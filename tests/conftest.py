@@ -67,4 +67,4 @@ def _seed():
     tf.random.set_seed(1234)
     yield
     for flavour in FLAVOURS:
-        flavour.module.utils.clear_session()
+        flavour.module.backend.clear_session()
