@@ -20,14 +20,8 @@ import tensorflow_model_optimization as tfmot
 from tfcompress._keras import keras
 from tfcompress._validate import check_int, check_number
 from tfcompress.quantization._config import ConfigValue
-from tfcompress.quantization.tflite_mode import exporting
+from tfcompress.quantization.pact_math import MODES, clip_range, quantize_activation
 
-MODES = ("asymmetric", "symmetric", "relu")
-"""Clip ranges: ``[-beta, alpha]``, ``[-alpha, alpha]`` (PaddleSlim) and ``[0, alpha]`` (PACT)."""
-
-_MIN_RANGE = 1e-3  # keeps the quantization step positive if alpha is driven to zero
-_CALIBRATION_SAMPLES = 4096  # values per batch used to pick the initial range
-_CALIBRATION_FACTORS = [0.25 + 0.05 * i for i in range(16)]  # 0.25 .. 1.0 of [min, max]
 
 
 def validate_bits(value: Any, argument: str) -> int:
@@ -57,33 +51,6 @@ def _check_alpha_init(alpha_init: Any) -> Union[str, float]:
 
 def _check_non_negative(value: Any, argument: str, allowed: str) -> float:
     return check_number(value, argument, allowed, valid=lambda v: v >= 0)
-
-
-def _pact_fake_quant(x, low, high, num_bits: int, narrow_range: bool):
-    """Clips ``x`` to ``[low, high]`` and fake-quantizes it, with PACT's gradients.
-
-    The forward op is ``FakeQuantWithMinMaxVars`` (which TFLite reads at conversion). The
-    gradient is written out rather than taken from that op, so that it is exactly PACT's:
-    the clip boundaries themselves belong to the clipped region (``x >= high`` feeds
-    ``high``), as in the paper.
-    """
-
-    @tf.custom_gradient
-    def fake_quant(x, low, high):
-        y = tf.quantization.fake_quant_with_min_max_vars(
-            x, low, high, num_bits=num_bits, narrow_range=narrow_range)
-
-        def grad(dy):
-            above, below = x >= high, x <= low
-            inside = tf.logical_not(tf.logical_or(above, below))
-            zeros = tf.zeros_like(dy)
-            return (tf.where(inside, dy, zeros),
-                    tf.reduce_sum(tf.where(below, dy, zeros)),
-                    tf.reduce_sum(tf.where(above, dy, zeros)))
-
-        return y, grad
-
-    return fake_quant(x, tf.cast(low, x.dtype), tf.cast(high, x.dtype))
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
@@ -169,11 +136,16 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
     def calibrates(self) -> bool:
         return self.alpha_init == "auto"
 
-    def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
+    def initial_range(self) -> Tuple[float, float]:
+        """``(alpha, beta)`` before training (placeholders that calibration replaces)."""
         # Until calibration runs, "auto" starts from 6.0 (the range of ReLU6 and of tfmot's
         # MovingAverageQuantizer init), so an uncalibrated model still computes sensibly.
         alpha0 = 6.0 if self.calibrates else self.alpha_init
         beta0 = alpha0 if self.beta_init is None or self.calibrates else self.beta_init
+        return float(alpha0), float(beta0)
+
+    def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
+        alpha0, beta0 = self.initial_range()
         train = self.trainable_range
         regularizer = keras.regularizers.L2(self.decay) if self.decay and train else None
 
@@ -196,72 +168,11 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
 
     def clip_range(self, weights: Dict[str, tf.Variable]):
         """Returns ``(low, high)`` tensors of the current clipping range."""
-        alpha = tf.maximum(weights["alpha"], _MIN_RANGE)
-        if self.mode == "relu":
-            return tf.constant(0.0), alpha
-        if self.mode == "symmetric":
-            return -alpha, alpha
-        return -tf.maximum(weights["beta"], 0.0), alpha
-
-    def _batch_range(self, inputs):
-        """The ``(low, high)`` that minimizes this batch's quantization error (MSE).
-
-        Candidates shrink the batch's ``[min, max]`` by a common factor; at low bit widths
-        the best clip is well inside the extremes (the reason PACT exists), at 8 bits it is
-        close to them.
-        """
-        x = tf.reshape(tf.cast(inputs, tf.float32), [-1])
-        x = x[:: tf.maximum(tf.size(x) // _CALIBRATION_SAMPLES, 1)]
-        high, low = tf.reduce_max(x), tf.minimum(tf.reduce_min(x), 0.0)
-        if self.mode == "symmetric":
-            high = tf.maximum(high, -low)
-            low = -high
-        elif self.mode == "relu":
-            low = tf.zeros_like(low)
-        high = tf.maximum(high, _MIN_RANGE)
-        factors = tf.constant(_CALIBRATION_FACTORS)[:, None]
-        lows, highs = low * factors, high * factors
-        levels = 2.0 ** self.num_bits - 1.0 - float(self.mode == "symmetric")
-        step = (highs - lows) / levels
-        clipped = tf.minimum(tf.maximum(x[None, :], lows), highs)
-        q = tf.round((clipped - lows) / step) * step + lows
-        best = tf.argmin(tf.reduce_mean(tf.square(q - x[None, :]), axis=1))
-        return lows[best, 0], highs[best, 0]
-
-    def _calibrate(self, inputs, weights):
-        """Folds this batch's best range into the running means over the first batches.
-
-        Only the range search sits inside ``tf.cond``; the assignments stay outside it (and
-        write back unchanged values once calibration is over), because under
-        ``tf.distribute`` assigning a MEAN-aggregated variable is a cross-replica sync,
-        which TensorFlow does not allow inside control flow. Each replica then contributes
-        its own batch's range and the variables take their mean.
-        """
-        steps = weights["calibrated_steps"]
-        alpha, beta = weights["alpha"], weights.get("beta")
-        active = steps < float(self.calibration_steps)
-        low, high = tf.cond(active, lambda: self._batch_range(inputs),
-                            lambda: (tf.zeros(()), tf.zeros(())))
-        n = steps + 1.0
-        # The first batch replaces the placeholder init; later ones average in; keep = 1
-        # (nothing changes) after calibration.
-        keep = tf.where(active, tf.where(steps > 0, (n - 1.0) / n, 0.0), 1.0)
-        ops = [alpha.assign(keep * alpha + (1.0 - keep) * high)]
-        if beta is not None:
-            ops.append(beta.assign(keep * beta + (1.0 - keep) * -low))
-        with tf.control_dependencies(ops):
-            return tf.identity(steps.assign_add(tf.where(active, 1.0, 0.0)))
+        return clip_range(self.mode, weights["alpha"], weights.get("beta"))
 
     def __call__(self, inputs, training, weights, **kwargs):
-        if training and self.calibrates:
-            with tf.control_dependencies([self._calibrate(inputs, weights)]):
-                inputs = tf.identity(inputs)
-        low, high = self.clip_range(weights)
-        # TFLite runs 8-bit kernels only: on export the learned range becomes the int8 range.
-        num_bits = 8 if exporting() else self.num_bits
-        # Symmetric mode uses the narrow range [-(2^(b-1) - 1), 2^(b-1) - 1] so that zero
-        # sits exactly in the middle of [-alpha, alpha].
-        return _pact_fake_quant(inputs, low, high, num_bits, self.mode == "symmetric")
+        return quantize_activation(inputs, training, weights, num_bits=self.num_bits,
+                                   mode=self.mode, calibration_steps=self.calibration_steps)
 
     def get_config(self) -> Dict[str, Any]:
         return {

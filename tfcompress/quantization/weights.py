@@ -11,24 +11,14 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact import validate_bits
-from tfcompress.quantization.tflite_mode import exporting
+from tfcompress.quantization.pact_math import LAYOUTS, quantize_weight
 
-_MIN_RANGE = 1e-8  # an all-zero (e.g. pruned) channel still gets a valid range
-
-LAYOUTS = ("channels_last", "depthwise", "transpose", "per_tensor")
-"""How a kernel stores its output channels:
-
-* ``channels_last`` - the last axis (Conv1D/2D/3D, Dense).
-* ``depthwise`` - the last two axes together, ``in_channels * depth_multiplier``.
-* ``transpose`` - axis -2 (Conv1D/2D/3DTranspose kernels are ``(..., out, in)``).
-* ``per_tensor`` - one range for the whole tensor.
-"""
+__all__ = ["ChannelWeightQuantizer", "LAYOUTS"]
 
 
 @keras.utils.register_keras_serializable(package="tfcompress")
@@ -49,8 +39,7 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
       layout: where the output channels are, one of :data:`LAYOUTS`.
 
     Example:
-      >>> import tensorflow as tf
-      >>> q = ChannelWeightQuantizer(num_bits=2)
+      >>>       >>> q = ChannelWeightQuantizer(num_bits=2)
       >>> q(tf.constant([[0.4, -2.0], [1.0, 0.5]]), training=False, weights={}).numpy()
       array([[ 0., -2.],
              [ 1.,  0.]], dtype=float32)
@@ -67,35 +56,8 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
     def build(self, tensor_shape, name, layer) -> Dict[str, Any]:
         return {}
 
-    def _fake_quant(self, x):
-        axes = list(range(x.shape.rank - 1)) if self.layout != "per_tensor" else None
-        high = tf.maximum(tf.reduce_max(tf.abs(x), axis=axes), _MIN_RANGE)
-        num_bits = self.num_bits
-        if exporting() and num_bits < 8:
-            # Round to the b-bit grid, then store it on an 8-bit grid whose step divides the
-            # b-bit step: the int8 values are multiples of `ratio` (see tflite_mode).
-            levels = 2 ** (num_bits - 1) - 1
-            ratio = 127 // levels
-            step = high / levels
-            x = tf.clip_by_value(tf.round(x / step), -levels, levels) * step
-            high = step * (127.0 / ratio)
-            num_bits = 8
-        if axes is None:
-            return tf.quantization.fake_quant_with_min_max_vars(
-                x, -high, high, num_bits=num_bits, narrow_range=True)
-        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            x, -high, high, num_bits=num_bits, narrow_range=True)
-
     def __call__(self, inputs, training, weights, **kwargs):
-        if self.layout == "depthwise":
-            shape = tf.shape(inputs)
-            flat = tf.reshape(inputs, tf.concat([shape[:-2], [-1]], axis=0))
-            return tf.reshape(self._fake_quant(flat), shape)
-        if self.layout == "transpose":
-            perm = list(range(inputs.shape.rank))
-            perm[-2], perm[-1] = perm[-1], perm[-2]
-            return tf.transpose(self._fake_quant(tf.transpose(inputs, perm)), perm)
-        return self._fake_quant(inputs)
+        return quantize_weight(inputs, self.num_bits, self.layout)
 
     def get_config(self) -> Dict[str, Any]:
         return {"num_bits": self.num_bits, "layout": self.layout}

@@ -1,0 +1,194 @@
+"""PACT's math, written once for both Kerases: fake-quantization with PACT's gradients,
+clip ranges, ``alpha_init="auto"`` calibration, and per-channel weight fake-quantization.
+
+The functions take TensorFlow tensors and variables (tf_keras ``tf.Variable`` or Keras 3
+variables on the TensorFlow backend; both read as tensors and support ``assign``). The
+tfmot quantizers (:class:`~tfcompress.quantization.PACTQuantizer`,
+:class:`~tfcompress.quantization.ChannelWeightQuantizer`) and the Keras 3 layers of
+:mod:`tfcompress.quantization.keras3_layers` call them, so both paths compute the same
+thing. Inside :func:`~tfcompress.quantization.tflite_mode.tflite_export_mode` they trace the
+8-bit ops the TFLite converter accepts.
+
+Example:
+  >>> import tensorflow as tf
+  >>> low, high = clip_range("relu", tf.constant(2.0))
+  >>> fake_quant(tf.constant([-1.0, 1.0, 5.0]), low, high, num_bits=4,
+  ...            narrow_range=False).numpy()
+  array([0.       , 0.9333334, 2.       ], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import tensorflow as tf
+
+from tfcompress.quantization.tflite_mode import exporting
+
+MODES = ("asymmetric", "symmetric", "relu")
+"""Clip ranges: ``[-beta, alpha]``, ``[-alpha, alpha]`` (PaddleSlim) and ``[0, alpha]`` (PACT)."""
+
+LAYOUTS = ("channels_last", "depthwise", "transpose", "per_tensor")
+"""How a kernel stores its output channels:
+
+* ``channels_last`` - the last axis (Conv1D/2D/3D, Dense).
+* ``depthwise`` - the last two axes together, ``in_channels * depth_multiplier``.
+* ``transpose`` - axis -2 (Conv1D/2D/3DTranspose kernels are ``(..., out, in)``).
+* ``per_tensor`` - one range for the whole tensor.
+"""
+
+MIN_RANGE = 1e-3  # keeps the quantization step positive if alpha is driven to zero
+_MIN_WEIGHT_RANGE = 1e-8  # an all-zero (e.g. pruned) channel still gets a valid range
+_CALIBRATION_SAMPLES = 4096  # values per batch used to pick the initial range
+_CALIBRATION_FACTORS = [0.25 + 0.05 * i for i in range(16)]  # 0.25 .. 1.0 of [min, max]
+
+
+def fake_quant(x, low, high, num_bits: int, narrow_range: bool):
+    """Clips ``x`` to ``[low, high]`` and fake-quantizes it, with PACT's gradients.
+
+    The forward op is ``FakeQuantWithMinMaxVars`` (which TFLite reads at conversion). The
+    gradient is written out rather than taken from that op, so that it is exactly PACT's:
+    straight-through inside the range, and the clip boundaries themselves belong to the
+    clipped region (``x >= high`` feeds ``high``, ``x <= low`` feeds ``low``), as in the paper.
+    """
+
+    @tf.custom_gradient
+    def quantize(x, low, high):
+        y = tf.quantization.fake_quant_with_min_max_vars(
+            x, low, high, num_bits=num_bits, narrow_range=narrow_range)
+
+        def grad(dy):
+            above, below = x >= high, x <= low
+            inside = tf.logical_not(tf.logical_or(above, below))
+            zeros = tf.zeros_like(dy)
+            return (tf.where(inside, dy, zeros),
+                    tf.reduce_sum(tf.where(below, dy, zeros)),
+                    tf.reduce_sum(tf.where(above, dy, zeros)))
+
+        return y, grad
+
+    return quantize(x, tf.cast(low, x.dtype), tf.cast(high, x.dtype))
+
+
+def clip_range(mode: str, alpha: Any, beta: Optional[Any] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """``(low, high)`` of a PACT range: ``[-beta, alpha]``, ``[-alpha, alpha]`` or ``[0, alpha]``
+    for ``mode`` asymmetric, symmetric, relu (alpha at least ``MIN_RANGE``, beta at least 0)."""
+    alpha = tf.maximum(tf.convert_to_tensor(alpha), MIN_RANGE)
+    if mode == "relu":
+        return tf.constant(0.0), alpha
+    if mode == "symmetric":
+        return -alpha, alpha
+    return -tf.maximum(tf.convert_to_tensor(beta), 0.0), alpha
+
+
+def batch_range(inputs, mode: str, num_bits: int) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The ``(low, high)`` that minimizes this batch's ``num_bits`` quantization error (MSE).
+
+    Candidates shrink the batch's ``[min, max]`` by a common factor; at low bit widths the
+    best clip is well inside the extremes (the reason PACT exists), at 8 bits it is close to
+    them.
+    """
+    x = tf.reshape(tf.cast(inputs, tf.float32), [-1])
+    x = x[:: tf.maximum(tf.size(x) // _CALIBRATION_SAMPLES, 1)]
+    high, low = tf.reduce_max(x), tf.minimum(tf.reduce_min(x), 0.0)
+    if mode == "symmetric":
+        high = tf.maximum(high, -low)
+        low = -high
+    elif mode == "relu":
+        low = tf.zeros_like(low)
+    high = tf.maximum(high, MIN_RANGE)
+    factors = tf.constant(_CALIBRATION_FACTORS)[:, None]
+    lows, highs = low * factors, high * factors
+    levels = 2.0 ** num_bits - 1.0 - float(mode == "symmetric")
+    step = (highs - lows) / levels
+    clipped = tf.minimum(tf.maximum(x[None, :], lows), highs)
+    q = tf.round((clipped - lows) / step) * step + lows
+    best = tf.argmin(tf.reduce_mean(tf.square(q - x[None, :]), axis=1))
+    return lows[best, 0], highs[best, 0]
+
+
+def calibrate(inputs, variables: Dict[str, Any], mode: str, num_bits: int,
+              calibration_steps: int) -> tf.Tensor:
+    """Folds this batch's best range into the running means over the first batches.
+
+    ``variables`` holds ``alpha``, ``calibrated_steps`` and, in asymmetric mode, ``beta``.
+    Only the range search sits inside ``tf.cond``; the assignments stay outside it (and
+    write back unchanged values once calibration is over), because under ``tf.distribute``
+    assigning a MEAN-aggregated variable is a cross-replica sync, which TensorFlow does not
+    allow inside control flow. Each replica then contributes its own batch's range and the
+    variables take their mean.
+
+    Returns:
+      The updated step count, to use as a control dependency.
+    """
+    steps = variables["calibrated_steps"]
+    alpha, beta = variables["alpha"], variables.get("beta")
+    active = steps < float(calibration_steps)
+    low, high = tf.cond(active, lambda: batch_range(inputs, mode, num_bits),
+                        lambda: (tf.zeros(()), tf.zeros(())))
+    n = steps + 1.0
+    # The first batch replaces the placeholder init; later ones average in; keep = 1
+    # (nothing changes) after calibration.
+    keep = tf.where(active, tf.where(steps > 0, (n - 1.0) / n, 0.0), 1.0)
+    ops = [alpha.assign(keep * alpha + (1.0 - keep) * high)]
+    if beta is not None:
+        ops.append(beta.assign(keep * beta + (1.0 - keep) * -low))
+    with tf.control_dependencies(ops):
+        return tf.identity(steps.assign_add(tf.where(active, 1.0, 0.0)))
+
+
+def quantize_activation(inputs, training: Any, variables: Dict[str, Any], *, num_bits: int,
+                        mode: str, calibration_steps: int = 32) -> tf.Tensor:
+    """PACT's forward pass on one tensor: calibrate (training, ``calibrated_steps`` present),
+    clip to the learned range, fake-quantize to ``num_bits`` (8 while exporting to TFLite:
+    the learned range becomes the int8 range). Symmetric mode uses the narrow integer range
+    so that zero sits exactly in the middle of ``[-alpha, alpha]``."""
+    if training and "calibrated_steps" in variables:
+        with tf.control_dependencies([calibrate(inputs, variables, mode, num_bits,
+                                                calibration_steps)]):
+            inputs = tf.identity(inputs)
+    low, high = clip_range(mode, variables["alpha"], variables.get("beta"))
+    return fake_quant(inputs, low, high, 8 if exporting() else num_bits, mode == "symmetric")
+
+
+def _symmetric_fake_quant(x, num_bits: int, per_channel: bool):
+    axes = list(range(x.shape.rank - 1)) if per_channel else None
+    high = tf.maximum(tf.reduce_max(tf.abs(x), axis=axes), _MIN_WEIGHT_RANGE)
+    if exporting() and num_bits < 8:
+        # Round to the b-bit grid, then store it on an 8-bit grid whose step divides the
+        # b-bit step: the int8 values are multiples of `ratio` (see tflite_mode).
+        levels = 2 ** (num_bits - 1) - 1
+        ratio = 127 // levels
+        step = high / levels
+        x = tf.clip_by_value(tf.round(x / step), -levels, levels) * step
+        high = step * (127.0 / ratio)
+        num_bits = 8
+    if not per_channel:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            x, -high, high, num_bits=num_bits, narrow_range=True)
+    return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        x, -high, high, num_bits=num_bits, narrow_range=True)
+
+
+def quantize_weight(kernel, num_bits: int, layout: str = "channels_last") -> tf.Tensor:
+    """Symmetric narrow-range fake-quantization of a kernel, one range per output channel.
+
+    Each channel's range is its current absolute maximum; ``layout`` (one of
+    :data:`LAYOUTS`) says where the output channels are.
+
+    Example:
+      >>> import tensorflow as tf
+      >>> quantize_weight(tf.constant([[0.4, -2.0], [1.0, 0.5]]), num_bits=2).numpy()
+      array([[ 0., -2.],
+             [ 1.,  0.]], dtype=float32)
+    """
+    x = tf.convert_to_tensor(kernel)
+    if layout == "depthwise":
+        shape = tf.shape(x)
+        flat = tf.reshape(x, tf.concat([shape[:-2], [-1]], axis=0))
+        return tf.reshape(_symmetric_fake_quant(flat, num_bits, True), shape)
+    if layout == "transpose":
+        perm = list(range(x.shape.rank))
+        perm[-2], perm[-1] = perm[-1], perm[-2]
+        return tf.transpose(_symmetric_fake_quant(tf.transpose(x, perm), num_bits, True), perm)
+    return _symmetric_fake_quant(x, num_bits, layout != "per_tensor")
