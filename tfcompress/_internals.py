@@ -18,7 +18,8 @@ import tensorflow as tf
 
 __all__ = [
     "is_graph_network", "nodes_by_depth", "node_parts", "history_layer", "inbound_nodes",
-    "outbound_layers", "unsafe_deserialization", "output_quantizer_vars", "tfmot_private",
+    "outbound_layers", "io_structure", "unsafe_deserialization",
+    "output_quantizer_vars", "tfmot_private",
 ]
 
 
@@ -88,6 +89,21 @@ def inbound_nodes(layer: Any) -> List[Any]:
 def outbound_layers(layer: Any) -> List[Any]:
     """The layers that consume ``layer``'s outputs (``Layer._outbound_nodes``)."""
     return [node.outbound_layer for node in layer._outbound_nodes]
+
+
+def io_structure(model: Any) -> Tuple[Any, Any]:
+    """The nested structures (a tensor, a list, a dict) of a Functional model's inputs and
+    outputs, as the model was built with them.
+
+    ``model.inputs``/``model.outputs`` are flat lists; the structure a user passed to
+    ``Model(inputs, outputs)`` is kept only privately: tf_keras ``Functional._nested_inputs``
+    and ``_nested_outputs``, Keras 3 (3.15) ``Functional._inputs_struct`` and
+    ``_outputs_struct``. Used by :mod:`tfcompress.convert` to rebuild the same structure.
+    """
+    if _is_keras3(model):
+        graph = _keras3_graph(model)
+        return graph._inputs_struct, graph._outputs_struct
+    return model._nested_inputs, model._nested_outputs
 
 
 def unsafe_deserialization(keras_module: Any) -> contextlib.AbstractContextManager:
