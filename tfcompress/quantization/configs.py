@@ -14,10 +14,16 @@ A new layer family is one new row. Lookups walk the layer's MRO, so subclasses o
 layer inherit its rule and the most specific row wins (``DepthwiseConv2D`` before
 ``Conv2D``); the answer is cached per class.
 
+The table covers tf_keras and Keras 3 layers alike (Keras 3 calls the depthwise kernel
+``kernel``).
+
 Example:
+  >>> import keras
   >>> import tf_keras
   >>> rule_for(tf_keras.layers.DepthwiseConv2D(3)).weights
   (('depthwise_kernel', 'depthwise'),)
+  >>> rule_for(keras.layers.DepthwiseConv2D(3)).weights
+  (('kernel', 'depthwise'),)
   >>> rule_for(tf_keras.layers.MaxPooling2D).result
   'none'
 """
@@ -30,12 +36,10 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 
 import tensorflow_model_optimization as tfmot
 
-from tfcompress._keras import keras
+from tfcompress._keras import keras, keras3, layer_classes
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact import PACTQuantizer, validate_bits
 from tfcompress.quantization.weights import ChannelWeightQuantizer
-
-L = keras.layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,42 +58,55 @@ class LayerRule:
     result: str = "output"
 
 
-_CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
-_TRANSPOSE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-_DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
-_MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Concatenate)
-_POOL_AVG = (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-             L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D)
-_ACTIVATIONS = (L.ReLU, L.LeakyReLU, L.ELU, L.Activation)
-_PASS_THROUGH = (
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.Flatten, L.Reshape, L.Permute, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Dropout, L.SpatialDropout1D,
-    L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianDropout, L.GaussianNoise,
-    L.AlphaDropout, L.ActivityRegularization, L.InputLayer,
+def _both(*names: str) -> Tuple[Type, ...]:
+    """``keras.layers.<name>`` of tf_keras and of Keras 3, for every name."""
+    return tuple(layer_classes(*names))
+
+
+def _only(flavour_module, *names: str) -> Tuple[Type, ...]:
+    return tuple(getattr(flavour_module.layers, n) for n in names
+                 if hasattr(flavour_module.layers, n))
+
+
+def _dims(*stems: str) -> Tuple[str, ...]:
+    return tuple(f"{stem}{d}D" for stem in stems for d in (1, 2, 3))
+
+
+_CONV = _both(*_dims("Conv"))
+_TRANSPOSE = _both(*(f"Conv{d}DTranspose" for d in (1, 2, 3)))
+_SEPARABLE = _both("SeparableConv1D", "SeparableConv2D")
+_MERGE = _both("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate")
+_POOL_AVG = _both(*_dims("AveragePooling", "GlobalAveragePooling"))
+_ACTIVATIONS = _both("ReLU", "LeakyReLU", "ELU", "Activation")
+_PASS_THROUGH = _both(
+    *_dims("MaxPooling", "GlobalMaxPooling", "ZeroPadding", "Cropping", "SpatialDropout"),
+    "Flatten", "Reshape", "Permute", "Dropout", "GaussianDropout", "GaussianNoise",
+    "AlphaDropout", "ActivityRegularization", "InputLayer",
 )
 
 LAYER_RULES: Tuple[LayerRule, ...] = (
     LayerRule(_TRANSPOSE, (("kernel", "transpose"),), "activation"),
-    LayerRule(_DEPTHWISE, (("depthwise_kernel", "depthwise"),), "activation"),
+    # The depthwise kernel is `depthwise_kernel` in tf_keras and `kernel` in Keras 3.
+    LayerRule(_only(keras, "DepthwiseConv1D", "DepthwiseConv2D"),
+              (("depthwise_kernel", "depthwise"),), "activation"),
+    LayerRule(_only(keras3, "DepthwiseConv1D", "DepthwiseConv2D"),
+              (("kernel", "depthwise"),), "activation"),
     LayerRule(_SEPARABLE,
               (("depthwise_kernel", "depthwise"), ("pointwise_kernel", "channels_last")),
               "activation"),
     LayerRule(_CONV, (("kernel", "channels_last"),), "activation"),
     # Per-tensor: TFLite stores FULLY_CONNECTED weights transposed and its converter rejects
     # per-channel QAT ranges there ("tfl.transpose op has mismatched quantized axes").
-    LayerRule((L.Dense,), (("kernel", "per_tensor"),), "activation"),
-    LayerRule(_ACTIVATIONS + _MERGE + _POOL_AVG
-              + (L.BatchNormalization, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D)),
+    LayerRule(_both("Dense"), (("kernel", "per_tensor"),), "activation"),
+    LayerRule(_ACTIVATIONS + _MERGE + _POOL_AVG + _both(
+        "BatchNormalization", "UpSampling1D", "UpSampling2D", "UpSampling3D")),
     # TFLite gives softmax its own fixed output range; quantizing it would only add error.
-    LayerRule((L.Softmax,), (), "none"),
+    LayerRule(_both("Softmax"), (), "none"),
     LayerRule(_PASS_THROUGH, (), "none"),
 )
 
 # Activations whose TFLite kernels have a fixed output range: never re-quantized.
-_FIXED_RANGE_ACTIVATIONS = frozenset({"softmax", "sigmoid", "tanh", "log_softmax"})
+FIXED_RANGE_ACTIVATIONS = frozenset({"softmax", "sigmoid", "tanh", "log_softmax"})
 
 
 def rule_for(layer_or_type) -> Optional[LayerRule]:
@@ -187,7 +204,7 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
             return False
         activation = getattr(layer, "activation", None)
         name = getattr(activation, "__name__", type(activation).__name__)
-        return name not in _FIXED_RANGE_ACTIVATIONS or self._rule(layer).result == "activation"
+        return name not in FIXED_RANGE_ACTIVATIONS or self._rule(layer).result == "activation"
 
     def get_weights_and_quantizers(self, layer):
         return [(getattr(layer, attr), ChannelWeightQuantizer(self.weight_bits, layout))

@@ -22,6 +22,7 @@ from tfcompress._validate import check_int, check_number
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact_math import MODES, clip_range, quantize_activation
 
+__all__ = ["MODES", "PACTQuantizer", "validate_bits"]
 
 
 def validate_bits(value: Any, argument: str) -> int:

@@ -39,7 +39,8 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
       layout: where the output channels are, one of :data:`LAYOUTS`.
 
     Example:
-      >>>       >>> q = ChannelWeightQuantizer(num_bits=2)
+      >>> import tensorflow as tf
+      >>> q = ChannelWeightQuantizer(num_bits=2)
       >>> q(tf.constant([[0.4, -2.0], [1.0, 0.5]]), training=False, weights={}).numpy()
       array([[ 0., -2.],
              [ 1.,  0.]], dtype=float32)
