@@ -1,7 +1,10 @@
-"""Export tf_keras models to SavedModel and TFLite, and check the result.
+"""Export tf_keras and Keras 3 models to SavedModel and TFLite, and check the result.
 
 * :func:`to_tflite` - float32, dynamic-range, float16 or int8 ``.tflite`` files.
-* :func:`to_saved_model`, :func:`save_model`, :func:`load_model` - Keras model files.
+* :func:`to_saved_model`, :func:`save_model`, :func:`load_model` - Keras model files
+  (:func:`file_flavour`: which Keras wrote one).
+
+Keras 3 models need Keras 3's TensorFlow backend for TFLite and SavedModel export.
 * :func:`verify` - Keras vs TFLite parity (max difference, top-1 agreement, float fallbacks).
 * :func:`tflite_ops`, :func:`activation_ranges` - what is inside a ``.tflite`` file.
 * :mod:`tfcompress.export.litert` - run and time ``.tflite`` files with LiteRT.
@@ -35,7 +38,13 @@ from tfcompress.export.flatbuffer import (
     quantization_kind,
     tflite_ops,
 )
-from tfcompress.export.saved_model import load_model, model_format, save_model, to_saved_model
+from tfcompress.export.saved_model import (
+    file_flavour,
+    load_model,
+    model_format,
+    save_model,
+    to_saved_model,
+)
 from tfcompress.export.tflite import QUANTIZE_OPTIONS, ConversionError, is_qat_model, to_tflite
 from tfcompress.export.verify import ParityError, ParityReport, verify
 
@@ -47,6 +56,7 @@ __all__ = [
     "QuantRange",
     "TFLiteOp",
     "activation_ranges",
+    "file_flavour",
     "float_fallback_ops",
     "is_qat_model",
     "litert",

@@ -111,7 +111,7 @@ def _check_data(model: "keras.Model", data) -> np.ndarray:
             f"`data` must be a non-empty numeric array (n, *input_shape), got shape "
             f"{data.shape} of {data.dtype}. Pass some test samples."
         )
-    if not model.inputs:
+    if not getattr(model, "inputs", None):  # Keras 3 subclassed models have no attribute
         raise ValueError(
             f"{model.name!r} ({type(model).__name__}) is a subclassed model without symbolic "
             "inputs, so its input shape is unknown. Verify a Functional or Sequential model, "
@@ -153,7 +153,8 @@ def verify(
     by agreement alone (their max difference is reported).
 
     Args:
-      keras_model: the model the file was exported from (single input and output).
+      keras_model: the model the file was exported from (tf_keras or Keras 3; single input
+        and output).
       tflite_path: the ``.tflite`` file.
       data: samples ``(n, *input_shape)``, e.g. the test split.
       atol: tolerance on the largest absolute output difference.
@@ -167,7 +168,7 @@ def verify(
 
     Raises:
       ParityError: (a ``ValueError``) if parity breaks and ``raise_on_failure``.
-      TypeError: for a Keras 3 model or a non-model.
+      TypeError: for a non-model.
       ValueError: for bad arguments or data that does not fit the model.
       FileNotFoundError: if ``tflite_path`` does not exist.
 
