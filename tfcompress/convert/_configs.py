@@ -12,14 +12,27 @@ refused otherwise, with the argument named.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, Dict, Tuple
 
 from tfcompress._keras import Flavour
 
-#: Arguments every layer accepts through the base ``Layer``.
-_BASE_KEYS = frozenset({"name", "trainable", "dtype", "activity_regularizer"})
 #: Shape arguments a first layer may carry; the converted model's Inputs define the shapes.
 _SHAPE_KEYS = frozenset({"batch_input_shape", "batch_shape", "input_shape", "input_dim"})
+#: Arguments that a target class takes through ``**kwargs`` (no signature shows them).
+_KWARGS = {"activity_regularizer": "Layer", "zero_output_for_mask": "RNN"}
+#: Values that change nothing where the target has no such argument: Keras 3's
+#: LayerNormalization takes ``rms_scaling`` through ``**kwargs``; tf_keras's 1D padding,
+#: cropping and upsampling are channels_last; tf_keras's RNN ``implementation`` picks a
+#: kernel, not a result.
+_HARMLESS = {"rms_scaling": (False,), "data_format": ("channels_last",),
+             "implementation": (1, 2)}
+#: Arguments renamed between tf_keras and Keras 3, per class: {class: {tf_keras: keras3}}.
+_RENAMED = {"LeakyReLU": {"alpha": "negative_slope"}}
+#: tf_keras arguments a class ignores (SeparableConv inherits Conv's kernel arguments but
+#: has depthwise and pointwise kernels).
+_IGNORED = {name: frozenset({"kernel_initializer", "kernel_regularizer", "kernel_constraint"})
+            for name in ("SeparableConv1D", "SeparableConv2D")}
 #: Activations both Kerases know by the same name but compute differently
 #: (tf_keras: clip(0.2 x + 0.5), Keras 3: relu6(x + 3) / 6).
 _DIFFERENT_ACTIVATIONS = frozenset({"hard_sigmoid"})
@@ -53,8 +66,9 @@ def _params(cls: type) -> Dict[str, inspect.Parameter]:
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists, for comparing a config value with a default."""
-    if isinstance(value, (list, tuple)):
+    """``value`` with tuples and tf_keras's ListWrappers as lists (for comparing a config value
+    with a default, and for Keras 3, which does not take ListWrappers)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -93,6 +107,18 @@ def _value(key: str, value: Any, source: Flavour, target: Flavour) -> Any:
     return value
 
 
+def _renames(name: str, target: Flavour) -> Dict[str, str]:
+    renamed = _RENAMED.get(name, {})
+    return dict(renamed) if target.is_keras3 else {v: k for k, v in renamed.items()}
+
+
+def _accepts(tgt_cls: type, key: str, target: Flavour) -> bool:
+    if key in _params(tgt_cls):
+        return True
+    base = getattr(target.module.layers, _KWARGS.get(key, ""), None)
+    return isinstance(base, type) and issubclass(tgt_cls, base)
+
+
 def translate_config(src_cls: type, tgt_cls: type, config: Dict[str, Any],
                      source: Flavour, target: Flavour) -> Dict[str, Any]:
     """``config`` (from ``src_cls``) as a config for ``tgt_cls`` (see the module docstring).
@@ -100,24 +126,30 @@ def translate_config(src_cls: type, tgt_cls: type, config: Dict[str, Any],
     Raises:
       Refused: naming every argument that has no equivalent.
     """
-    src_params, tgt_params = _params(src_cls), _params(tgt_cls)
+    src_params, renames = _params(src_cls), _renames(src_cls.__name__, target)
+    ignored = _IGNORED.get(src_cls.__name__, frozenset()) if not source.is_keras3 else ()
     out: Dict[str, Any] = {}
     refused = []
     for key, value in config.items():
-        if key in _SHAPE_KEYS:
+        if key in _SHAPE_KEYS or key in ignored:
             continue
         default = src_params[key].default if key in src_params else inspect.Parameter.empty
         if isinstance(value, str) and type(default) in (int, float):
             value = float(value)  # tf_keras writes ReLU's negative_slope as "0.0"
-        if key in tgt_params or key in _BASE_KEYS:
+        new_key = renames.get(key, key)
+        if _accepts(tgt_cls, new_key, target):
             try:
-                out[key] = _value(key, value, source, target)
+                out[new_key] = _value(key, _plain(value), source, target)
             except Refused as error:
                 refused.append(f"{key}: {error}")
-        elif _plain(value) != _plain(default):
+        elif _plain(value) != _plain(default) and value not in _HARMLESS.get(key, ()):
             refused.append(f"argument {key}={value!r} has no {target.name} equivalent")
     if refused:
         raise Refused("; ".join(refused))
+    if tgt_cls.__name__ == "BatchNormalization" and isinstance(out.get("axis"), list):
+        if len(out["axis"]) != 1:
+            raise Refused(f"axis={out['axis']}: {target.name} normalizes over one axis")
+        out["axis"] = out["axis"][0]  # tf_keras keeps a built layer's axis as [3]
     return out
 
 
@@ -171,4 +203,6 @@ def layer_config(layer: Any, source: Flavour, target: Flavour) -> Tuple[type, Di
                       "replace it with built-in layers")
     name = built_in_class(layer, source)
     tgt_cls = target_class(name, target)
-    return tgt_cls, translate_config(type(layer), tgt_cls, layer.get_config(), source, target)
+    config = dict(layer.get_config())
+    config.pop("trainable", None)  # set on the new layer: not every class takes it
+    return tgt_cls, translate_config(type(layer), tgt_cls, config, source, target)

@@ -34,9 +34,13 @@ _TF_OP_LAYERS = frozenset({"TFOpLambda", "SlicingOpLambda", "ClassMethod", "Inst
                            "InstanceProperty", "TensorFlowOpLayer"})
 
 
-def _short_name(variable: Any) -> str:
-    """``kernel`` for tf_keras ``dense/kernel:0`` and Keras 3 ``kernel``."""
-    return variable.name.rpartition("/")[2].partition(":")[0]
+def _weight_names(layer: Any) -> List[str]:
+    """``kernel`` for tf_keras ``dense/kernel:0`` and Keras 3 ``kernel``; a depthwise
+    convolution's kernel is ``depthwise_kernel`` in tf_keras and ``kernel`` in Keras 3."""
+    names = [v.name.rpartition("/")[2].partition(":")[0] for v in layer.weights]
+    if type(layer).__name__.startswith("DepthwiseConv"):
+        names = ["kernel" if name == "depthwise_kernel" else name for name in names]
+    return names
 
 
 def _describe(op: Any) -> str:
@@ -91,10 +95,12 @@ class Converter:
                           "Activation, ...) instead")
         cls, config = layer_config(op, self.source, self.target)
         try:
-            return cls.from_config(config)
+            new = cls.from_config(config)
         except Exception as error:  # noqa: BLE001 - reported with the layer's name
             raise Refused(f"{self.target.name} refused its translated config: "
                           f"{type(error).__name__}: {error}") from None
+        new.trainable = op.trainable
+        return new
 
     def _target_op(self, op: Any, node: Any) -> Any:
         """The tf_keras merge layer equal to a ``keras.ops`` call, if there is one."""
@@ -166,8 +172,7 @@ class Converter:
         for key, (op, new) in self.layers.items():
             if key in self.op_layers:
                 continue
-            old_names = [_short_name(v) for v in op.weights]
-            new_names = [_short_name(v) for v in new.weights]
+            old_names, new_names = _weight_names(op), _weight_names(new)
             weights = op.get_weights()
             if old_names != new_names:
                 if sorted(old_names) != sorted(new_names) or len(set(old_names)) < len(
