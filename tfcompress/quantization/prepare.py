@@ -12,6 +12,9 @@ quantized:
   once TFLite fuses the BatchNorm). BatchNorm statistics are frozen from then on, the usual
   practice for QAT fine-tuning (Krishnamoorthi 2018, sec. 3.2).
 
+Both work on tf_keras models (by editing their configs) and on Keras 3 models (by replaying
+their graph, :mod:`tfcompress.quantization.keras3_graph`).
+
 Both rewrites are exact in inference mode: the prepared model computes what the original
 computes (up to float rounding).
 """
@@ -24,15 +27,22 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from tfcompress._internals import inbound_nodes
-from tfcompress._keras import keras, require_graph_model
+from tfcompress._keras import flavour_of, keras, require_graph_model
+from tfcompress.quantization import keras3_graph
+from tfcompress.quantization.folding import (
+    BATCH_NORMS,
+    FOLDABLE,
+    NOT_FOLDABLE,
+    fold_weights,
+    folds_on_last_axis,
+)
 
 L = keras.layers
-# SyncBatchNormalization is not a BatchNormalization subclass in every tf_keras version.
-_BATCH_NORMS = tuple(getattr(L, name) for name in ("BatchNormalization", "SyncBatchNormalization")
-                     if hasattr(L, name))
-_FOLDABLE = (L.Conv1D, L.Conv2D, L.Conv3D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.Dense)
-_NOT_FOLDABLE = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose,
-                 L.SeparableConv1D, L.SeparableConv2D)
+
+
+def _is_keras3(model) -> bool:
+    flavour = flavour_of(model)
+    return flavour is not None and flavour.is_keras3
 
 
 def _functional(model: keras.Model) -> keras.Model:
@@ -86,40 +96,18 @@ def _rebuild(model: keras.Model, config: Dict[str, Any],
     return rebuilt
 
 
-def _bn_scale_shift(bn: keras.layers.BatchNormalization) -> Tuple[np.ndarray, np.ndarray]:
-    weights = dict(zip([w.name.split("/")[-1].split(":")[0] for w in bn.weights], bn.get_weights()))
-    mean, var = weights["moving_mean"], weights["moving_variance"]
-    gamma = weights.get("gamma", np.ones_like(mean))
-    beta = weights.get("beta", np.zeros_like(mean))
-    scale = gamma / np.sqrt(var + bn.epsilon)
-    return scale, beta - mean * scale
-
-
-def _fold_weights(layer, bn) -> List[np.ndarray]:
-    scale, shift = _bn_scale_shift(bn)
-    kernel = layer.get_weights()[0]
-    bias = layer.get_weights()[1] if layer.use_bias else np.zeros_like(scale)
-    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
-        kernel = kernel * scale.reshape(kernel.shape[-2:])
-    else:
-        kernel = kernel * scale
-    return [kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)]
-
-
 def _foldable_pair(model, layer_config, consumers) -> Optional[Tuple[Any, Any]]:
     """Returns ``(producer, bn)`` if the BatchNorm in ``layer_config`` can be folded."""
     bn = model.get_layer(layer_config["name"])
-    if not isinstance(bn, _BATCH_NORMS) or len(inbound_nodes(bn)) != 1:
+    if not isinstance(bn, BATCH_NORMS) or len(inbound_nodes(bn)) != 1:
         return None
-    axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
-    rank = len(bn.input_shape)
-    if [a % rank for a in axis] != [rank - 1]:
+    if not folds_on_last_axis(bn, len(bn.input_shape)):
         return None
     inbound = _inbound_names(layer_config)
     if len(inbound) != 1:
         return None
     producer = model.get_layer(inbound[0])
-    if (not isinstance(producer, _FOLDABLE) or isinstance(producer, _NOT_FOLDABLE)
+    if (not isinstance(producer, FOLDABLE) or isinstance(producer, NOT_FOLDABLE)
             or len(inbound_nodes(producer)) != 1 or consumers.get(producer.name) != [bn.name]
             or keras.activations.serialize(producer.activation) != "linear"):
         return None
@@ -133,11 +121,11 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     normalizes the last axis, and neither layer is shared. Others are left as they are.
 
     Args:
-      model: a built Functional or Sequential tf_keras model.
+      model: a built Functional or Sequential model, tf_keras or Keras 3.
 
     Returns:
-      A new Functional model (the input model is unchanged). It has the same outputs in
-      inference mode; the folded producers keep their names and gain a bias.
+      A new Functional model of the same Keras (the input model is unchanged). It has the
+      same outputs in inference mode; the folded producers keep their names and gain a bias.
 
     Example:
       >>> import tf_keras
@@ -146,6 +134,8 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
       >>> [type(l).__name__ for l in fold_batch_norms(model).layers]
       ['InputLayer', 'Conv2D']
     """
+    if _is_keras3(model):
+        return keras3_graph.fold_batch_norms(model)
     model = _functional(require_graph_model(model))
     config = copy.deepcopy(model.get_config())
     consumers = _consumers(config)
@@ -157,7 +147,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
             kept.append(layer_config)
             continue
         producer, bn = pair
-        new_weights[producer.name] = _fold_weights(producer, bn)
+        new_weights[producer.name] = fold_weights(producer, bn)
         producer_config = next(c for c in kept if c["name"] == producer.name)
         producer_config["config"]["use_bias"] = True
         producer_config["config"]["bias_initializer"] = keras.initializers.serialize(
@@ -186,6 +176,8 @@ def split_separable_convs(model: keras.Model) -> keras.Model:
       >>> [(type(l).__name__, l.name) for l in split_separable_convs(model).layers[1:]]
       [('DepthwiseConv2D', 'sep_depthwise'), ('Conv2D', 'sep')]
     """
+    if _is_keras3(model):
+        return keras3_graph.split_separable_convs(model)
     model = _functional(require_graph_model(model))
     config = copy.deepcopy(model.get_config())
     new_weights: Dict[str, List[np.ndarray]] = {}
