@@ -9,9 +9,9 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._internals import tfmot_private
-from tfcompress._keras import keras, require_graph_model
+from tfcompress._keras import flavour_of, keras, keras3, require_graph_model
 from tfcompress._validate import check_names, require_float32
-from tfcompress.quantization import serialization
+from tfcompress.quantization import keras3_api, serialization
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for, supported_types
 from tfcompress.quantization.pact import PACTQuantizer
 from tfcompress.quantization.prepare import prepare_for_qat
@@ -23,6 +23,7 @@ _CUSTOM_OBJECTS = {
     for cls in (PACTQuantizer, PACTQuantizeConfig, ChannelWeightQuantizer)
 }
 _CUSTOM_OBJECTS.update(serialization.CUSTOM_OBJECTS)
+_CUSTOM_OBJECTS.update(keras3_api.CUSTOM_OBJECTS)
 
 
 @contextlib.contextmanager
@@ -48,8 +49,14 @@ def quantize_scope(*custom_objects: Dict[str, type]) -> Iterator[None]:
     for objects in custom_objects:
         extra.update(objects)
     # Nested so that our names win over tfmot's (its scope lists its own objects last).
-    with tfmot.quantization.keras.quantize_scope(), keras.utils.custom_object_scope(extra):
+    with tfmot.quantization.keras.quantize_scope(), keras.utils.custom_object_scope(extra), \
+            keras3.saving.custom_object_scope(extra):
         yield
+
+
+def _is_keras3(model) -> bool:
+    flavour = flavour_of(model)
+    return flavour is not None and flavour.is_keras3
 
 
 def _check_exclusions(model: keras.Model, exclude, skip_unsupported) -> List[str]:
@@ -124,6 +131,9 @@ def quantize_model(
     require_float32(model, "PACT quantization-aware training")
     config = PACTQuantizeConfig(weight_bits, activation_bits, **pact_options)
     exclude = _check_exclusions(model, exclude, skip_unsupported)
+    if _is_keras3(model):
+        return keras3_api.quantize_keras3_model(model, activation_bits, weight_bits, exclude,
+                                                pact_options)
     prepared = prepare_for_qat(model)
     keep_float = set(exclude) | {layer.name for layer in prepared.layers
                                  if rule_for(layer) is None}
@@ -227,6 +237,8 @@ def clip_ranges(model: keras.Model) -> Dict[str, Tuple[float, float]]:
       [(-3.0, 3.0), (-3.0, 3.0)]
     """
     require_graph_model(model)
+    if _is_keras3(model):
+        return keras3_api.clip_ranges_keras3(model)
     ranges = {}
     for key, quantizer, weights in _pact_quantizers(model):
         low, high = quantizer.clip_range(weights)

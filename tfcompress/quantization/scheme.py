@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._internals import inbound_nodes, outbound_layers, tfmot_private
-from tfcompress._keras import keras
+from tfcompress._keras import keras, layer_classes
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for
 from tfcompress.quantization.pact import PACTQuantizer
 
@@ -26,6 +26,8 @@ L = keras.layers
 _Q = tfmot.quantization.keras
 _transforms = _Q.graph_transformations.transforms
 
+_RELUS = tuple(layer_classes("ReLU"))
+_ACTIVATION_LAYERS = tuple(layer_classes("Activation"))
 # Activations the TFLite converter fuses into the op that produces their input.
 _FUSED_ACTIVATIONS = frozenset({"relu", "relu6", "linear"})
 
@@ -34,7 +36,7 @@ def fuses_into_producer(layer) -> bool:
     """True if TFLite fuses ``layer`` (an activation layer) into the op before it.
 
     Subclasses of ``ReLU``/``Activation`` count too (``isinstance``), judged by the same
-    attributes.
+    attributes; tf_keras and Keras 3 layers alike.
 
     Example:
       >>> import tf_keras
@@ -43,9 +45,9 @@ def fuses_into_producer(layer) -> bool:
       >>> fuses_into_producer(tf_keras.layers.Activation("sigmoid"))
       False
     """
-    if isinstance(layer, L.ReLU):
+    if isinstance(layer, _RELUS):
         return not layer.negative_slope and not layer.threshold and layer.max_value in (None, 6.0)
-    if isinstance(layer, L.Activation):
+    if isinstance(layer, _ACTIVATION_LAYERS):
         return getattr(layer.activation, "__name__", None) in _FUSED_ACTIVATIONS
     return False
 
