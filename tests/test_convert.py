@@ -18,6 +18,23 @@ CONVERT = {"tf_keras": to_keras3, "keras3": to_tf_keras}  # source flavour -> co
 TARGET = {"tf_keras": keras3, "keras3": keras}
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    """Replaces conftest's ``_seed`` for this module: seeding per test, but clearing both
+    Kerases' sessions once per module (clearing takes 0.6 s, and this module builds some
+    two hundred small models; converted names are compared with their sources', so the
+    counters that clearing resets do not matter)."""
+    keras.utils.set_random_seed(1234)
+    yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clear_sessions_once():
+    yield
+    keras.backend.clear_session()
+    keras3.backend.clear_session()
+
+
 def _merge(name, **kwargs):
     def build(L, x):
         a, b = L.Dense(4, name="left")(x), L.Dense(4, name="right")(x)
@@ -142,3 +159,179 @@ def test_every_layer_converts_with_equal_outputs(name, flavour):
     source = _randomize(k.Model(inputs, build(k.layers, inputs), name=f"m_{name}"))
     converted = CONVERT[flavour](source)
     _check(source, converted, flavour, shape)
+
+
+def _sequential(k):
+    return k.Sequential([k.Input((6, 6, 2), name="image"), k.layers.Conv2D(3, 3, name="conv"),
+                         k.layers.BatchNormalization(name="bn"), k.layers.Flatten(name="flat"),
+                         k.layers.Dense(4, name="logits")], name="seq")
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_sequential_stays_sequential(flavour):
+    source = _randomize(_sequential(FLAVOURS[flavour]))
+    converted = CONVERT[flavour](source)
+    assert type(converted) is TARGET[flavour].Sequential
+    assert [layer.name for layer in converted.layers] == ["conv", "bn", "flat", "logits"]
+    _check(source, converted, flavour, (6, 6, 2))
+
+
+def _nested_and_shared(k):
+    """A Functional block used twice (a nested model shared) and a Dense called twice."""
+    block_in = k.Input((5,), name="block_in")
+    block = k.Model(block_in, k.layers.Dense(5, activation="relu", name="inner")(block_in),
+                    name="block")
+    shared = k.layers.Dense(5, name="shared")
+    inputs = k.Input((5,), name="x")
+    a = shared(block(inputs))
+    b = shared(block(k.layers.Dense(5, name="pre")(inputs)))
+    outputs = k.layers.Concatenate(name="cat")([a, b])
+    return k.Model(inputs, outputs, name="outer")
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_nested_models_and_shared_layers(flavour):
+    source = _randomize(_nested_and_shared(FLAVOURS[flavour]))
+    converted = CONVERT[flavour](source)
+    _check(source, converted, flavour, (5,))
+    block = converted.get_layer("block")
+    assert isinstance(block, TARGET[flavour].Model)
+    assert [layer.name for layer in block.layers] == ["block_in", "inner"]
+    assert len(converted.get_layer("shared").weights) == 2  # one layer, called twice
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_multiple_inputs_and_outputs_keep_names_and_order(flavour):
+    k = FLAVOURS[flavour]
+    a, b = k.Input((3,), name="a"), k.Input((4,), name="b")
+    merged = k.layers.Concatenate(name="cat")([a, b])
+    source = _randomize(k.Model([a, b], [k.layers.Dense(2, name="out1")(merged),
+                                         k.layers.Dense(1, name="out2")(merged)], name="two"))
+    converted = CONVERT[flavour](source)
+    assert [t.shape[-1] for t in converted.inputs] == [3, 4]
+    assert [layer.name for layer in converted.layers] == ["a", "b", "cat", "out1", "out2"]
+    x = [_random_input((3,)), _random_input((4,), seed=2)]
+    for expected, actual in zip(source(x), converted(x)):
+        np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_residual_cnn(flavour):
+    source = _randomize(models.residual_cnn(width=8, flavour=flavour))
+    _check(source, CONVERT[flavour](source), flavour, (16, 16, 1))
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_round_trip_returns_an_equal_model_of_the_source_flavour(flavour):
+    source = _randomize(models.residual_cnn(width=8, flavour=flavour))
+    other = {"tf_keras": "keras3", "keras3": "tf_keras"}[flavour]
+    back = CONVERT[other](CONVERT[flavour](source))
+    _check(source, back, other, (16, 16, 1))  # back is of the flavour ``other`` converts to
+
+
+def _application(k, name):
+    if name == "MobileNetV2":
+        return k.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                          classes=10)
+    return k.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10)
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+@pytest.mark.parametrize("name", ["MobileNetV2", pytest.param("ResNet50", marks=pytest.mark.slow)])
+def test_applications(name, flavour):
+    source = _randomize(_application(FLAVOURS[flavour], name))
+    _check(source, CONVERT[flavour](source), flavour, (32, 32, 3))
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_a_model_of_the_target_flavour_is_returned_unchanged(flavour):
+    model = _sequential(FLAVOURS[flavour])
+    same = {"tf_keras": to_tf_keras, "keras3": to_keras3}[flavour]
+    assert same(model) is model
+
+
+def test_keras_ops_merges_become_tf_keras_merge_layers():
+    inputs = keras3.Input((4,), name="x")
+    a, b = keras3.layers.Dense(4, name="a")(inputs), keras3.layers.Dense(4, name="b")(inputs)
+    total = keras3.ops.add(a, b)
+    product = keras3.ops.multiply(total, a)
+    joined = keras3.ops.concatenate([product, b], axis=-1)
+    source = _randomize(keras3.Model(inputs, keras3.layers.Dense(2, name="out")(joined)))
+    converted = to_tf_keras(source)
+    kinds = {type(layer).__name__ for layer in converted.layers}
+    assert {"Add", "Multiply", "Concatenate"} <= kinds
+    x = _random_input((4,))
+    np.testing.assert_allclose(converted(x), source(x), rtol=0, atol=1e-5)
+
+
+def _refusal(convert, model):
+    with pytest.raises(ValueError) as caught:
+        convert(model)
+    assert caught.value.__context__ is None  # our own error, not one from inside Keras
+    return str(caught.value)
+
+
+def test_keras3_layers_without_tf_keras_equivalent_are_all_named():
+    class Scale(keras3.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    inputs = keras3.Input((4,), name="x")
+    x = keras3.layers.Lambda(lambda t: t + 1.0, name="plus_one")(inputs)
+    x = Scale(name="my_scale")(x)
+    x = keras3.ops.sin(x)
+    x = keras3.layers.Activation("hard_sigmoid", name="hard")(x)
+    x = keras3.layers.Dense(3, lora_rank=2, name="lora_dense")(x)
+    x = keras3.layers.Dense(3, name="fine")(x)
+    message = _refusal(to_tf_keras, keras3.Model(inputs, x, name="bad"))
+    assert "5 layer(s)" in message
+    assert "'plus_one' (Lambda)" in message and "Python code" in message
+    assert "'my_scale' (Scale)" in message and "custom class" in message
+    assert "(Sin)" in message and "keras.ops" in message
+    assert "'hard'" in message and "hard_sigmoid" in message
+    assert "'lora_dense'" in message and "lora_rank=2" in message
+    assert "'fine'" not in message
+
+
+def test_tf_keras_layers_without_keras3_equivalent_are_all_named():
+    class Scale(keras.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    inputs = keras.Input((4,), name="x")
+    x = keras.layers.Lambda(lambda t: t + 1.0, name="plus_one")(inputs)
+    x = Scale(name="my_scale")(x)
+    x = x * 2.0
+    x = keras.layers.ThresholdedReLU(0.5, name="thresholded")(x)
+    x = keras.layers.Dense(3, name="fine")(x)
+    message = _refusal(to_keras3, keras.Model(inputs, x, name="bad"))
+    assert "4 layer(s)" in message
+    assert "'plus_one' (Lambda)" in message and "Python code" in message
+    assert "'my_scale' (Scale)" in message and "custom class" in message
+    assert "'tf.math.multiply' (TFOpLambda)" in message and "x * 2.0" in message
+    assert "'thresholded' (ThresholdedReLU)" in message and "no keras3 equivalent" in message
+    assert "'fine'" not in message
+
+
+def test_a_layer_inside_a_nested_model_is_named_with_its_path():
+    inner_in = keras.Input((4,), name="inner_in")
+    inner = keras.Model(inner_in, keras.layers.Lambda(lambda t: t, name="lam")(inner_in),
+                        name="inner")
+    inputs = keras.Input((4,), name="x")
+    message = _refusal(to_keras3, keras.Model(inputs, inner(inputs), name="outer"))
+    assert "outer/inner/'lam' (Lambda)" in message
+
+
+def test_a_subclassed_model_is_refused():
+    class Net(keras3.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras3.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    net = Net()
+    net(np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match="subclassed"):
+        to_tf_keras(net)
