@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from tfcompress._keras import keras
+from tfcompress._keras import callback_bases, serializable
 from tfcompress.quantization.api import clip_ranges
 
 
-@keras.utils.register_keras_serializable(package="tfcompress")
-class ClipRangeLogger(keras.callbacks.Callback):
+@serializable("tfcompress")
+class ClipRangeLogger(*callback_bases()):
     """Writes each PACT clip range into ``logs`` at the end of every epoch.
 
     Keys are ``pact/<layer>/alpha`` and ``pact/<layer>/low`` (``-beta``), so ``History``,
     ``CSVLogger`` and ``TensorBoard`` (as scalars) record how the ranges move. Reading a few
     scalars once per epoch costs nothing measurable. Put it before those callbacks in the
-    list so that they see the values.
+    list so that they see the values. The same callback works in tf_keras' and Keras 3's
+    ``fit``.
 
     Example:
       >>> import numpy as np
@@ -27,7 +28,35 @@ class ClipRangeLogger(keras.callbacks.Callback):
       >>> history = qat.fit(x, y, epochs=3, verbose=0, callbacks=[ClipRangeLogger()])
       >>> len(history.history["pact/act/alpha"]), history.history["pact/act/low"]
       (3, [0.0, 0.0, 0.0])
+
+      In Keras 3:
+
+      >>> import keras
+      >>> qat = quantize_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+      ...                                        keras.layers.ReLU(name="act")]),
+      ...                      mode="relu", alpha_init=2.0)
+      >>> qat.compile("sgd", "mse")
+      >>> history = qat.fit(x, y, epochs=2, verbose=0, callbacks=[ClipRangeLogger()])
+      >>> history.history["pact/act/low"]
+      [0.0, 0.0]
     """
+
+    def __init__(self):
+        for base in callback_bases():  # each Keras' Callback sets up its own attributes
+            base.__init__(self)
+
+    # tf_keras assigns ``self.model``; Keras 3 makes ``model`` a read-only property over
+    # ``_model``. One read-write property serves both.
+    @property
+    def model(self):
+        return self._model
+
+    @model.setter
+    def model(self, value):
+        self._model = value
+
+    def set_model(self, model):
+        self._model = model
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
