@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfcompress._keras import keras
+from tfcompress._keras import flavour_of, input_names, is_model, keras
 from tfcompress.pruning import (
     ChannelGraph,
     apply_masks,
@@ -47,7 +47,12 @@ def build_application(name: str, side: Optional[int] = None) -> keras.Model:
     return fn(**kwargs)
 
 
-def randomize(model: keras.Model, seed: int = 0) -> None:
+def _np(tensor) -> np.ndarray:
+    """A model output as numpy (a tf.Tensor in tf_keras, a backend tensor in Keras 3)."""
+    return np.asarray(tensor)
+
+
+def randomize(model, seed: int = 0) -> None:
     """Random BatchNorm statistics/affine, biases and per-channel scales: nothing is
     trivially zero, so a wrong slice shows up in the outputs."""
     rng = np.random.default_rng(seed)
@@ -55,7 +60,7 @@ def randomize(model: keras.Model, seed: int = 0) -> None:
         weights = layer.get_weights()
         if not weights:
             continue
-        names = [w.name.split("/")[-1].split(":")[0] for w in layer.weights]
+        names = [getattr(w, "path", w.name).split("/")[-1].split(":")[0] for w in layer.weights]
         new = []
         for name, value in zip(names, weights):
             shape = value.shape
@@ -71,7 +76,7 @@ def randomize(model: keras.Model, seed: int = 0) -> None:
 
 def _leaves(model):
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
+        if is_model(layer):
             yield from _leaves(layer)
         else:
             yield layer
@@ -82,11 +87,16 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max()) / scale
 
 
-def tflite_run(model: keras.Model, x: np.ndarray) -> np.ndarray:
+def tflite_run(model, x: np.ndarray) -> np.ndarray:
     """Converts ``model`` to a float TFLite flatbuffer and runs it on ``x``."""
     from ai_edge_litert.interpreter import Interpreter
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if flavour_of(model).is_keras3:  # a concrete function: the converter's Keras 3 route
+        spec = tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32)
+        function = tf.function(lambda t: model(t, training=False)).get_concrete_function(spec)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
     interpreter = Interpreter(model_content=converter.convert())
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], x.shape)
@@ -96,7 +106,7 @@ def tflite_run(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-def check_pruned(model: keras.Model, ratio: float = 0.3, tflite: bool = True,
+def check_pruned(model, ratio: float = 0.3, tflite: bool = True,
                  seed: int = 0, expect_change: bool = True,
                  criterion: str = "fpgm") -> Dict[str, Any]:
     """Masks ``model`` at ``ratio``, rebuilds it and asserts the contract; returns stats."""
@@ -108,15 +118,16 @@ def check_pruned(model: keras.Model, ratio: float = 0.3, tflite: bool = True,
     macs, params = graph_macs(graph), graph_params(graph)
     assert params == model.count_params()
     slim = rebuild(model, masks)
-    original = model(x, training=False).numpy()
+    original = _np(model(x, training=False))
     apply_masks(model, masks)
-    masked = model(x, training=False).numpy()
+    masked = _np(model(x, training=False))
     if expect_change and masks.pruned_ratio > 0:  # not vacuous: pruning changed the outputs
         assert relative_error(original, masked) > 1e-6
-    out = slim(x, training=False).numpy()
+    out = _np(slim(x, training=False))
     parity = check_parity(model, slim, x, masked, out)
+    assert type(slim) is type(model)  # the same flavour and class back
     assert slim.output_shape == model.output_shape
-    assert [t.name for t in slim.inputs] == [t.name for t in model.inputs]
+    assert input_names(slim) == input_names(model)
     slim_macs, slim_params = count_macs(slim), slim.count_params()
     assert slim_macs == graph_macs(graph, masks) and slim_params == graph_params(graph, masks)
     prunable = [g for g in graph.groups if g.prunable]
@@ -158,27 +169,27 @@ def check_parity(model, slim, x, masked, out) -> Dict[str, float]:
     assert stats["ulp_noise"] > ILL_CONDITIONED, message + (
         f" (one-ulp weight noise moves the output by only {stats['ulp_noise']:.1e})")
     x64 = x.astype(np.float64)
-    stats["error_float64"] = relative_error(float64_twin(model)(x64, training=False).numpy(),
-                                            float64_twin(slim)(x64, training=False).numpy())
+    stats["error_float64"] = relative_error(_np(float64_twin(model)(x64, training=False)),
+                                            _np(float64_twin(slim)(x64, training=False)))
     assert stats["error_float64"] <= TOLERANCE, message + (
         f", in float64 too: {stats['error_float64']:.2e}")
     return stats
 
 
-def ulp_noise_effect(model: keras.Model, x: np.ndarray, seed: int = 0) -> float:
+def ulp_noise_effect(model, x: np.ndarray, seed: int = 0) -> float:
     """Relative output change when each float32 weight moves by one ulp (random sign): the
     size of the rounding error float32 itself makes on ``model`` (weights are restored)."""
     rng = np.random.default_rng(seed)
     weights = model.get_weights()
-    before = model(x, training=False).numpy()
+    before = _np(model(x, training=False))
     model.set_weights([np.nextafter(w, np.where(rng.random(w.shape) < 0.5, -np.inf, np.inf)
                                     .astype(w.dtype)) for w in weights])
-    after = model(x, training=False).numpy()
+    after = _np(model(x, training=False))
     model.set_weights(weights)
     return relative_error(before, after)
 
 
-def float64_twin(model: keras.Model) -> keras.Model:
+def float64_twin(model):
     """The same architecture with float64 layers and the same weight values."""
     def cast(node):
         if isinstance(node, dict):
@@ -187,11 +198,12 @@ def float64_twin(model: keras.Model) -> keras.Model:
             return [cast(value) for value in node]
         return "float64" if node == "float32" else node
 
-    previous = keras.backend.floatx()
-    keras.backend.set_floatx("float64")
+    backend = flavour_of(model).module.backend
+    previous = backend.floatx()
+    backend.set_floatx("float64")
     try:
         twin = type(model).from_config(cast(model.get_config()))
     finally:
-        keras.backend.set_floatx(previous)
+        backend.set_floatx(previous)
     twin.set_weights([w.astype(np.float64) for w in model.get_weights()])
     return twin

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from _exactness import check_pruned
 
-from tfcompress._keras import keras
+from tfcompress._keras import FLAVOURS, KERAS3, TF_KERAS, flavour_of, keras
 from tfcompress.pruning import (
     HANDLERS,
     ChannelGraph,
@@ -27,135 +27,205 @@ from tfcompress.pruning.handlers import (
     CoupledHandler,
     WeightSpec,
 )
+from tfcompress.pruning.handlers.kerasop import KERAS_OPS
 
 L = keras.layers
 SHAPES = {2: (5,), 3: (6, 2), 4: (6, 6, 2), 5: (4, 4, 4, 2)}
-PRODUCERS = {2: lambda: L.Dense(8, name="producer"),
-             3: lambda: L.Conv1D(8, 3, padding="same", name="producer"),
-             4: lambda: L.Conv2D(8, 3, padding="same", name="producer"),
-             5: lambda: L.Conv3D(8, 3, padding="same", name="producer")}
 
 
-def around(rank, body):
-    """Input -> producer (8 channels) -> body -> Flatten -> Dense(3)."""
-    inputs = keras.Input(SHAPES[rank])
-    h = PRODUCERS[rank]()(inputs)
-    h = body(h)
+def _producer(K, rank):
+    return {2: lambda: K.layers.Dense(8, name="producer"),
+            3: lambda: K.layers.Conv1D(8, 3, padding="same", name="producer"),
+            4: lambda: K.layers.Conv2D(8, 3, padding="same", name="producer"),
+            5: lambda: K.layers.Conv3D(8, 3, padding="same", name="producer")}[rank]()
+
+
+def around(K, rank, body):
+    """Input -> producer (8 channels) -> body -> Flatten -> Dense(3), in Keras ``K``."""
+    inputs = K.Input(SHAPES[rank])
+    h = body(_producer(K, rank)(inputs))
     if len(h.shape) > 2:
-        h = L.Flatten()(h)
-    return keras.Model(inputs, L.Dense(3, name="head")(h))
+        h = K.layers.Flatten()(h)
+    return K.Model(inputs, K.layers.Dense(3, name="head")(h))
 
 
-def two_branches(rank, merge):
+def two_branches(K, rank, merge):
     """Two producers of 8 channels merged by ``merge``."""
-    inputs = keras.Input(SHAPES[rank])
-    a = PRODUCERS[rank]()(inputs)
-    b = L.Conv2D(8, 1, name="other")(inputs) if rank == 4 else L.Dense(8, name="other")(inputs)
+    inputs = K.Input(SHAPES[rank])
+    a = _producer(K, rank)(inputs)
+    b = (K.layers.Conv2D(8, 1, name="other")(inputs) if rank == 4
+         else K.layers.Dense(8, name="other")(inputs))
     h = merge([a, b])
-    return keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(h)))
+    return K.Model(inputs, K.layers.Dense(3, name="head")(K.layers.Flatten()(h)))
 
 
-def embedding_model():
-    inputs = keras.Input((5,), dtype="int32")
-    h = L.Embedding(20, 8, name="producer")(inputs)
-    return keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(L.Dense(6)(h))))
+def embedding_model(K):
+    inputs = K.Input((5,), dtype="int32")
+    h = K.layers.Embedding(20, 8, name="producer")(inputs)
+    return K.Model(inputs, K.layers.Dense(3, name="head")(K.layers.Flatten()(K.layers.Dense(6)(h))))
 
 
-def _applications_class(path):
-    obj = keras
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _applications(K, name):
+    module = {"LayerScale": "convnext", "CustomScaleLayer": "inception_resnet_v2"}[name]
+    return getattr(getattr(K.src.applications, module), name)
 
 
-LayerScale = _applications_class("src.applications.convnext.LayerScale")
-CustomScaleLayer = _applications_class("src.applications.inception_resnet_v2.CustomScaleLayer")
-TFOpLambda = _applications_class("src.layers.core.TFOpLambda")
+def _tf_op(K):
+    return around(K, 4, lambda h: tf.nn.relu6(h * 2.0 + 1.0))
 
-#: layer class -> (model factory, whether the producer's channels stay prunable)
+
+#: layer class name -> (model factory taking the Keras module, whether the producer's
+#: channels stay prunable); ``keras.ops`` nodes are keyed ``ops.<Name>`` below.
 EXAMPLES = {
-    L.Conv1D: (lambda: around(3, L.Conv1D(6, 3, padding="same")), True),
-    L.Conv2D: (lambda: around(4, L.Conv2D(6, 3, strides=2, activation="relu")), True),
-    L.Conv3D: (lambda: around(5, L.Conv3D(6, 2)), True),
-    L.Conv1DTranspose: (lambda: around(3, L.Conv1DTranspose(6, 3, strides=2)), True),
-    L.Conv2DTranspose: (lambda: around(4, L.Conv2DTranspose(6, 3, strides=2)), True),
-    L.Conv3DTranspose: (lambda: around(5, L.Conv3DTranspose(6, 2)), True),
-    L.SeparableConv1D: (lambda: around(3, L.SeparableConv1D(6, 3, depth_multiplier=2)), True),
-    L.SeparableConv2D: (lambda: around(4, L.SeparableConv2D(6, 3, depth_multiplier=2)), True),
-    L.Dense: (lambda: around(4, L.Dense(6, activation="sigmoid")), True),
-    L.Embedding: (embedding_model, True),
-    L.DepthwiseConv2D: (lambda: around(4, L.DepthwiseConv2D(3, depth_multiplier=2)), True),
-    L.DepthwiseConv1D: (lambda: around(3, L.DepthwiseConv1D(3, depth_multiplier=3)), True),
-    L.BatchNormalization: (lambda: around(4, L.BatchNormalization()), True),
-    L.LayerNormalization: (lambda: around(4, L.LayerNormalization(axis=-1)), False),
-    L.Normalization: (lambda: around(4, L.Normalization(axis=-1, mean=np.arange(8.0),
-                                                        variance=np.arange(1.0, 9.0))), True),
-    L.Rescaling: (lambda: around(4, L.Rescaling(0.5, offset=0.25)), True),
-    L.PReLU: (lambda: around(4, L.PReLU(shared_axes=[1, 2])), True),
-    LayerScale: (lambda: around(4, LayerScale(0.5, 8)), True),
-    L.Activation: (lambda: around(4, L.Activation("sigmoid")), True),
-    L.ReLU: (lambda: around(4, L.ReLU(max_value=6.0)), True),
-    L.LeakyReLU: (lambda: around(4, L.LeakyReLU(0.2)), True),
-    L.ELU: (lambda: around(4, L.ELU()), True),
-    L.ThresholdedReLU: (lambda: around(4, L.ThresholdedReLU(0.1)), True),
-    L.Softmax: (lambda: around(4, L.Softmax(axis=-1)), False),
-    L.MaxPooling1D: (lambda: around(3, L.MaxPooling1D()), True),
-    L.MaxPooling2D: (lambda: around(4, L.MaxPooling2D()), True),
-    L.MaxPooling3D: (lambda: around(5, L.MaxPooling3D()), True),
-    L.AveragePooling1D: (lambda: around(3, L.AveragePooling1D(padding="same")), True),
-    L.AveragePooling2D: (lambda: around(4, L.AveragePooling2D()), True),
-    L.AveragePooling3D: (lambda: around(5, L.AveragePooling3D()), True),
-    L.GlobalMaxPooling1D: (lambda: around(3, L.GlobalMaxPooling1D()), True),
-    L.GlobalMaxPooling2D: (lambda: around(4, L.GlobalMaxPooling2D(keepdims=True)), True),
-    L.GlobalMaxPooling3D: (lambda: around(5, L.GlobalMaxPooling3D()), True),
-    L.GlobalAveragePooling1D: (lambda: around(3, L.GlobalAveragePooling1D()), True),
-    L.GlobalAveragePooling2D: (lambda: around(4, L.GlobalAveragePooling2D()), True),
-    L.GlobalAveragePooling3D: (lambda: around(5, L.GlobalAveragePooling3D()), True),
-    L.ZeroPadding1D: (lambda: around(3, L.ZeroPadding1D(1)), True),
-    L.ZeroPadding2D: (lambda: around(4, L.ZeroPadding2D(1)), True),
-    L.ZeroPadding3D: (lambda: around(5, L.ZeroPadding3D(1)), True),
-    L.Cropping1D: (lambda: around(3, L.Cropping1D(1)), True),
-    L.Cropping2D: (lambda: around(4, L.Cropping2D(1)), True),
-    L.Cropping3D: (lambda: around(5, L.Cropping3D(1)), True),
-    L.UpSampling1D: (lambda: around(3, L.UpSampling1D()), True),
-    L.UpSampling2D: (lambda: around(4, L.UpSampling2D(interpolation="bilinear")), True),
-    L.UpSampling3D: (lambda: around(5, L.UpSampling3D()), True),
-    L.Dropout: (lambda: around(4, L.Dropout(0.5)), True),
-    L.SpatialDropout1D: (lambda: around(3, L.SpatialDropout1D(0.5)), True),
-    L.SpatialDropout2D: (lambda: around(4, L.SpatialDropout2D(0.5)), True),
-    L.SpatialDropout3D: (lambda: around(5, L.SpatialDropout3D(0.5)), True),
-    L.GaussianNoise: (lambda: around(4, L.GaussianNoise(0.1)), True),
-    L.GaussianDropout: (lambda: around(4, L.GaussianDropout(0.1)), True),
-    L.AlphaDropout: (lambda: around(4, L.AlphaDropout(0.1)), True),
-    L.ActivityRegularization: (lambda: around(4, L.ActivityRegularization(0.1)), True),
-    L.RepeatVector: (lambda: around(2, L.RepeatVector(3)), True),
-    L.Add: (lambda: two_branches(4, L.Add()), True),
-    L.Subtract: (lambda: two_branches(4, L.Subtract()), True),
-    L.Average: (lambda: two_branches(4, L.Average()), True),
-    L.Maximum: (lambda: two_branches(4, L.Maximum()), True),
-    L.Minimum: (lambda: two_branches(4, L.Minimum()), True),
-    L.Multiply: (lambda: two_branches(4, L.Multiply()), True),
-    L.Concatenate: (lambda: two_branches(4, L.Concatenate()), True),
-    CustomScaleLayer: (lambda: two_branches(4, CustomScaleLayer(0.3)), True),
-    L.Flatten: (lambda: around(4, L.Flatten()), True),
-    L.Reshape: (lambda: around(4, L.Reshape((36, 8))), True),
-    L.Permute: (lambda: around(4, L.Permute((2, 1, 3))), True),
-    TFOpLambda: (lambda: around(4, lambda h: tf.nn.relu6(h * 2.0 + 1.0)), True),
+    "Conv1D": (lambda K: around(K, 3, K.layers.Conv1D(6, 3, padding="same")), True),
+    "Conv2D": (lambda K: around(K, 4, K.layers.Conv2D(6, 3, strides=2, activation="relu")),
+               True),
+    "Conv3D": (lambda K: around(K, 5, K.layers.Conv3D(6, 2)), True),
+    "Conv1DTranspose": (lambda K: around(K, 3, K.layers.Conv1DTranspose(6, 3, strides=2)), True),
+    "Conv2DTranspose": (lambda K: around(K, 4, K.layers.Conv2DTranspose(6, 3, strides=2)), True),
+    "Conv3DTranspose": (lambda K: around(K, 5, K.layers.Conv3DTranspose(6, 2)), True),
+    "SeparableConv1D": (lambda K: around(K, 3, K.layers.SeparableConv1D(6, 3, depth_multiplier=2)),
+                        True),
+    "SeparableConv2D": (lambda K: around(K, 4, K.layers.SeparableConv2D(6, 3, depth_multiplier=2)),
+                        True),
+    "Dense": (lambda K: around(K, 4, K.layers.Dense(6, activation="sigmoid")), True),
+    "Embedding": (embedding_model, True),
+    "DepthwiseConv2D": (lambda K: around(K, 4, K.layers.DepthwiseConv2D(3, depth_multiplier=2)),
+                        True),
+    "DepthwiseConv1D": (lambda K: around(K, 3, K.layers.DepthwiseConv1D(3, depth_multiplier=3)),
+                        True),
+    "BatchNormalization": (lambda K: around(K, 4, K.layers.BatchNormalization()), True),
+    "LayerNormalization": (lambda K: around(K, 4, K.layers.LayerNormalization(axis=-1)), False),
+    "Normalization": (lambda K: around(K, 4, K.layers.Normalization(
+        axis=-1, mean=np.arange(8.0), variance=np.arange(1.0, 9.0))), True),
+    "Rescaling": (lambda K: around(K, 4, K.layers.Rescaling(0.5, offset=0.25)), True),
+    "PReLU": (lambda K: around(K, 4, K.layers.PReLU(shared_axes=[1, 2])), True),
+    "LayerScale": (lambda K: around(K, 4, _applications(K, "LayerScale")(0.5, 8)), True),
+    "Activation": (lambda K: around(K, 4, K.layers.Activation("sigmoid")), True),
+    "ReLU": (lambda K: around(K, 4, K.layers.ReLU(max_value=6.0)), True),
+    "LeakyReLU": (lambda K: around(K, 4, K.layers.LeakyReLU(0.2)), True),
+    "ELU": (lambda K: around(K, 4, K.layers.ELU()), True),
+    "ThresholdedReLU": (lambda K: around(K, 4, K.layers.ThresholdedReLU(0.1)), True),
+    "Softmax": (lambda K: around(K, 4, K.layers.Softmax(axis=-1)), False),
+    "MaxPooling1D": (lambda K: around(K, 3, K.layers.MaxPooling1D()), True),
+    "MaxPooling2D": (lambda K: around(K, 4, K.layers.MaxPooling2D()), True),
+    "MaxPooling3D": (lambda K: around(K, 5, K.layers.MaxPooling3D()), True),
+    "AveragePooling1D": (lambda K: around(K, 3, K.layers.AveragePooling1D(2, padding="same")),
+                         True),
+    "AveragePooling2D": (lambda K: around(K, 4, K.layers.AveragePooling2D(2)), True),
+    "AveragePooling3D": (lambda K: around(K, 5, K.layers.AveragePooling3D(2)), True),
+    "GlobalMaxPooling1D": (lambda K: around(K, 3, K.layers.GlobalMaxPooling1D()), True),
+    "GlobalMaxPooling2D": (lambda K: around(K, 4, K.layers.GlobalMaxPooling2D(keepdims=True)),
+                           True),
+    "GlobalMaxPooling3D": (lambda K: around(K, 5, K.layers.GlobalMaxPooling3D()), True),
+    "GlobalAveragePooling1D": (lambda K: around(K, 3, K.layers.GlobalAveragePooling1D()), True),
+    "GlobalAveragePooling2D": (lambda K: around(K, 4, K.layers.GlobalAveragePooling2D()), True),
+    "GlobalAveragePooling3D": (lambda K: around(K, 5, K.layers.GlobalAveragePooling3D()), True),
+    "ZeroPadding1D": (lambda K: around(K, 3, K.layers.ZeroPadding1D(1)), True),
+    "ZeroPadding2D": (lambda K: around(K, 4, K.layers.ZeroPadding2D(1)), True),
+    "ZeroPadding3D": (lambda K: around(K, 5, K.layers.ZeroPadding3D(1)), True),
+    "Cropping1D": (lambda K: around(K, 3, K.layers.Cropping1D(1)), True),
+    "Cropping2D": (lambda K: around(K, 4, K.layers.Cropping2D(1)), True),
+    "Cropping3D": (lambda K: around(K, 5, K.layers.Cropping3D(1)), True),
+    "UpSampling1D": (lambda K: around(K, 3, K.layers.UpSampling1D()), True),
+    "UpSampling2D": (lambda K: around(K, 4, K.layers.UpSampling2D(interpolation="bilinear")),
+                     True),
+    "UpSampling3D": (lambda K: around(K, 5, K.layers.UpSampling3D()), True),
+    "Dropout": (lambda K: around(K, 4, K.layers.Dropout(0.5)), True),
+    "SpatialDropout1D": (lambda K: around(K, 3, K.layers.SpatialDropout1D(0.5)), True),
+    "SpatialDropout2D": (lambda K: around(K, 4, K.layers.SpatialDropout2D(0.5)), True),
+    "SpatialDropout3D": (lambda K: around(K, 5, K.layers.SpatialDropout3D(0.5)), True),
+    "GaussianNoise": (lambda K: around(K, 4, K.layers.GaussianNoise(0.1)), True),
+    "GaussianDropout": (lambda K: around(K, 4, K.layers.GaussianDropout(0.1)), True),
+    "AlphaDropout": (lambda K: around(K, 4, K.layers.AlphaDropout(0.1)), True),
+    "ActivityRegularization": (lambda K: around(K, 4, K.layers.ActivityRegularization(0.1)),
+                               True),
+    "RepeatVector": (lambda K: around(K, 2, K.layers.RepeatVector(3)), True),
+    "Add": (lambda K: two_branches(K, 4, K.layers.Add()), True),
+    "Subtract": (lambda K: two_branches(K, 4, K.layers.Subtract()), True),
+    "Average": (lambda K: two_branches(K, 4, K.layers.Average()), True),
+    "Maximum": (lambda K: two_branches(K, 4, K.layers.Maximum()), True),
+    "Minimum": (lambda K: two_branches(K, 4, K.layers.Minimum()), True),
+    "Multiply": (lambda K: two_branches(K, 4, K.layers.Multiply()), True),
+    "Concatenate": (lambda K: two_branches(K, 4, K.layers.Concatenate()), True),
+    "CustomScaleLayer": (lambda K: two_branches(K, 4, _applications(K, "CustomScaleLayer")(0.3)),
+                         True),
+    "Flatten": (lambda K: around(K, 4, K.layers.Flatten()), True),
+    "Reshape": (lambda K: around(K, 4, K.layers.Reshape((36, 8))), True),
+    "Permute": (lambda K: around(K, 4, K.layers.Permute((2, 1, 3))), True),
+    "TFOpLambda": (_tf_op, True),
 }
+
+#: keras.ops nodes (Keras 3): unary ops run on the producer, with the arguments they need.
+_OP_ARGS = {"Clip": (-1.0, 1.0), "Power": (2,), "Divide": (2.0,), "TrueDivide": (2.0,),
+            "Threshold": (0.1, 0.0)}
+_OP_INPUT = {"Sqrt": lambda K, h: K.ops.square(h) + 1.0, "Log1p": lambda K, h: K.ops.relu(h)}
+
+
+def _snake(name):
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower()
+                   for i, c in enumerate(name))
+
+
+def _unary_op(name):
+    def body(K, h):
+        h = _OP_INPUT.get(name, lambda K, h: h)(K, h)
+        return getattr(K.ops, _snake(name))(h, *_OP_ARGS.get(name, ()))
+    return lambda K: around(K, 4, lambda h: body(K, h)), True
+
+
+EXAMPLES.update({f"ops.{name}": _unary_op(name) for name in KERAS_OPS if KERAS_OPS[name] is None})
+EXAMPLES.update({
+    f"ops.{name}": (lambda K, fn=_snake(name): two_branches(
+        K, 4, lambda ab: getattr(K.ops, fn)(*ab)), True)
+    for name in KERAS_OPS if KERAS_OPS[name] is not None})
+EXAMPLES["ops.Reciprocal"] = (EXAMPLES["ops.Reciprocal"][0], False)  # 1 / 0 = inf: a barrier
+EXAMPLES.update({
+    "ops.Mean": (lambda K: around(K, 4, lambda h: K.ops.mean(h, axis=[1, 2])), True),
+    "ops.Max": (lambda K: around(K, 4, lambda h: K.ops.max(h, axis=1)), True),
+    "ops.Amax": (lambda K: around(K, 4, lambda h: K.ops.amax(h, axis=1, keepdims=True)), True),
+    "ops.Min": (lambda K: around(K, 4, lambda h: K.ops.min(h, axis=(1, 2))), True),
+    "ops.Amin": (lambda K: around(K, 4, lambda h: K.ops.amin(h, axis=2)), True),
+    "ops.Sum": (lambda K: around(K, 4, lambda h: K.ops.sum(h, axis=-2)), True),
+    "ops.Concatenate": (lambda K: two_branches(
+        K, 4, lambda ab: K.ops.concatenate(ab, axis=-1)), True),
+})
+
+
+def _key(cls):
+    return f"ops.{cls.__name__}" if cls.__module__.startswith("keras.src.ops") else cls.__name__
+
+
+def _flavour_module(cls):
+    return flavour_of(cls.__new__(cls)).module
+
 
 ROWS = list(HANDLERS.items())
 
 
+def _row_id(cls):
+    return f"{_flavour_module(cls).__name__}-{_key(cls)}"
+
+
 def test_every_registered_class_has_an_example():
-    missing = [cls.__name__ for cls, _ in ROWS if cls not in EXAMPLES]
+    missing = [_row_id(cls) for cls, _ in ROWS if _key(cls) not in EXAMPLES]
     assert not missing, f"add an example for {missing}"
 
 
-@pytest.mark.parametrize("cls", [cls for cls, _ in ROWS], ids=lambda c: c.__name__)
+def test_both_flavours_have_the_same_layer_rows():
+    keys = {flavour: {_key(c) for c, _ in ROWS if _flavour_module(c) is flavour.module}
+            for flavour in FLAVOURS}
+    only_tf_keras = keys[TF_KERAS] - keys[KERAS3]
+    assert only_tf_keras <= {"TFOpLambda", "ThresholdedReLU"}, only_tf_keras
+    assert {"ops.Add", "ops.Relu", "ops.Mean", "ops.Concatenate"} <= keys[KERAS3]
+
+
+@pytest.mark.parametrize("cls", [cls for cls, _ in ROWS], ids=_row_id)
 def test_handler_is_exact(cls):
-    factory, prunable = EXAMPLES[cls]
-    model = factory()
-    assert any(type(layer) is cls for layer in model.layers), "the example must use the class"
+    factory, prunable = EXAMPLES[_key(cls)]
+    model = factory(_flavour_module(cls))
+    nodes = getattr(model, "operations", None) or model.layers
+    assert any(type(layer) is cls for layer in nodes), "the example must use the class"
     graph = ChannelGraph(model)
     group = next(g for g in graph.groups if "producer" in g.layers and "producer" in g.producers)
     assert group.prunable == prunable, graph.barriers
@@ -164,7 +234,7 @@ def test_handler_is_exact(cls):
         assert stats["macs_kept"] < 1 and stats["params_kept"] < 1
 
 
-@pytest.mark.parametrize("cls", [cls for cls, _ in ROWS], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [cls for cls, _ in ROWS], ids=_row_id)
 def test_lookup_walks_the_mro(cls):
     subclass = type("My" + cls.__name__, (cls,), {})
     assert handler_for(subclass.__new__(subclass)) is handler_for(cls.__new__(cls))

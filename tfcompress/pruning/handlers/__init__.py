@@ -8,6 +8,7 @@ from tfcompress.pruning.handlers import (  # noqa: F401  (registers the built-in
     conv,
     dense,
     elementwise,
+    kerasop,
     merge,
     normalization,
     reshape,

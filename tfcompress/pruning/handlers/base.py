@@ -240,7 +240,7 @@ class ChannelHandler(abc.ABC):
 
         Called by masking, counting and the rebuild to find the weights the table names.
         """
-        ids = {id(w): i for i, w in enumerate(layer.weights)}
+        ids = {id(w): i for i, w in enumerate(getattr(layer, "weights", ()))}  # ops: none
         index = {}
         for attr in self.weights:
             variable = getattr(layer, attr, None)

@@ -36,6 +36,11 @@ def _kernel_volume(layer: Any) -> int:
     return int(math.prod(layer.kernel_size))
 
 
+def _groups(layer: Any) -> int:
+    """``groups`` of a convolution (Keras 3's transposed convolutions have none: 1)."""
+    return getattr(layer, "groups", 1)
+
+
 @register_handler(*layer_classes("Conv1D", "Conv2D", "Conv3D"))
 class ConvHandler(ChannelHandler):
     """``Conv1D/2D/3D``: kernel ``(*k, in // groups, out)``; a producer of ``filters`` channels.
@@ -60,7 +65,7 @@ class ConvHandler(ChannelHandler):
 
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
         layer = call.layer
-        groups = getattr(layer, "groups", 1)
+        groups = _groups(layer)
         if groups > 1:
             tracer.constrain(call, call.inputs[0], groups)
         out = producer_output(call, tracer, layer.filters)
@@ -74,22 +79,23 @@ class ConvHandler(ChannelHandler):
 
     def sliced_shape(self, layer, attr, shape, counts):
         shape = super().sliced_shape(layer, attr, shape, counts)
-        if attr == "kernel" and layer.groups > 1 and counts.get(IN) is not None:
-            shape = shape[:-2] + (counts[IN] // layer.groups, shape[-1])  # in // groups
+        if attr == "kernel" and _groups(layer) > 1 and counts.get(IN) is not None:
+            shape = shape[:-2] + (counts[IN] // _groups(layer), shape[-1])
         return shape
 
     def _grouped_in_index(self, layer: Any, in_pos: np.ndarray, out_pos: np.ndarray,
                           n_in: int) -> np.ndarray:
         """``(len(in_pos)//groups, len(out_pos))``: kernel in-axis rows kept per output."""
-        per_group_in = n_in // layer.groups
-        per_group_out = layer.filters // layer.groups
-        rel = in_pos.reshape(layer.groups, -1) - (np.arange(layer.groups) * per_group_in)[:, None]
+        per_group_in = n_in // _groups(layer)
+        per_group_out = layer.filters // _groups(layer)
+        groups = _groups(layer)
+        rel = in_pos.reshape(groups, -1) - (np.arange(groups) * per_group_in)[:, None]
         return rel[out_pos // per_group_out].T
 
     def slice_weight(self, layer, attr, value, positions):
-        if attr != "kernel" or layer.groups == 1:
+        if attr != "kernel" or _groups(layer) == 1:
             return super().slice_weight(layer, attr, value, positions)
-        n_in = value.shape[-2] * layer.groups
+        n_in = value.shape[-2] * _groups(layer)
         in_pos = positions.get(IN)
         out_pos = positions.get(OUT)
         in_pos = np.arange(n_in) if in_pos is None else in_pos
@@ -100,11 +106,11 @@ class ConvHandler(ChannelHandler):
         return np.take_along_axis(value, index, axis=-2)
 
     def zero_weight(self, layer, attr, value, role, positions):
-        if attr != "kernel" or layer.groups == 1 or role != IN:
+        if attr != "kernel" or _groups(layer) == 1 or role != IN:
             return super().zero_weight(layer, attr, value, role, positions)
         value = value.copy()
         per_group_in = value.shape[-2]
-        per_group_out = layer.filters // layer.groups
+        per_group_out = layer.filters // _groups(layer)
         for pos in positions:  # a pruned input channel feeds the outputs of its block only
             block = pos // per_group_in
             outputs = slice(block * per_group_out, (block + 1) * per_group_out)
@@ -114,7 +120,7 @@ class ConvHandler(ChannelHandler):
     def macs(self, call: Call, n_in: int, n_out: int) -> int:
         layer = call.layer
         volume = spatial(call.output_shapes[0]) * _kernel_volume(layer)
-        return volume * (n_in // layer.groups) * n_out
+        return volume * (n_in // _groups(layer)) * n_out
 
 
 @register_handler(*layer_classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"))
@@ -127,7 +133,7 @@ class ConvTransposeHandler(ConvHandler):
     }
 
     def barrier_reason(self, layer: Any) -> Optional[str]:
-        if getattr(layer, "groups", 1) != 1:
+        if _groups(layer) != 1:
             return "grouped transposed convolution"
         return super().barrier_reason(layer)
 

@@ -1,23 +1,25 @@
-"""TensorFlow ops recorded in Functional models (``TFOpLambda``), e.g. ``x + 3.0``.
+"""Ops recorded in Functional models: TensorFlow ops in tf_keras (``TFOpLambda``, e.g.
+``x + 3.0``), and the shared logic of :class:`GraphOpHandler` (``keras.ops`` nodes of Keras 3
+subclass it in :mod:`~tfcompress.pruning.handlers.kerasop`).
 
-Only ops listed in :data:`TF_OPS` are traced; any other op is a barrier. Unary ops and ops
-with a scalar constant are channel-wise; ops between two tensors are element-wise merges.
+Only listed ops are traced; any other op is a barrier. Unary ops and ops with a scalar
+constant are channel-wise; ops between two tensors are element-wise merges.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from tfcompress._keras import existing_classes
-from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer, maps_zero_to_zero
+from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer
 from tfcompress.pruning.handlers.merge import merge_layouts
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
-__all__ = ["TFOpHandler", "TF_OPS"]
+__all__ = ["GraphOpHandler", "TFOpHandler", "TF_OPS"]
 
 _UNARY = None  # channel-wise op of one tensor (plus scalar constants)
 _SUM: Callable[[Iterable[bool]], bool] = all
@@ -43,9 +45,72 @@ def _channel_constant(value: Any, channels: Optional[int]) -> bool:
     return bool(shape) and shape[-1] not in (1,) and channels != 1
 
 
+class GraphOpHandler(ChannelHandler):
+    """Ops recorded as nodes of a functional graph, looked up by name in :attr:`ops`.
+
+    Subclasses say how to name an op (:meth:`op_name`) and run it (:meth:`run_op`); unary
+    ops and ops with scalar constants are channel-wise, ops between tensors are merges.
+    """
+
+    #: op name -> how two tensor operands combine (None: the op is unary).
+    ops: Mapping[str, Optional[Callable[[Iterable[bool]], bool]]] = {}
+    kind = "op"
+
+    def op_name(self, layer: Any) -> str:
+        """The name of the op ``layer`` records (a key of :attr:`ops`)."""
+        raise NotImplementedError
+
+    def run_op(self, layer: Any, args: Any, kwargs: Any) -> Any:
+        """Runs the op on concrete arguments."""
+        raise NotImplementedError
+
+    def zero(self) -> Any:
+        """The all-zero operand the op is run on to see where a pruned channel goes."""
+        return np.zeros((1, 2), np.float32)
+
+    def barrier_reason(self, layer: Any) -> Optional[str]:
+        if self.op_name(layer) not in self.ops:
+            return f"{self.kind} {self.op_name(layer)!r} is not a known element-wise op"
+        return None
+
+    def _zero_call(self, call: Call) -> Callable[[Any], Any]:
+        ids = set(call.tensor_ids)
+
+        def run(zero: Any) -> Any:
+            swap = lambda v: zero if id(v) in ids else v  # noqa: E731
+            args = tf.nest.map_structure(swap, list(call.args))
+            kwargs = tf.nest.map_structure(swap, dict(call.kwargs))
+            return self.run_op(call.layer, args, kwargs)
+
+        return run
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        name = self.op_name(call.layer)
+        combine = self.ops[name]
+        channels = call.output_shapes[0][-1] if call.output_shapes[0] else None
+        ids = set(call.tensor_ids)
+        constants = [v for v in tf.nest.flatten([list(call.args), dict(call.kwargs)])
+                     if id(v) not in ids and not isinstance(v, (str, type(None)))]
+        if any(_channel_constant(v, channels) for v in constants):
+            return tracer.opaque(call, f"{self.kind} {name!r} with a per-channel constant")
+        if len(call.inputs) > 1:
+            if combine is None:
+                return tracer.opaque(call, f"{self.kind} {name!r} between two tensors")
+            return merge_layouts(call, tracer, call.inputs, call.input_shapes, combine)
+        try:
+            zero = np.asarray(self._zero_call(call)(self.zero()))
+        except Exception:  # an op that cannot run on a constant: assume the worst
+            zero = np.full((1,), np.nan)
+        if not np.all(np.isfinite(zero)):  # 0 * inf in a consumer would be nan, not 0
+            return tracer.opaque(call, f"{self.kind} {name!r} maps a pruned (zero) channel "
+                                       "to inf or nan")
+        clean = call.inputs[0].clean and bool(np.all(zero == 0))
+        return [call.inputs[0].with_clean(clean)]
+
+
 @register_handler(*existing_classes("src.layers.core.TFOpLambda"))
-class TFOpHandler(ChannelHandler):
-    """``TFOpLambda`` layers whose op is listed in :data:`TF_OPS`.
+class TFOpHandler(GraphOpHandler):
+    """``TFOpLambda`` layers (tf_keras) whose op is listed in :data:`TF_OPS`.
 
     Example:
       >>> from tfcompress._keras import keras
@@ -56,33 +121,14 @@ class TFOpHandler(ChannelHandler):
       True
     """
 
-    def barrier_reason(self, layer: Any) -> Optional[str]:
-        if layer.symbol not in TF_OPS:
-            return f"TF op {layer.symbol!r} is not a known element-wise op"
-        return None
+    ops = TF_OPS
+    kind = "TF op"
 
-    def _zero_call(self, call: Call) -> Callable[[tf.Tensor], Any]:
-        ids = set(call.tensor_ids)
+    def op_name(self, layer: Any) -> str:
+        return layer.symbol
 
-        def run(zero: tf.Tensor) -> Any:
-            swap = lambda v: zero if id(v) in ids else v  # noqa: E731
-            args = tf.nest.map_structure(swap, list(call.args))
-            kwargs = tf.nest.map_structure(swap, dict(call.kwargs))
-            return call.layer.function(*args, **kwargs)
+    def zero(self) -> Any:
+        return tf.zeros((1, 2))  # TF's Python operators want tensors, not numpy arrays
 
-        return run
-
-    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
-        combine = TF_OPS[call.layer.symbol]
-        channels = call.output_shapes[0][-1] if call.output_shapes[0] else None
-        ids = set(call.tensor_ids)
-        constants = [v for v in tf.nest.flatten([list(call.args), dict(call.kwargs)])
-                     if id(v) not in ids and not isinstance(v, (str, type(None)))]
-        if any(_channel_constant(v, channels) for v in constants):
-            return tracer.opaque(call, f"TF op {call.layer.symbol!r} with a per-channel constant")
-        if len(call.inputs) > 1:
-            if combine is None:
-                return tracer.opaque(call, f"TF op {call.layer.symbol!r} between two tensors")
-            return merge_layouts(call, tracer, call.inputs, call.input_shapes, combine)
-        clean = call.inputs[0].clean and maps_zero_to_zero(self._zero_call(call))
-        return [call.inputs[0].with_clean(clean)]
+    def run_op(self, layer: Any, args: Any, kwargs: Any) -> Any:
+        return layer.function(*args, **kwargs)
