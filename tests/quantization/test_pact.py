@@ -1,16 +1,38 @@
-"""PACTQuantizer: forward values, PACT gradients (pinned by hand), calibration, config."""
+"""PACT on one tensor, in both Kerases: the tfmot PACTQuantizer (tf_keras) and the Keras 3
+PACTActivation layer. Forward values, PACT gradients (pinned by hand), calibration, config."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcompress._keras import keras
+from tfcompress._keras import keras, keras3
 from tfcompress.quantization import MODES, PACTQuantizer
+from tfcompress.quantization.keras3_layers import PACTActivation
 
 
 def _build(quantizer, name="act"):
     layer = keras.layers.Layer()
     return layer, quantizer.build(tf.TensorShape([None, 6]), name, layer)
+
+
+def _pact(flavour, **kwargs):
+    """``(forward, variables, layer)`` of a PACT quantizer in ``flavour``: ``forward(x,
+    training)`` quantizes ``x``; ``variables`` maps ``alpha``/``beta``/``calibrated_steps`` to
+    the variables, found by their ``*_pact_<key>`` names; ``layer`` owns them."""
+    if flavour.is_keras3:
+        layer = PACTActivation(name="act", **kwargs)
+        layer.build((None, 6))
+
+        def forward(x, training=False):
+            return layer(x, training=training)
+    else:
+        quantizer = PACTQuantizer(**kwargs)
+        layer, weights = _build(quantizer)
+
+        def forward(x, training=False):
+            return quantizer(x, training=training, weights=weights)
+    variables = {w.name.split(":")[0].split("_pact_")[-1]: w for w in layer.weights}
+    return forward, variables, layer
 
 
 # Ranges chosen so that fake-quant's "zero exactly representable" nudge is a no-op:
@@ -45,13 +67,12 @@ def _hand_gradients(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_gradients_match_hand_computation(mode):
-    quantizer = PACTQuantizer(mode=mode, **CASES[mode])
-    _, weights = _build(quantizer)
+def test_gradients_match_hand_computation(mode, flavour):
+    forward, weights, _ = _pact(flavour, mode=mode, **CASES[mode])
     x = tf.constant(X)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = quantizer(x, training=False, weights=weights)
+        y = forward(x)
         loss = tf.reduce_sum(y * UPSTREAM)
     variables = [weights["alpha"]] + ([weights["beta"]] if "beta" in weights else [])
     grads = tape.gradient(loss, [x] + variables)
@@ -65,10 +86,9 @@ def test_gradients_match_hand_computation(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_forward_clips_and_rounds_to_the_grid(mode):
-    quantizer = PACTQuantizer(mode=mode, **CASES[mode])
-    _, weights = _build(quantizer)
-    y = quantizer(tf.constant(X), training=False, weights=weights).numpy()
+def test_forward_clips_and_rounds_to_the_grid(mode, flavour):
+    forward, _, _ = _pact(flavour, mode=mode, **CASES[mode])
+    y = np.asarray(forward(tf.constant(X)))
     low, high = HAND_RANGES[mode]
     num_bits = CASES[mode]["num_bits"]
     narrow = mode == "symmetric"
@@ -78,45 +98,43 @@ def test_forward_clips_and_rounds_to_the_grid(mode):
     # The values outside the range land exactly on its ends.
     np.testing.assert_allclose(y[X <= low], low, atol=1e-6)
     np.testing.assert_allclose(y[X >= high], high, atol=1e-6)
-    assert quantizer(tf.zeros([1, 6]), training=False, weights=weights).numpy().max() == 0.0
+    assert np.asarray(forward(tf.zeros([1, 6]))).max() == 0.0
 
 
-def test_variable_names_end_in_pact_alpha_and_beta():
-    layer, _ = _build(PACTQuantizer(mode="asymmetric"))
+def test_variable_names_end_in_pact_alpha_and_beta(flavour):
+    _, _, layer = _pact(flavour, mode="asymmetric")
     names = [w.name for w in layer.trainable_weights]
     assert any(n.split(":")[0].endswith("pact_alpha") for n in names)
     assert any(n.split(":")[0].endswith("pact_beta") for n in names)
-    layer, _ = _build(PACTQuantizer(mode="relu"))
+    _, _, layer = _pact(flavour, mode="relu")
     assert not any("pact_beta" in w.name for w in layer.weights)
 
 
-def test_auto_init_calibrates_from_first_training_batches():
-    quantizer = PACTQuantizer(num_bits=8, mode="asymmetric", calibration_steps=2)
-    _, weights = _build(quantizer)
+def test_auto_init_calibrates_from_first_training_batches(flavour):
+    forward, weights, _ = _pact(flavour, num_bits=8, mode="asymmetric", calibration_steps=2)
     first = tf.constant([[-1.0, 0.0, 3.0]])
     second = tf.constant([[-3.0, 0.0, 5.0]])
-    quantizer(first, training=True, weights=weights)
+    forward(first, training=True)
     assert float(weights["alpha"]) == pytest.approx(3.0)
     assert float(weights["beta"]) == pytest.approx(1.0)
-    quantizer(second, training=True, weights=weights)
+    forward(second, training=True)
     assert float(weights["alpha"]) == pytest.approx(4.0)  # running mean of 3 and 5
     assert float(weights["beta"]) == pytest.approx(2.0)
-    quantizer(tf.constant([[-100.0, 100.0]]), training=True, weights=weights)
+    forward(tf.constant([[-100.0, 100.0]]), training=True)
     assert float(weights["alpha"]) == pytest.approx(4.0)  # calibration is over
-    quantizer(tf.constant([[50.0]]), training=False, weights=weights)
+    forward(tf.constant([[50.0]]), training=False)
     assert float(weights["calibrated_steps"]) == 2.0
 
 
-def test_numeric_init_does_not_calibrate():
-    quantizer = PACTQuantizer(alpha_init=2.5, mode="relu")
-    _, weights = _build(quantizer)
-    quantizer(tf.constant([[9.0]]), training=True, weights=weights)
+def test_numeric_init_does_not_calibrate(flavour):
+    forward, weights, _ = _pact(flavour, alpha_init=2.5, mode="relu")
+    forward(tf.constant([[9.0]]), training=True)
     assert float(weights["alpha"]) == 2.5
     assert "calibrated_steps" not in weights
 
 
-def test_decay_adds_an_l2_loss_on_alpha():
-    layer, weights = _build(PACTQuantizer(alpha_init=2.0, mode="relu", decay=0.5))
+def test_decay_adds_an_l2_loss_on_alpha(flavour):
+    _, _, layer = _pact(flavour, alpha_init=2.0, mode="relu", decay=0.5)
     assert len(layer.losses) == 1
     assert float(layer.losses[0]) == pytest.approx(0.5 * 2.0 ** 2)
 
@@ -131,9 +149,9 @@ def test_decay_adds_an_l2_loss_on_alpha():
     (dict(decay=-0.1), "decay"),
     (dict(calibration_steps=0), "calibration_steps"),
 ])
-def test_bad_arguments_are_rejected(kwargs, message):
+def test_bad_arguments_are_rejected(kwargs, message, flavour):
     with pytest.raises(ValueError, match=message):
-        PACTQuantizer(**kwargs)
+        _pact(flavour, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -146,9 +164,9 @@ def test_bad_arguments_are_rejected(kwargs, message):
     (dict(calibration_steps=2.0), "calibration_steps"),
     (dict(trainable_range="no"), "trainable_range"),
 ])
-def test_wrong_types_are_type_errors(kwargs, message):
+def test_wrong_types_are_type_errors(kwargs, message, flavour):
     with pytest.raises(TypeError, match=message):
-        PACTQuantizer(**kwargs)
+        _pact(flavour, **kwargs)
 
 
 def test_config_round_trip_and_registration():
@@ -165,14 +183,25 @@ def test_config_round_trip_and_registration():
     assert PACTQuantizer.from_config(old).trainable_range is True
 
 
-def test_frozen_range_is_calibrated_but_never_trained():
-    quantizer = PACTQuantizer(num_bits=4, mode="asymmetric", calibration_steps=1,
-                              decay=0.1, trainable_range=False)
-    layer, weights = _build(quantizer)
+def test_frozen_range_is_calibrated_but_never_trained(flavour):
+    forward, weights, layer = _pact(flavour, num_bits=4, mode="asymmetric", calibration_steps=1,
+                                    decay=0.1, trainable_range=False)
     assert layer.trainable_weights == [] and len(layer.losses) == 0  # no decay on a constant
     x = tf.constant([[-1.0, 0.0, 3.0]])
-    quantizer(x, training=True, weights=weights)  # calibration still sets the range
+    forward(x, training=True)  # calibration still sets the range
     assert (float(weights["alpha"]), float(weights["beta"])) == pytest.approx((3.0, 1.0))
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(quantizer(x * 2.0, training=True, weights=weights))
+        loss = tf.reduce_sum(forward(x * 2.0, training=True))
     assert tape.gradient(loss, [weights["alpha"], weights["beta"]]) == [None, None]
+
+
+def test_keras3_layer_config_round_trip_and_registration():
+    layer = PACTActivation(num_bits=3, mode="symmetric", alpha_init=4.0, decay=1e-4,
+                           trainable_range=False, name="q")
+    restored = keras3.saving.deserialize_keras_object(keras3.saving.serialize_keras_object(layer))
+    assert type(restored) is PACTActivation and restored.name == "q"
+    assert (restored.quantizer.num_bits, restored.quantizer.mode, restored.quantizer.alpha_init,
+            restored.quantizer.decay, restored.quantizer.trainable_range) == (
+        3, "symmetric", 4.0, 1e-4, False)
+    assert keras3.saving.get_registered_name(PACTActivation) == "tfcompress>PACTActivation"
+    assert PACTActivation.tfcompress_qat is True
