@@ -6,7 +6,8 @@ from tfcompress._keras import keras
 from tfcompress.export import ParityError, to_tflite, verify
 
 
-def test_report_of_a_float_export(tiny_model, tiny_data, tmp_path):
+def test_report_of_a_float_export(any_tiny_model, tiny_data, tmp_path):
+    tiny_model = any_tiny_model
     path = to_tflite(tiny_model, tmp_path / "m.tflite", None)
     report = verify(tiny_model, path, tiny_data)
     assert report.passed and report.failures == []

@@ -220,12 +220,15 @@ def load_model(path: PathLike) -> "keras.Model":
     if path.is_dir():
         _check_saved_model_folder(path)
     flavour = file_flavour(path)
+    # A file whose Keras version cannot be read is tried with tf_keras, but may be anything.
+    known = path.is_dir() or bool(_keras3_file_version(path))
+    what = "Keras 3" if flavour is KERAS3 else "tf_keras" if known else "Keras"
     try:
         model = _load(flavour, path)
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
         raise ValueError(
-            f"Cannot load {str(path)!r} as a {flavour.name} model: "
+            f"Cannot load {str(path)!r} as a {what} model: "
             f"{reason or type(error).__name__}. Pass a .keras, .h5 or SavedModel folder "
             "written by tf_keras, or a .keras or .h5 file written by Keras 3."
         ) from error
