@@ -109,6 +109,15 @@ LAYERS = {
     "Minimum": _merge("Minimum"),
     "Concatenate": _merge("Concatenate", axis=-1),
     "Dot": _merge("Dot", axes=1),
+    "Bidirectional": _one(lambda L: L.Bidirectional(L.LSTM(3, return_sequences=True)), (5, 2)),
+    "TimeDistributed": _one(lambda L: L.TimeDistributed(L.Dense(3)), (5, 2)),
+    "MultiHeadAttention": ((5, 4), lambda L, x: L.MultiHeadAttention(2, 3)(x, x)),
+    "Attention": ((5, 4), lambda L, x: L.Attention()([x, x])),
+    "EinsumDense": _one(lambda L: L.EinsumDense("ab,bc->ac", output_shape=3, bias_axes="c"),
+                        (4,)),
+    "Normalization": _one(lambda L: L.Normalization(mean=[1.0, 2.0], variance=[1.0, 4.0]),
+                          (2,)),
+    "Masking_GRU": _one(lambda L: lambda x: L.GRU(3)(L.Masking(0.0)(x)), (5, 2)),
 }
 
 
@@ -335,3 +344,30 @@ def test_a_subclassed_model_is_refused():
     net(np.zeros((1, 3), np.float32))
     with pytest.raises(ValueError, match="subclassed"):
         to_tf_keras(net)
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_embedding_with_a_propagated_mask(flavour):
+    """Keras 3 records the mask as ``keras.ops`` nodes and a ``mask=`` argument; tf_keras
+    propagates it itself. Padded steps (zeros) must still be skipped after conversion."""
+    k = FLAVOURS[flavour]
+    inputs = k.Input((5,), dtype="int32", name="tokens")
+    x = k.layers.Embedding(10, 3, mask_zero=True, name="embed")(inputs)
+    source = _randomize(k.Model(inputs, k.layers.LSTM(4, name="lstm")(x), name="masked"))
+    converted = CONVERT[flavour](source)
+    tokens = np.array([[1, 2, 0, 0, 0], [3, 4, 5, 6, 0]], np.int32)
+    assert _relative_difference(source, converted, tokens) <= TOLERANCE
+    unmasked = np.asarray(converted(np.where(tokens == 0, 7, tokens)))
+    assert np.max(np.abs(unmasked - np.asarray(converted(tokens)))) > 1e-3  # mask matters
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_dropout_still_drops_when_training(flavour):
+    """Keras 3 records ``training=False`` on Dropout's call; it must not freeze Dropout."""
+    k = FLAVOURS[flavour]
+    inputs = k.Input((200,), name="x")
+    source = k.Model(inputs, k.layers.Dropout(0.5, name="drop")(inputs))
+    converted = CONVERT[flavour](source)
+    ones = np.ones((1, 200), np.float32)
+    assert np.array_equal(np.asarray(converted(ones, training=False)), ones)
+    assert np.mean(np.asarray(converted(ones, training=True)) == 0.0) > 0.2

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 __all__ = [
     "is_graph_network", "nodes_by_depth", "node_parts", "history_layer", "inbound_nodes",
-    "outbound_layers", "io_structure", "unsafe_deserialization",
+    "outbound_layers", "io_structure", "keras_mask", "unsafe_deserialization",
     "output_quantizer_vars", "tfmot_private",
 ]
 
@@ -104,6 +104,16 @@ def io_structure(model: Any) -> Tuple[Any, Any]:
         graph = _keras3_graph(model)
         return graph._inputs_struct, graph._outputs_struct
     return model._nested_inputs, model._nested_outputs
+
+
+def keras_mask(tensor: Any) -> Any:
+    """The mask Keras attached to a symbolic tensor (``KerasTensor._keras_mask``), or None.
+
+    Keras 3 records an implicitly propagated mask as an explicit ``mask=`` argument of the
+    consuming call (with the ``keras.ops`` that computed it as graph nodes); comparing it with
+    the input's ``_keras_mask`` is the only way to tell it from a mask the user passed.
+    """
+    return getattr(tensor, "_keras_mask", None)
 
 
 def unsafe_deserialization(keras_module: Any) -> contextlib.AbstractContextManager:

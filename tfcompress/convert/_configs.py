@@ -17,8 +17,10 @@ from typing import Any, Dict, Tuple
 
 from tfcompress._keras import Flavour
 
-#: Shape arguments a first layer may carry; the converted model's Inputs define the shapes.
-_SHAPE_KEYS = frozenset({"batch_input_shape", "batch_shape", "input_shape", "input_dim"})
+#: Shape arguments a first layer may carry (the converted model's Inputs define the shapes),
+#: and the input shapes tf_keras's MultiHeadAttention records to build itself when loaded.
+_SHAPE_KEYS = frozenset({"batch_input_shape", "batch_shape", "input_shape", "query_shape",
+                         "key_shape", "value_shape"})
 #: Arguments that a target class takes through ``**kwargs`` (no signature shows them).
 _KWARGS = {"activity_regularizer": "Layer", "zero_output_for_mask": "RNN"}
 #: Values that change nothing where the target has no such argument: Keras 3's
@@ -131,7 +133,7 @@ def translate_config(src_cls: type, tgt_cls: type, config: Dict[str, Any],
     out: Dict[str, Any] = {}
     refused = []
     for key, value in config.items():
-        if key in _SHAPE_KEYS or key in ignored:
+        if key in ignored or (key in _SHAPE_KEYS and not _accepts(tgt_cls, key, target)):
             continue
         default = src_params[key].default if key in src_params else inspect.Parameter.empty
         if isinstance(value, str) and type(default) in (int, float):
@@ -150,6 +152,8 @@ def translate_config(src_cls: type, tgt_cls: type, config: Dict[str, Any],
         if len(out["axis"]) != 1:
             raise Refused(f"axis={out['axis']}: {target.name} normalizes over one axis")
         out["axis"] = out["axis"][0]  # tf_keras keeps a built layer's axis as [3]
+    if tgt_cls.__name__ == "MultiHeadAttention" and not target.is_keras3:
+        out.update({key: None for key in ("query_shape", "key_shape", "value_shape")})
     return out
 
 
@@ -189,6 +193,9 @@ def translate_object(value: Dict[str, Any], source: Flavour, target: Flavour
         raise Refused(f"{name} is not a built-in {namespace[:-1]} of {source.name}")
     tgt_cls = target_class(name, target, namespace)
     config = translate_config(src_cls, tgt_cls, value["config"], source, target)
+    if target.is_keras3:  # Keras 3 needs the module to find a nested layer class
+        return {"module": f"keras.{namespace}", "class_name": name, "config": config,
+                "registered_name": None}
     return {"class_name": name, "config": config}
 
 

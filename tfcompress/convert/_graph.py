@@ -64,10 +64,36 @@ class Converter:
             for layer in model.layers:
                 yield layer, None
             return
-        for depth in sorted(graph_nodes(model), reverse=True):
-            for node in graph_nodes(model)[depth]:
-                if not node.is_input:
-                    yield node.layer, node
+        for node in self._nodes(model):
+            if not node.is_input:
+                yield node.layer, node
+
+    def _kwargs(self, node: Any) -> Dict[str, Any]:
+        """The call's keyword arguments without what Keras 3 records implicitly: the mask
+        it propagated, and ``training=False`` (a Keras 3 model's own ``training`` overrides
+        it; tf_keras would keep it, freezing Dropout in ``fit``)."""
+        kwargs = dict(node.kwargs)
+        if "mask" in kwargs and (kwargs["mask"] is None or node.inputs and kwargs["mask"] is
+                                 _internals.keras_mask(node.inputs[0])):
+            del kwargs["mask"]
+        if self.source is KERAS3 and kwargs.get("training") is False:
+            del kwargs["training"]
+        return kwargs
+
+    def _nodes(self, model: Any) -> List[Any]:
+        """The model's calls, inputs first, without the ``keras.ops`` calls that only
+        compute implicit masks (the target Keras propagates those itself)."""
+        needed = {id(t) for t in model.outputs}
+        live = []
+        for depth, nodes in sorted(graph_nodes(model).items()):
+            for node in nodes:
+                is_op = not isinstance(node.layer, self.source.module.layers.Layer)
+                if is_op and not any(id(t) in needed for t in node.outputs):
+                    continue
+                live.append(node)
+                used = tf.nest.flatten((node.args, self._kwargs(node)))
+                needed.update(id(t) for t in node.inputs if any(t is u for u in used))
+        return live[::-1]
 
     def translate(self, model: Any, path: str = "") -> None:
         """Translates every layer of ``model`` and of the models nested in it."""
@@ -152,18 +178,16 @@ class Converter:
         def mapped(structure: Any) -> Any:
             return tf.nest.map_structure(lambda t: tensors.get(id(t), t), structure)
 
-        for depth, nodes in sorted(graph_nodes(model).items(), reverse=True):
-            for node in nodes:
-                if node.is_input:
-                    outputs = self._input(node.layer)
-                elif id(node.layer) in self.op_layers:
-                    outputs = self._layer(node.layer)(mapped(list(node.inputs)))
-                else:
-                    kwargs = {k: v for k, v in node.kwargs.items()
-                              if k != "mask" or id(v) in tensors}  # implicit masks follow
-                    outputs = self._layer(node.layer)(*mapped(node.args), **mapped(kwargs))
-                for old, new in zip(node.outputs, tf.nest.flatten(outputs)):
-                    tensors[id(old)] = new
+        for node in self._nodes(model):
+            if node.is_input:
+                outputs = self._input(node.layer)
+            elif id(node.layer) in self.op_layers:
+                outputs = self._layer(node.layer)(mapped(list(node.inputs)))
+            else:
+                outputs = self._layer(node.layer)(*mapped(node.args),
+                                                  **mapped(self._kwargs(node)))
+            for old, new in zip(node.outputs, tf.nest.flatten(outputs)):
+                tensors[id(old)] = new
         inputs, outputs = _internals.io_structure(model)
         return self.target.module.Model(mapped(inputs), mapped(outputs), name=model.name)
 
