@@ -50,7 +50,8 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     """The argument parser with one subparser per command (default: :data:`COMMANDS`)."""
     parser = _Parser(
         prog=_PROG,
-        description="PACT quantization and FPGM structured pruning for tf_keras models.",
+        description="PACT quantization and FPGM structured pruning for tf_keras and Keras 3 "
+        "models.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -116,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # TensorFlow's C++ logging would otherwise bury our output; users can still override.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Format advice from the libraries (".h5 is legacy", converter notes) is not for CLI users.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(tf_keras|tensorflow)\.")
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            module=r"(keras|tf_keras|tensorflow)\.")
     args = build_parser().parse_args(argv)
     command: Command = args.command
     try:

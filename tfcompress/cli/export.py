@@ -30,7 +30,8 @@ _MIN_AGREEMENT = 0.99
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=existing_path, help=".keras, .h5 or SavedModel folder")
+    parser.add_argument("model", type=existing_path,
+                        help=".keras, .h5 (tf_keras or Keras 3) or tf_keras SavedModel folder")
     parser.add_argument("--format", choices=_FORMATS, default="tflite", help="default: tflite")
     parser.add_argument(
         "--quantize",
@@ -65,12 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_saved_model(model, path: pathlib.Path, data) -> None:
+    """Reloads the folder and compares: tf_keras reloads it as a model; a Keras 3 folder
+    is an inference graph, run through its serving signature."""
     import numpy as np
 
+    from tfcompress._keras import KERAS3, flavour_of
     from tfcompress.export import load_model
+    from tfcompress.export.serving import run_saved_model
 
     expected = model.predict(data, verbose=0)
-    actual = load_model(path).predict(data, verbose=0)
+    if flavour_of(model) is KERAS3:
+        actual = run_saved_model(path, data)
+    else:
+        actual = load_model(path).predict(data, verbose=0)
     diff = float(np.max(np.abs(np.asarray(actual) - np.asarray(expected))))
     print(f"reload check: max |diff| {diff:.3g} on {len(data)} samples")
     if diff > 1e-5 * max(1.0, float(np.max(np.abs(expected)))):
@@ -155,9 +163,10 @@ COMMAND = Command(
     name="export",
     help="export to TFLite or SavedModel and check parity with the Keras model",
     description=(
-        "Exports a tf_keras model and checks the result: a TFLite file is run with LiteRT\n"
-        "and compared with the Keras model (max difference, top-1 agreement, float\n"
-        "fallback ops); a SavedModel is reloaded and compared. A failed check exits 1\n"
+        "Exports a tf_keras or Keras 3 model and checks the result: a TFLite file is run\n"
+        "with LiteRT and compared with the Keras model (max difference, top-1 agreement,\n"
+        "float fallback ops); a SavedModel is reloaded (Keras 3: run through its serving\n"
+        "signature) and compared. A failed check exits 1\n"
         "(the file stays for inspection). Without --data or --calibration the check runs\n"
         "on random inputs: a quantized file is then measured but not judged (exit 0),\n"
         "unless --atol or --min-agreement sets the criterion."

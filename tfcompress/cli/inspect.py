@@ -29,7 +29,8 @@ from tfcompress.cli.table import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=existing_path, help=".keras, .h5 or SavedModel folder")
+    parser.add_argument("model", type=existing_path,
+                        help=".keras, .h5 (tf_keras or Keras 3) or tf_keras SavedModel folder")
 
 
 def _call_macs(record) -> int:
@@ -70,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     if is_qat_model(model):
         print(
-            "note: a quantization-aware (QAT) model: tfcompress does not see through tfmot "
-            "wrappers, so MACs read 0 and no group is prunable. Inspect the float model."
+            "note: a quantization-aware (QAT) model: tfcompress does not see through its "
+            "quantization wrappers, so MACs may read 0 and groups may not be prunable. Inspect "
+            "the float model."
         )
     graph = ChannelGraph(model)
     layer_rows = _layer_rows(graph)

@@ -29,7 +29,8 @@ from tfcompress.cli.table import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=existing_path, help=".keras, .h5 or SavedModel folder")
+    parser.add_argument("model", type=existing_path,
+                        help=".keras, .h5 (tf_keras or Keras 3) or tf_keras SavedModel folder")
     parser.add_argument(
         "--ratio", type=ratio, required=True, help="fraction of each group's channels to remove"
     )
@@ -51,13 +52,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         default=None,
-        help="the slim model; its suffix picks the format (default: MODEL_slim in the "
-        "input's format)",
+        help="the slim model, in the input's Keras; its suffix picks the format (default: "
+        "MODEL_slim in the input's format; a Keras 3 model needs .keras or .h5)",
     )
 
 
 def _default_output(model_path: pathlib.Path) -> pathlib.Path:
     return model_path.with_name(f"{model_path.stem}_slim{model_path.suffix}")
+
+
+def _check_output(model, output: pathlib.Path) -> None:
+    """Refuses a Keras 3 model to a SavedModel folder, from which Keras 3 cannot reload it."""
+    from tfcompress._keras import KERAS3, flavour_of
+    from tfcompress.export import model_format
+
+    if flavour_of(model) is KERAS3 and model_format(output) == "tf":
+        raise ValueError(
+            f"--output {str(output)!r} is a SavedModel folder, from which Keras 3 cannot "
+            "reload the pruned model. Pass a .keras (or .h5) path, then `tfcompress export "
+            "--format saved_model` it for serving."
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,15 +81,18 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     if is_qat_model(model):
         raise ValueError(
-            f"{args.model} is a quantization-aware (QAT) model, whose tfmot wrappers hide the "
-            "channels. Prune the float model first, then run quantization-aware training."
+            f"{args.model} is a quantization-aware (QAT) model, whose quantization wrappers "
+            "hide the channels. Prune the float model first, then run quantization-aware "
+            "training."
         )
+    output = pathlib.Path(args.output) if args.output else _default_output(args.model)
+    _check_output(model, output)
     options = {"criterion": args.criterion, "exclude": args.exclude}
     if args.round_to is not None:
         options["round_to"] = args.round_to
     masks = fpgm_masks(model, args.ratio, **options)
     slim = rebuild(model, masks)
-    output = save_model(slim, args.output or _default_output(args.model))
+    output = save_model(slim, output)
     before, after = ChannelGraph(model), ChannelGraph(slim)
     groups = [
         [group.id, group.size, len(masks.kept.get(group.id, range(group.size)))]
@@ -101,7 +118,8 @@ COMMAND = Command(
     description=(
         "Scores the filters of every prunable channel group, keeps the best (1 - ratio) of\n"
         "each, and rebuilds a smaller dense model with the kept channels' weights. Groups\n"
-        "blocked by a layer tfcompress cannot reason about are left whole (see `inspect`)."
+        "blocked by a layer tfcompress cannot reason about are left whole (see `inspect`).\n"
+        "The slim model is written by the Keras that wrote the input (tf_keras or Keras 3)."
     ),
     add_arguments=add_arguments,
     run=run,
