@@ -292,6 +292,9 @@ def test_bad_files_are_one_line(files, tmp_path, capsys):
             "--output", str(tmp_path / "m.tflite")]
     assert main(argv) == 1
     assert "is not a numeric .npy array" in _error_line(capsys)
+    (tmp_path / "bad.npy").write_bytes(b"")
+    assert main(argv) == 1
+    assert "is not a numeric .npy array" in _error_line(capsys)
     assert main(["export", str(files / "tiny.keras"), "--output", "/nonexistent/m.tflite"]) == 1
     assert "does not exist. Create it first" in _error_line(capsys)
     assert main(["bench", str(files / "x.npy")]) == 1

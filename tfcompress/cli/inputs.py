@@ -53,7 +53,7 @@ def load_array(path: pathlib.Path, option: str) -> np.ndarray:
     """Loads a ``.npy`` file of samples, explaining what to pass when it is wrong."""
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as error:
+    except (ValueError, EOFError) as error:  # EOFError: an empty file
         raise ValueError(
             f"{option} {str(path)!r} is not a numeric .npy array ({error}). Save samples with "
             "`numpy.save(path, x)`."
