@@ -34,9 +34,9 @@ from tfcompress import _internals
 
 __all__ = [
     "keras", "keras3", "Flavour", "TF_KERAS", "KERAS3", "FLAVOURS", "flavour_of", "check_model",
-    "is_keras3_object", "require_graph_model", "existing_classes", "layer_classes",
-    "is_model", "is_sequential", "is_input_layer", "graph_nodes", "input_names",
-    "output_names", "model_from_config", "serializable", "callback_bases", "backend",
+    "is_keras3_object", "require_graph_model", "existing_classes", "layer_classes", "is_model",
+    "is_sequential", "is_input_layer", "graph_nodes", "input_names", "output_names", "read_value",
+    "model_from_config", "serializable", "Callback", "callback_bases", "backend",
     "require_tensorflow_backend",
 ]
 
@@ -249,6 +249,14 @@ def model_from_config(model: Any, config: Dict[str, Any], custom_objects: Dict[s
         return cls.from_config(config)
 
 
+def read_value(variable: Any) -> Any:
+    """A variable's value as numpy, for both flavours (tf_keras ``backend.get_value`` also
+    reads a MirroredVariable; Keras 3 variables convert through ``ops.convert_to_numpy``)."""
+    if is_keras3_object(variable):
+        return keras3.ops.convert_to_numpy(variable)
+    return keras.backend.get_value(variable)
+
+
 def registered_name(cls: type) -> str:
     """The name a layer class is serialized under (``package>Name`` for registered ones)."""
     for flavour in FLAVOURS:
@@ -265,6 +273,33 @@ def serializable(package: str = "tfcompress") -> Callable[[T], T]:
     return register
 
 
+class Callback(keras.callbacks.Callback, keras3.callbacks.Callback):
+    """A callback base class that both Kerases' ``fit`` accept (an instance of both bases).
+
+    The two bases disagree on ``model``: tf_keras assigns an attribute, Keras 3 exposes a
+    read-only property over ``_model`` (that syncs JAX state); here it is a property both
+    can set, read through Keras 3's getter.
+    """
+
+    def __init__(self) -> None:
+        keras3.callbacks.Callback.__init__(self)  # params, _model
+        self.validation_data = None  # what tf_keras' __init__ sets, minus `self.model = None`
+        self._chief_worker_only = None
+        self._supports_tf_logs = False
+
+    @property
+    def model(self) -> Any:
+        return keras3.callbacks.Callback.model.fget(self)
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model = value
+
+    def set_model(self, model: Any) -> None:
+        self._model = model
+
+
 def callback_bases() -> Tuple[type, ...]:
-    """Base classes for a callback that both Kerases' ``fit`` accept."""
-    return (keras.callbacks.Callback, keras3.callbacks.Callback)
+    """Base classes for a callback that both Kerases' ``fit`` accept:
+    ``class MyCallback(*callback_bases())``."""
+    return (Callback,)

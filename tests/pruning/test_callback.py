@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcompress._keras import keras
+from tfcompress._keras import Callback, keras
 from tfcompress.models import compile_classifier, residual_cnn
 from tfcompress.pruning import (
     ConstantRatio,
@@ -24,11 +24,12 @@ from tfcompress.pruning import (
 )
 
 
-def tiny_model(compile=True):
-    """Two prunable groups of 8 channels: conv1+bn1, and conv2 (into GAP -> Dense)."""
-    layers = keras.layers
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="image"),
+def tiny_model(K=keras, compile=True):
+    """Two prunable groups of 8 channels: conv1+bn1, and conv2 (into GAP -> Dense), built
+    with the Keras module ``K``."""
+    layers = K.layers
+    model = K.Sequential([
+        K.Input((8, 8, 1), name="image"),
         layers.Conv2D(8, 3, padding="same", name="conv1"),
         layers.BatchNormalization(name="bn1"),
         layers.ReLU(name="relu1"),
@@ -82,7 +83,7 @@ def is_masked(model, masks):
     return all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
-class Probe(keras.callbacks.Callback):
+class Probe(Callback):
     """Records what ``read(model)`` returns after every batch."""
 
     def __init__(self, read=lambda model: zero_filters(model.get_layer("conv1"))):
@@ -99,9 +100,10 @@ def update_lines(text):
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard"])
-def test_logged_ratios_equal_what_the_kernels_show(data, mode):
+def test_logged_ratios_equal_what_the_kernels_show(flavour, data, mode):
+    K = flavour.module
     x, y = data
-    model = tiny_model()
+    model = tiny_model(K)
     pruning = FPGMPruning(ConstantRatio(0.5, frequency=4), mode=mode)
     history = model.fit(x, y, batch_size=16, epochs=2, callbacks=[pruning], verbose=0)
     assert kernel_pruned_ratio(model) == 0.5
@@ -118,36 +120,42 @@ def test_logged_ratios_equal_what_the_kernels_show(data, mode):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_float_schedule_updates_at_each_epoch_start(data, capsys):
+def test_float_schedule_updates_at_each_epoch_start(flavour, data, capsys):
+    K = flavour.module
     x, y = data
     pruning = FPGMPruning(0.25, verbose=1)
-    tiny_model().fit(x, y, batch_size=16, epochs=3, callbacks=[pruning], verbose=0)
+    tiny_model(K).fit(x, y, batch_size=16, epochs=3, callbacks=[pruning], verbose=0)
     macs = tiny_macs(6, 6) / tiny_macs(8, 8)  # ceil(0.75 * 8) = 6 channels kept per group
     assert update_lines(capsys.readouterr().out) == [
         f"FPGMPruning: step {step}: ratio 0.250, 25.0% of prunable channels pruned, "
         f"{macs:.1%} of MACs kept" for step in (0, 4, 8)]  # 4 batches per epoch
 
 
-def test_verbose_goes_to_logging_when_interactive_logging_is_off(data, caplog):
+def test_verbose_goes_to_logging_when_interactive_logging_is_off(flavour, data, caplog):
+    K = flavour.module
     x, y = data
-    keras.utils.disable_interactive_logging()
+    K.utils.disable_interactive_logging()
     try:
         with caplog.at_level(logging.INFO, logger="tfcompress.pruning.callback"):
-            tiny_model().fit(x, y, batch_size=32, epochs=1, verbose=0,
-                             callbacks=[FPGMPruning(0.5, verbose=1)])
+            tiny_model(K).fit(x, y, batch_size=32, epochs=1, verbose=0,
+                              callbacks=[FPGMPruning(0.5, verbose=1)])
     finally:
-        keras.utils.enable_interactive_logging()
+        K.utils.enable_interactive_logging()
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(messages) == 1 and messages[0].startswith("FPGMPruning: step 0: ratio 0.500")
 
 
-def test_logs_reach_callbacks_listed_before_it(data, tmp_path):
+def test_logs_reach_a_csv_logger(flavour, data, tmp_path):
+    K = flavour.module
     x, y = data
     path = tmp_path / "log.csv"
     pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=8, power=1,
                                           frequency=4))
-    tiny_model().fit(x, y, batch_size=16, epochs=3, verbose=0,
-                     callbacks=[keras.callbacks.CSVLogger(str(path)), pruning])
+    logger = K.callbacks.CSVLogger(str(path))
+    # tf_keras hands every callback the same epoch logs; Keras 3 rebuilds them from the
+    # metrics after the batches, so there a logger sees the ratios only if listed after it.
+    callbacks = [pruning, logger] if flavour.is_keras3 else [logger, pruning]
+    tiny_model(K).fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=callbacks)
     rows = list(csv.DictReader(path.open()))
     # Updates at steps 0, 4, 8 (one per epoch of 4 batches) with ratios 0, 0.25, 0.5.
     assert [float(row["pruned_ratio"]) for row in rows] == [0.0, 0.25, 0.5]
@@ -156,11 +164,12 @@ def test_logs_reach_callbacks_listed_before_it(data, tmp_path):
 
 
 @pytest.mark.parametrize("criterion", ["fpgm", "l1", "l2"])
-def test_hard_mode_pruned_slices_are_exactly_zero_after_every_batch(data, criterion):
+def test_hard_mode_pruned_slices_are_exactly_zero_after_every_batch(flavour, data, criterion):
+    K = flavour.module
     x, y = data
     probe = Probe(group_members_zero)
     pruning = FPGMPruning(ConstantRatio(0.5, frequency=3), criterion=criterion, mode="hard")
-    tiny_model().fit(x, y, batch_size=8, epochs=2, callbacks=[pruning, probe], verbose=0)
+    tiny_model(K).fit(x, y, batch_size=8, epochs=2, callbacks=[pruning, probe], verbose=0)
     assert len(probe.values) == 16
     first = probe.values[0]
     for members in probe.values:  # the same 4 channels of every member, batch after batch
@@ -169,22 +178,24 @@ def test_hard_mode_pruned_slices_are_exactly_zero_after_every_batch(data, criter
     assert all(group[0] == zeros for group in first.values() for zeros in group)
 
 
-def test_soft_mode_lets_filters_regrow_until_the_schedule_ends(data):
+def test_soft_mode_lets_filters_regrow_until_the_schedule_ends(flavour, data):
+    K = flavour.module
     # conv2 feeds GAP -> Dense, so gradients reach its zeroed filters. (Behind BN -> ReLU a
     # zeroed filter only regrows if the BN output beta is positive, as in the FPGM paper.)
     x, y = data
     probe = Probe(lambda model: zero_filters(model.get_layer("conv2")))
     pruning = FPGMPruning(ConstantRatio(0.5, begin_step=0, end_step=9, frequency=3), mode="soft")
-    model = tiny_model()
+    model = tiny_model(K)
     model.fit(x, y, batch_size=8, epochs=2, callbacks=[pruning, probe], verbose=0)
     assert probe.values[:9] == [0] * 9  # zeroed before each update's batch, regrown after it
     assert probe.values[9:] == [4] * 7  # after the last update (step 9) they stay zero
     assert is_masked(model, pruning.masks)
 
 
-def test_soft_mode_applies_final_masks_at_train_end(data):
+def test_soft_mode_applies_final_masks_at_train_end(flavour, data):
+    K = flavour.module
     x, y = data
-    model = tiny_model()
+    model = tiny_model(K)
     pruning = FPGMPruning(ConstantRatio(0.5, frequency=3), mode="soft")
     model.fit(x, y, batch_size=8, epochs=1, callbacks=[pruning], verbose=0)
     members = group_members_zero(model)
@@ -192,9 +203,10 @@ def test_soft_mode_applies_final_masks_at_train_end(data):
     assert is_masked(model, pruning.masks)
 
 
-def test_a_new_optimizer_restarts_the_schedule(data, capsys):
+def test_a_new_optimizer_restarts_the_schedule(flavour, data, capsys):
+    K = flavour.module
     x, y = data
-    model = tiny_model()
+    model = tiny_model(K)
     pruning = FPGMPruning(ConstantRatio(0.5, frequency=4), mode="hard", verbose=1)
     model.fit(x, y, batch_size=16, epochs=2, callbacks=[pruning], verbose=0)
     compile_classifier(model)  # iterations start again from 0
@@ -204,7 +216,7 @@ def test_a_new_optimizer_restarts_the_schedule(data, capsys):
     assert zero_filters(model.get_layer("conv1")) == 4
 
 
-class Interrupt(keras.callbacks.Callback):
+class Interrupt(Callback):
     def __init__(self, epoch):
         super().__init__()
         self.epoch = epoch
@@ -215,20 +227,22 @@ class Interrupt(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize("mode, keep_state", [("soft", True), ("hard", True), ("hard", False)])
-def test_backup_and_restore_resume_matches_uninterrupted_run(data, tmp_path, mode, keep_state):
+def test_backup_and_restore_resume_matches_uninterrupted_run(flavour, data, tmp_path, mode,
+                                                             keep_state):
+    K = flavour.module
     # Hard mode needs no saved state: the restored weights carry the masks (pruned filters
     # are zero, and zero filters are pruned first), so recomputing them finds the same ones.
     x, y = data
-    keras.utils.set_random_seed(7)
-    initial = tiny_model().get_weights()
+    K.utils.set_random_seed(7)
+    initial = tiny_model(K).get_weights()
 
     def run(backup, extra=()):
-        model = tiny_model()
+        model = tiny_model(K)
         model.set_weights(initial)
         pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=12, power=1,
                                               frequency=3), mode=mode,
                               backup_dir=backup if keep_state else None)
-        callbacks = [pruning, keras.callbacks.BackupAndRestore(backup), *extra]
+        callbacks = [pruning, K.callbacks.BackupAndRestore(backup), *extra]
         history = model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0,
                             callbacks=callbacks)
         return model, pruning, history
@@ -249,39 +263,42 @@ def test_backup_and_restore_resume_matches_uninterrupted_run(data, tmp_path, mod
     assert not (tmp_path / "resumed" / "fpgm_pruning_state.json").exists()
 
 
-def test_per_layer_and_exclude(data):
+def test_per_layer_and_exclude(flavour, data):
+    K = flavour.module
     x, y = data
     pruning = FPGMPruning(ConstantRatio(0.25, frequency=4), per_layer={"conv1": 0.5})
-    model = tiny_model()
+    model = tiny_model(K)
     model.fit(x, y, batch_size=16, epochs=1, callbacks=[pruning], verbose=0)
     assert pruning.pruned_ratio == (4 + 2) / 16  # conv1 keeps 4 of 8, conv2 keeps 6 of 8
     assert [zero_filters(model.get_layer(name)) for name in ("conv1", "conv2")] == [4, 2]
     # Excluding a layer freezes every group it touches: bn1 only touches conv1's channels.
     pruning = FPGMPruning(ConstantRatio(0.5, frequency=4), exclude=["bn1"])
-    model = tiny_model()
+    model = tiny_model(K)
     model.fit(x, y, batch_size=16, epochs=1, callbacks=[pruning], verbose=0)
     assert pruning.pruned_ratio == 4 / 16
     assert [zero_filters(model.get_layer(name)) for name in ("conv1", "conv2")] == [0, 4]
 
 
-def test_per_layer_ratios_ramp_with_the_schedule(data):
+def test_per_layer_ratios_ramp_with_the_schedule(flavour, data):
+    K = flavour.module
     x, y = data
     pruning = FPGMPruning(PolynomialRatio(0.0, 0.25, begin_step=0, end_step=4, power=1,
                                           frequency=2), per_layer={"conv1": 0.5})
-    history = tiny_model().fit(x, y, batch_size=16, epochs=2, callbacks=[pruning], verbose=0)
+    history = tiny_model(K).fit(x, y, batch_size=16, epochs=2, callbacks=[pruning], verbose=0)
     # step 2: ratio 0.125 -> conv1 at 0.25 keeps 6, conv2 keeps ceil(7) = 7; step 4: 4 and 6.
     assert history.history["pruned_ratio"] == [(2 + 1) / 16, (4 + 2) / 16]
 
 
 @pytest.mark.parametrize("compiled", [False, True])
-def test_custom_training_loop(data, compiled):
+def test_custom_training_loop(flavour, data, compiled):
+    K = flavour.module
     x, y = data
-    model = tiny_model(compile=compiled)  # uncompiled: no model.optimizer, the callback counts
-    optimizer = model.optimizer if compiled else keras.optimizers.SGD(0.05)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = tiny_model(K, compile=compiled)  # uncompiled: no model.optimizer, the callback counts
+    optimizer = model.optimizer if compiled else K.optimizers.SGD(0.05)
+    loss_fn = K.losses.SparseCategoricalCrossentropy(from_logits=True)
     pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=6, power=1,
                                           frequency=2), mode="hard")
-    callbacks = keras.callbacks.CallbackList([pruning], model=model)
+    callbacks = K.callbacks.CallbackList([pruning], model=model)
     callbacks.on_train_begin()
     ratios, zeros = [], []
     for step in range(8):

@@ -13,51 +13,27 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Union
 import tensorflow as tf
 
 from tfcompress._io import write_text
-from tfcompress._keras import keras, require_graph_model
+from tfcompress._keras import (
+    callback_bases,
+    flavour_of,
+    keras,
+    read_value,
+    require_graph_model,
+    serializable,
+)
 from tfcompress._validate import check_int, check_names, check_ratio, check_ratio_map
 from tfcompress.pruning.counting import graph_macs
 from tfcompress.pruning.criteria import resolve_criterion, select_masks
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.schedules import ConstantRatio, PruningSchedule
-from tfcompress.pruning.zeroing import Zeroing, variable_masks, zero_filters_first
+from tfcompress.pruning.zeroing import BatchZeroing, variable_masks, zero_filters_first
 
 __all__ = ["FPGMPruning"]
 
 _LOG = logging.getLogger(__name__)
 _BACKUP_FILE = "fpgm_pruning_state.json"
 _DEFAULT_FREQUENCY = 100  # steps between updates when a float schedule meets an unknown epoch size
-
-
-class _BatchZeroing:
-    """The per-batch work in one TF call (a concrete function): :class:`Zeroing`'s compiled
-    multiply, returning the optimizer step read after it, so that the next batch needs no
-    second call. Traced again only when the set of masked variables changes (as ``Zeroing``
-    is); equal masks are not re-assigned."""
-
-    def __init__(self, graph: ChannelGraph, step: Optional[tf.Variable]) -> None:
-        self.graph, self.step, self._zeroing = graph, step, Zeroing()
-        self.masks: Optional[Masks] = None  # the masks the zeroing holds
-        self._key, self._function = None, None
-
-    def set_masks(self, masks: Masks) -> None:
-        if self.masks is not None and (masks is self.masks or masks == self.masks):
-            return
-        table = variable_masks(self.graph, masks)  # trace order: same order on every worker
-        self._zeroing.set_masks(table)
-        if tuple(table) != self._key:
-            self._key = tuple(table)
-            self._function = tf.function(self._zero_and_read_step).get_concrete_function()
-        self.masks = masks
-
-    def _zero_and_read_step(self) -> tf.Tensor:
-        self._zeroing()
-        return tf.constant(-1, tf.int64) if self.step is None else tf.cast(self.step, tf.int64)
-
-    def __call__(self) -> Optional[int]:
-        """Zeroes the pruned channels; returns the optimizer step (None without one)."""
-        step = int(self._function())
-        return None if step < 0 else step
 
 
 @dataclasses.dataclass
@@ -73,14 +49,14 @@ class _PruningState:
     update_step: Optional[int] = None  # the step of the update that computed `masks`
     metrics: Dict[str, float] = dataclasses.field(  # of `masks`, written into the logs
         default_factory=lambda: {"pruned_ratio": 0.0, "macs_ratio": 1.0})
-    zeroing: Optional[_BatchZeroing] = None  # made at the first need; dropped on recompile
+    zeroing: Optional[BatchZeroing] = None  # made at the first need; dropped on recompile
     batches: int = 0  # on_train_batch_end calls: the step of a model without optimizer
     first_batch: bool = True  # from on_train_begin to the first on_train_batch_begin
     known_step: Optional[int] = None  # read by the last zeroing, until the next batch begins
 
 
-@keras.utils.register_keras_serializable(package="tfcompress")
-class FPGMPruning(keras.callbacks.Callback):
+@serializable()
+class FPGMPruning(*callback_bases()):
     """Prunes whole filters during training: FPGM (or l1/l2) masks updated on a schedule.
 
     No wrapper layers: the callback traces the model once into channel groups
@@ -296,8 +272,10 @@ class FPGMPruning(keras.callbacks.Callback):
         return getattr(getattr(self.model, "optimizer", None), "iterations", None)
 
     def _read_step(self) -> int:
-        variable = self._step_variable()  # get_value reads a MirroredVariable too (int() fails)
-        return self._state.batches if variable is None else int(keras.backend.get_value(variable))
+        variable = self._step_variable()
+        if variable is None:
+            return self._state.batches
+        return int(read_value(variable))  # a MirroredVariable too (int() fails on it)
 
     def _select(self, ratio: float) -> Masks:
         final, per_layer = self._state.schedule.final_ratio, None
@@ -321,7 +299,7 @@ class FPGMPruning(keras.callbacks.Callback):
         """Zeroes the pruned channels of every group member; returns the step read."""
         state = self._state
         if state.zeroing is None:
-            state.zeroing = _BatchZeroing(state.graph, self._step_variable())
+            state.zeroing = BatchZeroing(state.graph, self._step_variable())
         state.zeroing.set_masks(state.masks)
         return state.zeroing()
 
@@ -355,7 +333,7 @@ class FPGMPruning(keras.callbacks.Callback):
 
     def _report(self, message: str) -> None:
         """Keras callbacks' ``print_msg``: stdout, or logging when interactive logging is off."""
-        if self.verbose and keras.utils.is_interactive_logging_enabled():
+        if self.verbose and flavour_of(self.model).module.utils.is_interactive_logging_enabled():
             sys.stdout.write(message + "\n")
             sys.stdout.flush()
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 from typing import Any, Dict, Optional, Tuple
 
-from tfcompress._keras import keras
+from tfcompress._keras import serializable
 from tfcompress._validate import check_int, check_number, check_ratio
 
 __all__ = ["PruningSchedule", "ConstantRatio", "PolynomialRatio"]
@@ -138,7 +138,7 @@ class _PeriodicSchedule(PruningSchedule):
         return step - (step - self.begin_step) % self.frequency
 
 
-@keras.utils.register_keras_serializable(package="tfcompress")
+@serializable()
 class ConstantRatio(_PeriodicSchedule):
     """Prunes a constant ratio of channels, recomputing the masks every ``frequency`` steps.
 
@@ -179,7 +179,7 @@ class ConstantRatio(_PeriodicSchedule):
                 "frequency": self.frequency}
 
 
-@keras.utils.register_keras_serializable(package="tfcompress")
+@serializable()
 class PolynomialRatio(_PeriodicSchedule):
     """Ramps the ratio from ``initial_ratio`` to ``final_ratio`` along a polynomial.
 

@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -36,7 +36,7 @@ from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers.base import IN
 from tfcompress.pruning.masks import Masks
 
-__all__ = ["Zeroing", "variable_masks", "zero_filters_first"]
+__all__ = ["Zeroing", "BatchZeroing", "variable_masks", "zero_filters_first"]
 
 
 def zero_filters_first(score):
@@ -127,3 +127,34 @@ class Zeroing:
     def __call__(self) -> None:
         if self._function is not None:
             self._function()
+
+
+class BatchZeroing:
+    """The per-batch work in one TF call (a concrete function): :class:`Zeroing`'s compiled
+    multiply, returning the optimizer step read after it, so that the next batch needs no
+    second call. Traced again only when the set of masked variables changes (as ``Zeroing``
+    is); equal masks are not re-assigned."""
+
+    def __init__(self, graph: ChannelGraph, step: Optional[Any]) -> None:
+        self.graph, self.step, self._zeroing = graph, step, Zeroing()
+        self.masks: Optional[Masks] = None  # the masks the zeroing holds
+        self._key, self._function = None, None
+
+    def set_masks(self, masks: Masks) -> None:
+        if self.masks is not None and (masks is self.masks or masks == self.masks):
+            return
+        table = variable_masks(self.graph, masks)  # trace order: same order on every worker
+        self._zeroing.set_masks(table)
+        if tuple(table) != self._key:
+            self._key = tuple(table)
+            self._function = tf.function(self._zero_and_read_step).get_concrete_function()
+        self.masks = masks
+
+    def _zero_and_read_step(self) -> tf.Tensor:
+        self._zeroing()
+        return tf.constant(-1, tf.int64) if self.step is None else tf.cast(self.step, tf.int64)
+
+    def __call__(self) -> Optional[int]:
+        """Zeroes the pruned channels; returns the optimizer step (None without one)."""
+        step = int(self._function())
+        return None if step < 0 else step
