@@ -1,8 +1,8 @@
 """tfcompress.convert: tf_keras <-> Keras 3 models with equal outputs, names and classes.
 
 Every check runs the source and the converted model on the same random input and compares
-their outputs (relative difference: max |a - b| / max |a|); the source weights are random
-(not the initializers' zeros and ones), so an uncopied or misordered weight shows.
+their outputs (relative difference: max |a - b| / max |a|); every source weight is random (the
+initializers' zeros and ones replaced too), so an uncopied or misordered weight shows.
 """
 
 import numpy as np
@@ -122,16 +122,23 @@ LAYERS = {
 
 
 def _randomize(model, seed=0):
-    """Random weights (positive for variances) so that every copied weight matters."""
+    """Every weight random and unlike a fresh layer's: kernels keep their (random) initial
+    values, constant ones (biases, BatchNorm's gamma, beta, mean and variance) become random
+    at the scale of a trained network (ones near 1, zeros near 0). Scales matter: with
+    unit-variance kernels a 50-layer network's activations grow by orders of magnitude and
+    the two Kerases' BatchNorm formulas (each within 1e-7) drift apart by ~1e-5."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if not layer.weights:
             continue
         values = []
-        for variable, value in zip(layer.weights, layer.get_weights()):
-            random = rng.normal(0.0, 0.5, value.shape)
-            values.append(np.abs(random) + 0.5 if "variance" in variable.name else random)
-        layer.set_weights([v.astype(np.float32) for v in values])
+        for value in layer.get_weights():
+            if value.size and np.all(value == value.flat[0]):
+                centre = 1.0 if value.flat[0] == 1.0 else 0.0
+                value = centre + rng.uniform(-0.4, 0.4, value.shape) if centre else (
+                    rng.normal(0.0, 0.2, value.shape))
+            values.append(np.asarray(value, np.float32))
+        layer.set_weights(values)
     return model
 
 
@@ -236,13 +243,20 @@ def test_round_trip_returns_an_equal_model_of_the_source_flavour(flavour):
     other = {"tf_keras": "keras3", "keras3": "tf_keras"}[flavour]
     back = CONVERT[other](CONVERT[flavour](source))
     _check(source, back, other, (16, 16, 1))  # back is of the flavour ``other`` converts to
+    assert len(back.weights) == len(source.weights)
+    for old, new in zip(source.weights, back.weights):
+        np.testing.assert_array_equal(np.asarray(new), np.asarray(old))  # copied exactly
+    x = _random_input((16, 16, 1))
+    np.testing.assert_array_equal(np.asarray(back(x)), np.asarray(source(x)))
 
 
 def _application(k, name):
+    """Logits, not softmax: random weights saturate a softmax and hide differences."""
+    options = dict(input_shape=(32, 32, 3), weights=None, classes=10,
+                   classifier_activation=None)
     if name == "MobileNetV2":
-        return k.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
-                                          classes=10)
-    return k.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10)
+        return k.applications.MobileNetV2(alpha=0.35, **options)
+    return k.applications.ResNet50(**options)
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))

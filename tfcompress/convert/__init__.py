@@ -11,8 +11,16 @@ nested models, shared layers, and (Keras 3 to tf_keras) ``keras.ops`` calls that
 merge layer (``ops.add``/``subtract``/``multiply``/``maximum``/``minimum`` of two same-shape
 tensors, ``ops.concatenate``). What does not: Lambda layers (Python code), custom layer
 classes, other ``keras.ops`` calls, tf_keras's ``TFOpLambda`` layers (``x * 2.0``,
-``tf.nn.relu(x)``), layers or arguments the target lacks, subclassed models. These raise one
-ValueError naming every such layer and why.
+``tf.nn.relu(x)``), layers or arguments the target lacks (e.g. Keras 3's ``lora_rank``,
+tf_keras's ``ThresholdedReLU``, ``hard_sigmoid`` which the two compute differently, so also
+tf_keras's ConvLSTM default), subclassed models. These raise one ValueError naming every
+such layer and why.
+
+Call arguments are kept except what Keras 3 records on its own: an implicitly propagated
+mask (with the ``keras.ops`` computing it) and ``training=False``; the target Keras
+propagates masks itself and takes ``training`` from the model call. Outputs agree to float
+rounding (the two Kerases' BatchNorm and LayerNorm formulas differ by ~1e-7 relative);
+weights are copied exactly, so a round trip gives back identical outputs.
 
 Example:
   >>> import numpy as np
