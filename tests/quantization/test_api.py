@@ -1,15 +1,17 @@
-"""quantize_model end to end on real data: accuracy, learned ranges, int8 TFLite, save/load."""
+"""quantize_model end to end on real data: accuracy, learned ranges, int8 TFLite, save/load,
+for tf_keras (tfmot) and Keras 3 models."""
+
+import re
 
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from tfcompress._keras import keras
+from tfcompress._keras import FLAVOURS, TF_KERAS, keras
 from tfcompress.export import activation_ranges, litert, tflite_ops, to_tflite
-from tfcompress.models import compile_classifier
+from tfcompress.export.flatbuffer import kind_of_ops
+from tfcompress.models import compile_classifier, residual_cnn
 from tfcompress.quantization import MODES, clip_ranges, quantize_model, quantize_scope
-
-L = keras.layers
 
 
 def _accuracy(model, x, y):
@@ -64,8 +66,17 @@ def test_4bit_pact_moves_alphas_and_stays_within_one_point_of_float(
     assert _accuracy(qat, x_test, y_test) >= control_accuracy - 0.01
 
 
-def test_fused_activations_are_quantized_once(qat_4bit):
-    qat, _ = qat_4bit
+def _float_cnn(flavour, trained_cnn):
+    """The trained digits CNN in ``flavour`` (Keras 3: the same architecture and weights)."""
+    if not flavour.is_keras3:
+        return trained_cnn
+    model = compile_classifier(residual_cnn((16, 16, 1), width=16, flavour=flavour.name))
+    model.set_weights(trained_cnn.get_weights())
+    return model
+
+
+def test_fused_activations_are_quantized_once(trained_cnn, flavour):
+    qat = quantize_model(_float_cnn(flavour, trained_cnn), 4, 4)
     quantized = set(clip_ranges(qat))
     assert "stem_relu" in quantized and "stem_conv" not in quantized  # Conv -> BN -> ReLU
     assert "block1_out" in quantized and "block1_add" not in quantized  # Add -> ReLU
@@ -73,13 +84,15 @@ def test_fused_activations_are_quantized_once(qat_4bit):
     assert not any("bn" in name for name in quantized)  # BatchNorms were folded
 
 
-@pytest.fixture(scope="module")
-def int8_export(trained_cnn, digits, tmp_path_factory):
-    """8-bit activations, 4-bit weights: QAT, then an int8 TFLite file."""
+@pytest.fixture(scope="module", params=FLAVOURS, ids=lambda f: f.name)
+def int8_export(request, trained_cnn, digits, tmp_path_factory):
+    """8-bit activations, 4-bit weights: QAT (trained with its Keras' optimizer), then an int8
+    TFLite file converted from the fake-quant ranges alone (no representative data)."""
     (x, y), _ = digits
-    keras.utils.set_random_seed(0)
-    qat = compile_classifier(quantize_model(trained_cnn, activation_bits=8, weight_bits=4),
-                             learning_rate=5e-4)
+    flavour = request.param
+    flavour.module.utils.set_random_seed(0)
+    qat = quantize_model(_float_cnn(flavour, trained_cnn), activation_bits=8, weight_bits=4)
+    qat = compile_classifier(qat, learning_rate=5e-4)
     qat.fit(x, y, batch_size=32, epochs=2, verbose=0)
     path = to_tflite(qat, tmp_path_factory.mktemp("tflite") / "qat.tflite")
     return qat, path
@@ -87,8 +100,9 @@ def int8_export(trained_cnn, digits, tmp_path_factory):
 
 def test_int8_tflite_has_no_float_compute_ops(int8_export):
     _, path = int8_export
-    compute = [op for op in tflite_ops(path)
-               if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    ops = tflite_ops(path)
+    assert kind_of_ops(ops) == "int8"
+    compute = [op for op in ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
     assert len(compute) == 7
     for op in compute:
         assert [t.dtype for t in op.inputs[:2]] == ["int8", "int8"], op
@@ -101,8 +115,10 @@ def test_tflite_ranges_equal_the_learned_pact_ranges(int8_export):
     learned = clip_ranges(qat)
     checked = 0
     for layer, (low, high) in learned.items():
-        prefix = "quantize_layer/" if layer == "quantize_layer" else f"quant_{layer}/"
-        matches = [r for name, r in ranges.items() if prefix in name]
+        # The op's name scope: tfmot's `quant_<layer>/`, Keras 3's `quant_<layer>_1/` (traced
+        # twice); the input quantizer is `quantize_layer`.
+        scope = "quantize_layer" if layer == "quantize_layer" else f"quant_{layer}"
+        matches = [r for name, r in ranges.items() if re.search(rf"(^|/){scope}(_1)?/", name)]
         if not matches:
             continue  # e.g. a tensor TFLite fused away
         step = (high - low) / 255
@@ -142,7 +158,8 @@ def test_4bit_weights_are_on_the_4bit_grid_in_each_int8_channel(int8_export):
     assert checked == 7
 
 
-def _tiny_model():
+def _tiny_model(flavour=TF_KERAS):
+    keras, L = flavour.module, flavour.module.layers
     inputs = keras.Input((8, 8, 2))
     x = L.Conv2D(4, 3, padding="same")(inputs)
     x = L.BatchNormalization()(x)
@@ -157,20 +174,28 @@ ROUND_TRIPS = sorted({(bits, MODES[bits % 3]) for bits in range(2, 9)} | {(4, m)
 
 
 @pytest.mark.parametrize("bits, mode", ROUND_TRIPS)
-def test_save_and_load_in_every_format(bits, mode, tmp_path):
-    qat = compile_classifier(quantize_model(_tiny_model(), bits, bits, mode=mode))
+def test_save_and_load_in_every_format(bits, mode, tmp_path, flavour):
+    qat = compile_classifier(quantize_model(_tiny_model(flavour), bits, bits, mode=mode))
     data = np.random.default_rng(bits).normal(size=(8, 8, 8, 2)).astype(np.float32)
     qat.fit(data, np.arange(8) % 3, epochs=1, verbose=0)
     expected = qat.predict(data, verbose=0)
-    for name in ("qat.keras", "qat.h5", "qat_savedmodel"):
+    # Keras 3 saves only .keras; its classes are registered, so no scope is needed.
+    formats = ("qat.keras",) if flavour.is_keras3 else ("qat.keras", "qat.h5", "qat_savedmodel")
+    for name in formats:
         qat.save(tmp_path / name)
-        with quantize_scope():
-            restored = keras.models.load_model(tmp_path / name)
+        if flavour.is_keras3:
+            restored = flavour.module.saving.load_model(tmp_path / name)
+        else:
+            with quantize_scope():
+                restored = keras.models.load_model(tmp_path / name)
         np.testing.assert_array_equal(restored.predict(data, verbose=0), expected)
         assert clip_ranges(restored) == clip_ranges(qat)
+        if flavour.is_keras3:  # .keras keeps the optimizer's state too
+            assert int(restored.optimizer.iterations.numpy()) == 1
 
 
-def test_unsupported_layers_are_listed_or_kept_float_on_request():
+def test_unsupported_layers_are_listed_or_kept_float_on_request(flavour):
+    keras, L = flavour.module, flavour.module.layers
     inputs = keras.Input((6,))
     x = L.Dense(4, name="dense_in")(inputs)
     x = L.LayerNormalization(name="norm")(x)
@@ -192,10 +217,8 @@ def test_unsupported_layers_are_listed_or_kept_float_on_request():
         quantize_model(model, skip_unsupported="yes")
 
 
-def test_bad_models_get_clear_errors():
-    import keras as keras3  # Keras 3, what `tf.keras` is by default since TF 2.16
-
-    class Subclassed(keras.Model):
+def test_bad_models_get_clear_errors(flavour):
+    class Subclassed(flavour.module.Model):
         def call(self, x):
             return x
 
@@ -203,10 +226,20 @@ def test_bad_models_get_clear_errors():
     sub.build((None, 3))
     with pytest.raises(ValueError, match="subclassed"):
         quantize_model(sub)
-    with pytest.raises(TypeError, match="Keras 3"):
-        quantize_model(keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)]))
     with pytest.raises(ValueError, match="from 2 to 8"):
-        quantize_model(_tiny_model(), activation_bits=1)
+        quantize_model(_tiny_model(flavour), activation_bits=1)
+    with pytest.raises(TypeError, match="Unknown PACT option"):
+        quantize_model(_tiny_model(flavour), alpha=2.0)
+    with pytest.raises(TypeError, match="Keras model"):
+        quantize_model("model.keras")
+
+
+def test_keras3_qat_needs_the_tensorflow_backend(monkeypatch):
+    from tfcompress import _keras
+
+    monkeypatch.setattr(_keras, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="TensorFlow backend.*KERAS_BACKEND"):
+        quantize_model(_tiny_model(_keras.KERAS3))
 
 
 @pytest.mark.parametrize("name", ["tfmot.h5", "tfmot_savedmodel"])
