@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
 
-from tfcompress._keras import keras
+from tfcompress._keras import keras, keras3
 from tfcompress.quantization import (
     LAYER_RULES,
     PACTQuantizeConfig,
@@ -40,8 +40,9 @@ WEIGHTED = {
 
 
 def _variable(layer, short_name):
-    """The variable of ``layer`` whose name ends in ``/short_name:0`` (exactly one)."""
-    found = [w for w in layer.weights if w.name.split("/")[-1] == f"{short_name}:0"]
+    """The variable of ``layer`` named ``short_name`` (``.../short_name:0`` in tf_keras,
+    ``short_name`` in Keras 3), exactly one."""
+    found = [w for w in layer.weights if w.name.split("/")[-1].split(":")[0] == short_name]
     assert len(found) == 1, [w.name for w in layer.weights]
     return found[0]
 
@@ -179,10 +180,11 @@ def test_pact_scheme_quantizes_an_annotated_sequential_model():
     assert names == ["output_pact_alpha:0", "quantize_layer_pact_alpha:0"]
 
 
-def test_clip_range_logger_writes_ranges_into_history():
+def test_clip_range_logger_writes_ranges_into_history(flavour):
     from tfcompress.quantization import ClipRangeLogger, quantize_model
 
-    qat = quantize_model(keras.Sequential([L.Dense(3, input_shape=(4,)), L.ReLU(name="act")]),
+    keras, L = flavour.module, flavour.module.layers
+    qat = quantize_model(keras.Sequential([keras.Input((4,)), L.Dense(3), L.ReLU(name="act")]),
                          mode="asymmetric", alpha_init=0.5, beta_init=0.5)
     qat.compile(keras.optimizers.SGD(0.05), "mse")
     # Independent record: the variables themselves, read by name after each epoch.
@@ -198,3 +200,75 @@ def test_clip_range_logger_writes_ranges_into_history():
     logged = list(zip(history.history["pact/act/low"], history.history["pact/act/alpha"]))
     np.testing.assert_allclose(logged, seen, rtol=1e-6)
     assert seen[-1] != (-0.5, 0.5), "the range never moved: the comparison would be vacuous"
+
+
+# Keras 3: the wrapper computes with kernels quantized per output channel. Where the channels
+# are, by hand from the Keras 3 kernel layouts: the reduction axes of each kernel's ranges.
+K3 = keras3.layers
+KERAS3_WEIGHTED = {
+    "Conv1D": (lambda: K3.Conv1D(4, 3), (10, 3), {"kernel": (0, 1)}),
+    "Conv2D": (lambda: K3.Conv2D(4, 3), (8, 8, 3), {"kernel": (0, 1, 2)}),
+    "DepthwiseConv2D": (lambda: K3.DepthwiseConv2D(3, depth_multiplier=2), (8, 8, 3),
+                        {"kernel": (0, 1)}),
+    "Conv2DTranspose": (lambda: K3.Conv2DTranspose(4, 3, strides=2), (5, 5, 3),
+                        {"kernel": (0, 1, 3)}),
+    "Dense": (lambda: K3.Dense(4, activation="relu"), (6,), {"kernel": None}),
+}
+
+
+def _hand_quantized(kernel, axes, bits):
+    """Symmetric narrow-range rounding, one range per slice that ``axes`` reduce over."""
+    levels = 2 ** (bits - 1) - 1
+    step = np.abs(kernel).max(axis=axes, keepdims=axes is not None) / levels
+    return np.round(kernel / step) * step
+
+
+@pytest.mark.parametrize("name", sorted(KERAS3_WEIGHTED))
+@pytest.mark.parametrize("bits", [2, 8])
+def test_keras3_wrapper_computes_with_per_channel_kernels(name, bits):
+    from tfcompress.quantization.keras3_layers import PACTQuantizeWrapper
+
+    make, shape, kernels = KERAS3_WEIGHTED[name]
+    data = np.random.default_rng(0).normal(size=(2,) + shape).astype(np.float32)
+    wrapper = PACTQuantizeWrapper(make(), weight_bits=bits, activation_bits=bits,
+                                  quantize_output=False)
+    out = np.asarray(wrapper(data))
+    # The same layer, computing in float with the kernels quantized by hand.
+    reference = make()
+    reference(data)
+    weights = {w.name: w.numpy() for w in wrapper.layer.weights}
+    reference.set_weights([_hand_quantized(weights[w.name], kernels[w.name], bits)
+                           if w.name in kernels else weights[w.name] for w in reference.weights])
+    np.testing.assert_allclose(out, np.asarray(reference(data)), rtol=1e-4, atol=1e-4)
+    if bits == 2:  # not vacuous: 2-bit kernels change the result
+        assert not np.allclose(out, np.asarray(wrapper.layer(data)), atol=1e-3)
+
+
+def test_keras3_wrapper_puts_outputs_on_the_pact_grid():
+    from tfcompress.quantization.keras3_layers import PACTQuantizeWrapper
+
+    wrapper = PACTQuantizeWrapper(K3.Conv2D(4, 3), weight_bits=4, activation_bits=3,
+                                  alpha_init=1.0, beta_init=0.75)
+    out = np.asarray(wrapper(np.random.default_rng(1).normal(size=(2, 6, 6, 3)).astype("f")))
+    low, high = -0.75, 1.0  # [-beta, alpha]: 3 bits, step 1.75 / 7 = 0.25, zero exact
+    assert out.min() >= low - 1e-6 and out.max() <= high + 1e-6
+    _assert_on_grid(out - low, 0.25, 2 ** 3)
+    assert len(np.unique(out)) > 2
+    assert sorted(w.name for w in wrapper.trainable_weights) == [
+        "bias", "kernel", "post_activation_pact_alpha", "post_activation_pact_beta"]
+
+
+def test_keras3_model_quantizes_like_the_pact_scheme():
+    """The Keras 3 twin of test_pact_scheme_quantizes_an_annotated_sequential_model: the same
+    PACT variables, and a softmax output quantized before the softmax (tfmot's placement)."""
+    from tfcompress.quantization import quantize_model
+
+    qat = quantize_model(keras3.Sequential([keras3.Input((3,)), K3.Dense(4), K3.ReLU(),
+                                            K3.Dense(2, activation="softmax", name="out")]),
+                         4, 4, mode="relu")
+    names = sorted(w.name for w in qat.trainable_weights if "pact" in w.name)
+    assert names == ["output_pact_alpha", "pre_activation_pact_alpha",
+                     "quantize_layer_pact_alpha"]
+    probabilities = np.asarray(qat(np.ones((5, 3), np.float32)))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert all(getattr(layer, "tfcompress_qat", False) for layer in qat.layers[1:])
