@@ -253,3 +253,18 @@ def test_plain_tfmot_models_still_load_inside_the_scope(name, tmp_path):
         restored = keras.models.load_model(tmp_path / name)
     np.testing.assert_allclose(restored.predict(data, verbose=0), qat.predict(data, verbose=0),
                                atol=1e-6)
+
+
+def test_keras3_ops_calls_are_refused_or_kept_float_on_request():
+    from tfcompress._keras import keras3
+
+    inputs = keras3.Input((6,))
+    x = keras3.layers.Dense(4, name="dense")(inputs)
+    model = keras3.Model(inputs, keras3.layers.Dense(2, name="out")(x + x))  # `+`: an op
+    with pytest.raises(ValueError, match="keras.ops.*skip_unsupported=True"):
+        quantize_model(model)
+    qat = quantize_model(model, skip_unsupported=True, alpha_init=8.0)
+    data = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    assert sorted(clip_ranges(qat)) == ["dense", "out", "quantize_layer"]
+    # 8 bits on [-8, 8] (step 1/16) at three tensors: within a few steps of the float model.
+    np.testing.assert_allclose(qat(data), model(data), atol=0.25)

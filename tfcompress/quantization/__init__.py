@@ -1,4 +1,6 @@
-"""PACT quantization-aware training for tf_keras models, built on tfmot.
+"""PACT quantization-aware training for tf_keras models (built on tfmot) and Keras 3 models
+(TensorFlow backend; :mod:`~tfcompress.quantization.keras3_layers`), with one PACT math
+(:mod:`~tfcompress.quantization.pact_math`).
 
 The tfmot way (annotate chosen layers)::
 
@@ -9,12 +11,18 @@ The tfmot way (annotate chosen layers)::
     with quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(annotated_model)
 
-Or one call for a whole model: ``qat = quantize_model(model, activation_bits=4, weight_bits=4)``.
+Or one call for a whole model, tf_keras or Keras 3:
+``qat = quantize_model(model, activation_bits=4, weight_bits=4)``.
+
+Keras 3 QAT layers (:class:`PACTActivation`, :class:`PACTQuantizeWrapper`) carry the class
+attribute ``tfcompress_qat = True``, by which ``tfcompress.export`` recognises a Keras 3
+quantization-aware model.
 """
 
 from tfcompress.quantization.api import clip_ranges, quantize_apply, quantize_model, quantize_scope
 from tfcompress.quantization.callbacks import ClipRangeLogger
 from tfcompress.quantization.configs import LAYER_RULES, LayerRule, PACTQuantizeConfig
+from tfcompress.quantization.keras3_layers import PACTActivation, PACTQuantizeWrapper
 from tfcompress.quantization.pact import MODES, PACTQuantizer
 from tfcompress.quantization.prepare import fold_batch_norms, prepare_for_qat, split_separable_convs
 from tfcompress.quantization.scheme import PACTQuantizeScheme
@@ -26,8 +34,10 @@ __all__ = [
     "LAYER_RULES",
     "LayerRule",
     "MODES",
+    "PACTActivation",
     "PACTQuantizeConfig",
     "PACTQuantizeScheme",
+    "PACTQuantizeWrapper",
     "PACTQuantizer",
     "clip_ranges",
     "fold_batch_norms",

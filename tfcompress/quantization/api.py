@@ -90,14 +90,18 @@ def quantize_model(
     """Makes a float model ready for PACT quantization-aware training.
 
     The model is first rewritten as TFLite will run it (SeparableConv split, BatchNorm
-    folded into the preceding Conv/Dense, see :mod:`tfcompress.quantization.prepare`);
-    then every layer is annotated and ``quantize_apply`` runs with
-    :class:`PACTQuantizeScheme`: per-channel symmetric weights at ``weight_bits``, PACT on
-    every activation at ``activation_bits``, activations that TFLite fuses (Conv -> ReLU)
-    quantized once, after the fused op.
+    folded into the preceding Conv/Dense, see :mod:`tfcompress.quantization.prepare`).
+    Then, for a tf_keras model, every layer is annotated and ``quantize_apply`` runs with
+    :class:`PACTQuantizeScheme`; for a Keras 3 model the graph is rebuilt with
+    :class:`PACTActivation` on each input and :class:`PACTQuantizeWrapper` around each
+    quantized layer (:mod:`tfcompress.quantization.keras3_api`). Both place the quantizers
+    alike: per-channel symmetric weights at ``weight_bits``, PACT on every activation at
+    ``activation_bits``, activations that TFLite fuses (Conv -> ReLU) quantized once, after
+    the fused op.
 
     Args:
-      model: a built Functional or Sequential tf_keras model, typically trained in float.
+      model: a built Functional or Sequential model, tf_keras or Keras 3 (TensorFlow
+        backend), typically trained in float.
       activation_bits: activation bit width, 2 to 8.
       weight_bits: weight bit width, 2 to 8.
       exclude: names of layers to keep in float.
@@ -107,15 +111,18 @@ def quantize_model(
         ``decay``, ``calibration_steps``, ``trainable_range``).
 
     Returns:
-      A new model of tfmot quantize wrappers to compile and train (fine-tune) as
-      usual. Save and load it inside :func:`quantize_scope`; export it with
-      ``tfcompress.export.to_tflite`` to get an int8 file.
+      A new model of the same Keras to compile and train (fine-tune) as usual: tfmot
+      quantize wrappers for tf_keras (save and load it inside :func:`quantize_scope`),
+      tfcompress' Keras 3 layers for Keras 3 (``.keras`` files load with
+      ``keras.saving.load_model``). Export it with ``tfcompress.export.to_tflite`` to get an
+      int8 file.
 
     Raises:
-      TypeError: for a Keras 3 model or a non-model, or unknown PACT options.
+      TypeError: for a non-model, or unknown PACT options.
       ValueError: for a subclassed or unbuilt model, a mixed-precision model or policy,
         bad bit widths or options, unknown ``exclude`` names, or layers with no
         quantization rule (listed in the message).
+      RuntimeError: for a Keras 3 model on a backend other than TensorFlow.
 
     Example:
       >>> import tf_keras
@@ -126,6 +133,17 @@ def quantize_model(
       >>> qat = quantize_model(model, activation_bits=4, weight_bits=4)
       >>> qat.output_shape
       (None, 10)
+
+      The same model in Keras 3:
+
+      >>> import keras
+      >>> model = keras.Sequential([
+      ...     keras.Input((16, 16, 1)), keras.layers.Conv2D(8, 3),
+      ...     keras.layers.BatchNormalization(), keras.layers.ReLU(),
+      ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+      >>> qat = quantize_model(model, activation_bits=4, weight_bits=4)
+      >>> [type(layer).__name__ for layer in qat.layers[1:4]]
+      ['PACTActivation', 'PACTQuantizeWrapper', 'PACTQuantizeWrapper']
     """
     require_graph_model(model)
     require_float32(model, "PACT quantization-aware training")
@@ -133,7 +151,7 @@ def quantize_model(
     exclude = _check_exclusions(model, exclude, skip_unsupported)
     if _is_keras3(model):
         return keras3_api.quantize_keras3_model(model, activation_bits, weight_bits, exclude,
-                                                pact_options)
+                                                pact_options, skip_unsupported)
     prepared = prepare_for_qat(model)
     keep_float = set(exclude) | {layer.name for layer in prepared.layers
                                  if rule_for(layer) is None}
@@ -221,13 +239,13 @@ def clip_ranges(model: keras.Model) -> Dict[str, Tuple[float, float]]:
     """The learned PACT clipping range of every quantized tensor.
 
     Args:
-      model: a model returned by :func:`quantize_model` or by ``quantize_apply`` with PACT
-        configs.
+      model: a model returned by :func:`quantize_model` (tf_keras or Keras 3) or by
+        ``quantize_apply`` with PACT configs.
 
     Returns:
       ``{layer name: (low, high)}`` where ``low`` is ``-beta`` (``-alpha`` in symmetric mode,
       0 in relu mode) and ``high`` is ``alpha``. Model inputs are keyed by their
-      ``QuantizeLayer``'s name.
+      ``QuantizeLayer``'s (Keras 3: ``PACTActivation``'s) name, ``quantize_layer``.
 
     Example:
       >>> import tf_keras

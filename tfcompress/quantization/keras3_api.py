@@ -118,8 +118,22 @@ class _Quantizer:
         return outputs
 
 
+def _check_operations(model, skip_unsupported: bool) -> None:
+    """Refuses ``keras.ops`` calls in the graph (``x + y`` on KerasTensors), which have no
+    layer to quantize, unless ``skip_unsupported`` (tf_keras' ``TFOpLambda`` layers are
+    refused the same way)."""
+    operations = sorted({node.layer.name for node in _all_nodes(model)
+                         if not isinstance(node.layer, keras3.layers.Layer)})
+    if operations and not skip_unsupported:
+        raise ValueError(
+            f"PACT cannot quantize these keras.ops calls: {', '.join(operations)}. Use the "
+            "layer equivalents (keras.layers.Add() instead of `x + y` …), or pass "
+            "`skip_unsupported=True` to run them in float."
+        )
+
+
 def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude: Iterable[str],
-                          options: Dict[str, Any], skip_unsupported: bool = True):
+                          options: Dict[str, Any], skip_unsupported: bool = False):
     """The Keras 3 half of :func:`tfcompress.quantization.quantize_model` (arguments already
     validated there).
 
@@ -128,6 +142,7 @@ def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude
       layers and copies of the float ones.
     """
     require_tensorflow_backend("PACT quantization-aware training")
+    _check_operations(model, skip_unsupported)
     prepared = prepare_for_qat(model)
     keep_float = set(exclude) | {layer.name for layer in prepared.layers
                                  if rule_for(layer) is None}
