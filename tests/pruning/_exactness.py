@@ -91,12 +91,7 @@ def tflite_run(model, x: np.ndarray) -> np.ndarray:
     """Converts ``model`` to a float TFLite flatbuffer and runs it on ``x``."""
     from ai_edge_litert.interpreter import Interpreter
 
-    if flavour_of(model).is_keras3:  # a concrete function: the converter's Keras 3 route
-        spec = tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32)
-        function = tf.function(lambda t: model(t, training=False)).get_concrete_function(spec)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
-    else:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)  # either flavour
     interpreter = Interpreter(model_content=converter.convert())
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], x.shape)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from _exactness import check_pruned
 
-from tfcompress._keras import keras
+from tfcompress._keras import input_names, keras, keras3, output_names
 from tfcompress.models import residual_cnn
 from tfcompress.pruning import (
     ChannelGraph,
@@ -21,16 +21,16 @@ from tfcompress.pruning import (
 L = keras.layers
 
 
-def test_residual_add_couples_its_producers():
-    graph = ChannelGraph(residual_cnn(width=8))
+def test_residual_add_couples_its_producers(flavour):
+    graph = ChannelGraph(residual_cnn(width=8, flavour=flavour))
     stem = graph.group("stem_conv")
     assert stem.producers == ("stem_conv", "block1b_conv")
     assert {"block1_add", "dw_conv", "dw_bn", "block2a_conv"} <= set(stem.layers)
     assert stem.prunable and stem.size == 8
 
 
-def test_model_inputs_and_outputs_are_never_pruned():
-    graph = ChannelGraph(residual_cnn(width=8))
+def test_model_inputs_and_outputs_are_never_pruned(flavour):
+    graph = ChannelGraph(residual_cnn(width=8, flavour=flavour))
     assert not graph.group("logits").prunable
     assert graph.barriers["logits"] == [("logits", "reaches a model output")]
     assert graph.barriers["image"] == [("image", "model input")]
@@ -38,19 +38,22 @@ def test_model_inputs_and_outputs_are_never_pruned():
     assert "logits" not in masks.kept and "image" not in masks.kept
 
 
-def test_lambda_and_custom_layers_are_barriers():
+def test_lambda_and_custom_layers_are_barriers(flavour):
+    K = flavour.module
+    L = K.layers
+
     class Custom(L.Layer):
         def call(self, x):
             return x * 2.0
 
-    inputs = keras.Input((8, 8, 3))
+    inputs = K.Input((8, 8, 3))
     a = L.Conv2D(8, 3, name="a")(inputs)
     b = L.Lambda(lambda t: t + 1.0, name="lam")(a)
     c = L.Conv2D(8, 3, name="c")(b)
     d = Custom(name="custom")(c)
     e = L.Conv2D(8, 3, name="e")(d)
     out = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(e))
-    model = keras.Model(inputs, out)
+    model = K.Model(inputs, out)
     graph = ChannelGraph(model)
     assert not graph.group("a").prunable and not graph.group("c").prunable
     assert graph.barriers["a"][0][0] == "lam" and "no channel handler" in graph.barriers["a"][0][1]
@@ -61,14 +64,16 @@ def test_lambda_and_custom_layers_are_barriers():
     check_pruned(model, 0.5, tflite=False)
 
 
-def test_concatenate_offsets_and_flatten_into_dense():
-    inputs = keras.Input((6, 6, 2))
+def test_concatenate_offsets_and_flatten_into_dense(flavour):
+    K = flavour.module
+    L = K.layers
+    inputs = K.Input((6, 6, 2))
     a = L.Conv2D(6, 3, padding="same", name="a")(inputs)
     b = L.Conv2D(4, 1, name="b")(inputs)
     h = L.Concatenate(name="cat")([a, L.ReLU()(b)])
     h = L.Conv2D(5, 3, name="c")(h)
     out = L.Dense(3, name="out")(L.Flatten(name="flat")(h))
-    model = keras.Model(inputs, out)
+    model = K.Model(inputs, out)
     graph = ChannelGraph(model)
     assert {g.id for g in graph.groups if g.prunable} == {"a", "b", "c"}
     masks = select_masks(graph, 0.5)
@@ -78,66 +83,74 @@ def test_concatenate_offsets_and_flatten_into_dense():
     check_pruned(model, 0.5, tflite=False)
 
 
-def test_se_block_and_sigmoid_gate_are_exact():
-    inputs = keras.Input((8, 8, 3))
+def test_se_block_and_sigmoid_gate_are_exact(flavour):
+    K = flavour.module
+    L = K.layers
+    inputs = K.Input((8, 8, 3))
     x = L.Conv2D(16, 3, padding="same", name="conv")(inputs)
     s = L.GlobalAveragePooling2D(keepdims=True)(x)
     s = L.Conv2D(4, 1, activation="swish", name="squeeze")(s)
     s = L.Conv2D(16, 1, activation="sigmoid", name="excite")(s)
     x = L.Multiply(name="gate")([x, s])
     out = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(L.Conv2D(8, 1, name="proj")(x)))
-    model = keras.Model(inputs, out)
+    model = K.Model(inputs, out)
     graph = ChannelGraph(model)
     assert set(graph.group("conv").producers) == {"conv", "excite"}
     assert graph.group("squeeze").prunable
     check_pruned(model, 0.5, tflite=False)
 
 
-def test_nested_models_multi_input_output():
-    inner_in = keras.Input((8, 8, 4))
-    inner = keras.Model(inner_in, L.ReLU()(L.Conv2D(6, 3, padding="same", name="conv")(inner_in)),
-                        name="inner")
-    seq = keras.Sequential([keras.Input((8, 8, 6)), L.Conv2D(6, 1, name="pw"),
-                            L.BatchNormalization(name="bn")], name="seq")
-    a_in, b_in = keras.Input((8, 8, 3), name="a"), keras.Input((8, 8, 3), name="b")
+def test_nested_models_multi_input_output(flavour):
+    K = flavour.module
+    L = K.layers
+    inner_in = K.Input((8, 8, 4))
+    inner = K.Model(inner_in, L.ReLU()(L.Conv2D(6, 3, padding="same", name="conv")(inner_in)),
+                    name="inner")
+    seq = K.Sequential([K.Input((8, 8, 6)), L.Conv2D(6, 1, name="pw"),
+                        L.BatchNormalization(name="bn")], name="seq")
+    a_in, b_in = K.Input((8, 8, 3), name="a"), K.Input((8, 8, 3), name="b")
     h = L.Concatenate()([L.Conv2D(2, 1, name="sa")(a_in), L.Conv2D(2, 1, name="sb")(b_in)])
     h = seq(inner(h))
     out1 = L.Dense(2, name="cls")(L.GlobalAveragePooling2D()(h))
     out2 = L.Conv2D(1, 1, name="seg")(h)
-    model = keras.Model([a_in, b_in], [out1, out2])
+    model = K.Model([a_in, b_in], [out1, out2])
     graph = ChannelGraph(model)
     assert graph.group("inner/conv").prunable and graph.group("seq/pw").prunable
     assert "seq/bn" in graph.group("seq/pw").layers
     masks = select_masks(graph, 0.5)
     slim = rebuild(model, masks)
     assert slim.get_layer("inner").get_layer("conv").filters == 3
-    assert slim.output_names == model.output_names and slim.input_names == ["a", "b"]
+    assert output_names(slim) == output_names(model) and input_names(slim) == ["a", "b"]
     x = [np.random.rand(2, 8, 8, 3).astype("f") for _ in range(2)]
     apply_masks(model, masks)
     for masked, out in zip(model(x), slim(x)):
         np.testing.assert_allclose(masked, out, rtol=1e-4, atol=1e-5)
 
 
-def test_shared_layer_couples_its_inputs():
+def test_shared_layer_couples_its_inputs(flavour):
+    K = flavour.module
+    L = K.layers
     shared = L.Conv2D(4, 3, padding="same", name="shared")
-    inputs = keras.Input((8, 8, 3))
+    inputs = K.Input((8, 8, 3))
     a = L.Conv2D(6, 1, name="a")(inputs)
     b = L.Conv2D(6, 1, name="b")(inputs)
     h = L.Add()([shared(a), shared(b)])
-    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(L.Conv2D(3, 1, name="c")(h))))
+    model = K.Model(inputs, L.Dense(2)(L.Flatten()(L.Conv2D(3, 1, name="c")(h))))
     graph = ChannelGraph(model)
     assert set(graph.group("a").producers) == {"a", "b"}
     assert graph.group("shared").prunable
     check_pruned(model, 0.5, tflite=False)
 
 
-def test_grouped_conv_keeps_blocks_equal():
-    inputs = keras.Input((8, 8, 3))
+def test_grouped_conv_keeps_blocks_equal(flavour):
+    K = flavour.module
+    L = K.layers
+    inputs = K.Input((8, 8, 3))
     x = L.Conv2D(16, 1, name="expand")(inputs)
     x = L.Conv2D(16, 3, groups=4, padding="same", name="grouped")(x)
     x = L.BatchNormalization()(x)
     out = L.Dense(2)(L.GlobalAveragePooling2D()(L.Conv2D(8, 1, name="project")(x)))
-    model = keras.Model(inputs, out)
+    model = K.Model(inputs, out)
     graph = ChannelGraph(model)
     assert graph.group("expand").blocks == 4 and graph.group("grouped").blocks == 4
     masks = select_masks(graph, 0.3)
@@ -170,19 +183,21 @@ def test_tfop_elementwise_ops_are_traced():
     check_pruned(model, 0.5, tflite=False)
 
 
-def test_softmax_producer_and_channels_first_are_barriers():
-    inputs = keras.Input((8, 8, 3))
+def test_softmax_producer_and_channels_first_are_barriers(flavour):
+    K = flavour.module
+    L = K.layers
+    inputs = K.Input((8, 8, 3))
     x = L.Conv2D(8, 3, name="conv", data_format="channels_first")(inputs)
     y = L.Dense(6, activation="softmax", name="soft")(L.Flatten()(x))
-    model = keras.Model(inputs, L.Dense(2)(y))
+    model = K.Model(inputs, L.Dense(2)(y))
     graph = ChannelGraph(model)
     assert not graph.group("conv").prunable
     assert "channels_first" in graph.barriers["conv"][0][1]
     assert not graph.group("soft").prunable
 
 
-def test_subclassed_and_keras3_models_are_rejected():
-    class Sub(keras.Model):
+def test_subclassed_models_and_non_models_are_rejected(flavour):
+    class Sub(flavour.module.Model):
         def call(self, x):
             return x
 
@@ -190,8 +205,27 @@ def test_subclassed_and_keras3_models_are_rejected():
     sub(tf.zeros((1, 2)))
     with pytest.raises(ValueError, match="subclassed"):
         ChannelGraph(sub)
-    with pytest.raises(TypeError, match="tf_keras"):
+    with pytest.raises(TypeError, match="must be a Keras model"):
         fpgm_masks("not a model", 0.3)
+
+
+def test_keras_ops_nodes_are_traced_like_their_layers():
+    inputs = keras3.Input((8, 8, 3))
+    x = keras3.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = x * keras3.ops.relu6(x + 3.0) / 6.0  # hard-swish written with keras.ops
+    y = keras3.layers.Conv2D(8, 1, name="other")(inputs)[:, 1:-1, 1:-1, :]  # slicing: a barrier
+    out = keras3.layers.Conv2D(4, 1, name="head")(keras3.ops.add(x, y))
+    model = keras3.Model(inputs, keras3.layers.Dense(2)(keras3.layers.Flatten()(out)))
+    graph = ChannelGraph(model)
+    assert not graph.group("conv").prunable
+    assert graph.barriers["conv"][0][0] == "get_item"  # slicing: no handler
+    inputs = keras3.Input((8, 8, 3))
+    x = keras3.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras3.ops.mean(x * keras3.ops.relu6(x + 3.0) / 6.0, axis=[1, 2])
+    model = keras3.Model(inputs, keras3.layers.Dense(2)(x))
+    assert ChannelGraph(model).group("conv").prunable
+    stats = check_pruned(model, 0.5)
+    assert stats["macs_kept"] < 1
 
 
 def test_masks_from_another_model_are_rejected():
@@ -212,8 +246,8 @@ def test_masks_from_another_model_are_rejected():
         apply_masks(model, {"stem_conv": [0]})
 
 
-def test_counts_match_the_rebuilt_model():
-    model = residual_cnn(width=8)
+def test_counts_match_the_rebuilt_model(flavour):
+    model = residual_cnn(width=8, flavour=flavour)
     graph = ChannelGraph(model)
     assert graph_params(graph) == model.count_params()
     # stem 16*16*9*1*8 + block1a/b 2*16*16*9*8*8 + dw 16*16*9*8 + 2a 8*8*9*8*16 + 2b 8*8*9*16*16

@@ -4,9 +4,8 @@ from _exactness import check_pruned
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfcompress._keras import keras
+from tfcompress._keras import FLAVOURS
 
-L = keras.layers
 BLOCKS = ["conv", "bn_relu", "depthwise", "grouped", "residual", "concat", "se", "pool",
           "hard_swish", "sigmoid"]
 
@@ -23,8 +22,11 @@ def architectures(draw):
     return blocks, widths, multipliers, head
 
 
-def build(blocks, widths, multipliers, head):
-    inputs = keras.Input((8, 8, 3))
+def build(K, blocks, widths, multipliers, head):
+    """The architecture in the Keras module ``K`` (``x * y`` is a TFOpLambda in tf_keras, a
+    keras.ops node in Keras 3)."""
+    L = K.layers
+    inputs = K.Input((8, 8, 3))
     h = L.Conv2D(widths[0], 3, padding="same")(inputs)
     for block, width, multiplier in zip(blocks, widths[1:], multipliers):
         channels = h.shape[-1]
@@ -55,14 +57,15 @@ def build(blocks, widths, multipliers, head):
     elif head == "flatten":
         h = L.Flatten()(h)
     else:
-        return keras.Model(inputs, L.Conv2D(2, 1)(h))
-    return keras.Model(inputs, L.Dense(3)(h))
+        return K.Model(inputs, L.Conv2D(2, 1)(h))
+    return K.Model(inputs, L.Dense(3)(h))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-@given(architectures(), st.sampled_from([0.2, 0.5, 0.7]), st.sampled_from(["fpgm", "l1"]))
-def test_random_architectures_are_exact(arch, ratio, criterion):
-    model = build(*arch)
+@given(architectures(), st.sampled_from([0.2, 0.5, 0.7]), st.sampled_from(["fpgm", "l1"]),
+       st.sampled_from(FLAVOURS))
+def test_random_architectures_are_exact(arch, ratio, criterion, flavour):
+    model = build(flavour.module, *arch)
     stats = check_pruned(model, ratio, tflite=False, expect_change=False, criterion=criterion)
     assert stats["params_kept"] <= 1.0 and stats["macs_kept"] <= 1.0
     assert stats["error"] <= 1e-4

@@ -13,7 +13,13 @@ from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 
-from tfcompress._keras import is_model, model_from_config, registered_name, require_graph_model
+from tfcompress._keras import (
+    flavour_of,
+    is_model,
+    model_from_config,
+    registered_name,
+    require_graph_model,
+)
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import IN
 from tfcompress.pruning.layout import KeptFn
@@ -43,10 +49,14 @@ def _leaf_layers(model: Any, prefix: str = "") -> Iterator[tuple]:
 
 
 def _custom_objects(model: Any) -> Dict[str, type]:
-    """Every layer class in the model by its plain and registered names (for from_config)."""
+    """The model's layer classes that are not public Keras layers, by their plain and
+    registered names (for ``from_config``). Public layers need no entry, and must not get
+    one: in Keras 3 the layer ``Add`` would shadow the ``keras.ops`` node ``Add``."""
     objects: Dict[str, type] = {}
     for _, layer in _leaf_layers(model):
         cls = type(layer)
+        if getattr(flavour_of(layer).module.layers, cls.__name__, None) is cls:
+            continue
         objects.setdefault(cls.__name__, cls)
         objects.setdefault(registered_name(cls), cls)
     return objects
