@@ -163,6 +163,26 @@ def test_qat_models_are_explained_by_inspect_and_refused_by_prune(files, tmp_pat
     assert "Prune the float model first" in _error_line(capsys)
 
 
+def test_keras3_pact_qat_file_inspect_prune_and_int8_export(files, tmp_path, capsys):
+    from tfcompress.export import load_model, save_model, tflite_ops
+    from tfcompress.quantization import quantize_model
+
+    qat = quantize_model(load_model(files / "keras3" / "tiny.keras"))
+    qat(np.load(files / "x.npy"), training=True)  # calibrate the ranges
+    save_model(qat, tmp_path / "qat.keras")
+    assert main(["inspect", str(tmp_path / "qat.keras")]) == 0
+    assert "note: a quantization-aware (QAT) model" in capsys.readouterr().out
+    assert main(["prune", str(tmp_path / "qat.keras"), "--ratio", "0.5"]) == 1
+    assert "Prune the float model first" in _error_line(capsys)
+    out = tmp_path / "qat.tflite"
+    argv = ["export", str(tmp_path / "qat.keras"), "--output", str(out), "--data",
+            str(files / "x.npy"), "--min-agreement", "0.8"]
+    assert main(argv) == 0  # --quantize auto: int8, no calibration samples needed
+    assert "(int8) vs Keras on 48 samples" in capsys.readouterr().out
+    compute = [op for op in tflite_ops(out) if op.name in ("CONV_2D", "FULLY_CONNECTED")]
+    assert len(compute) == 3 and all(op.activation_dtypes == ("int8",) for op in compute)
+
+
 def test_export_float_tflite_prints_the_parity_report(tiny_file, tmp_path, capsys):
     out = tmp_path / "m.tflite"
     assert main(["export", str(tiny_file), "--output", str(out)]) == 0

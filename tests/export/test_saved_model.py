@@ -95,12 +95,17 @@ def test_keras_files_written_by_each_keras_itself_load_as_that_keras(flavour, tm
 
 
 @pytest.mark.parametrize("name", ["qat.keras", "qat.h5"])
-def test_pact_qat_model_round_trip(tiny_model, tiny_data, tmp_path, name):
+def test_pact_qat_model_round_trip(any_tiny_model, flavour, tiny_data, tmp_path, name):
+    from tfcompress.export import is_qat_model
     from tfcompress.quantization import quantize_model
 
-    qat = quantize_model(tiny_model)
+    if flavour.is_keras3 and name == "qat.h5":
+        pytest.skip("Keras 3 QAT models are saved as .keras")
+    qat = quantize_model(any_tiny_model)
     qat(tiny_data, training=True)  # calibrate the ranges
-    check_same_outputs(qat, load_model(save_model(qat, tmp_path / name)), tiny_data)
+    loaded = load_model(save_model(qat, tmp_path / name))
+    assert flavour_of(loaded) is flavour and is_qat_model(loaded)
+    check_same_outputs(qat, loaded, tiny_data)
 
 
 def test_load_errors(tmp_path):
