@@ -19,21 +19,21 @@ from tfcompress.pruning import (
     select_masks,
 )
 
-#: Smallest input side each tf_keras.applications family accepts (default 32).
+#: Smallest input side each applications family accepts (default 32).
 MIN_SIDE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71, "NASNetLarge": 32}
 
 
-def application_names() -> list:
-    """Every model constructor exported by ``tf_keras.applications``."""
-    apps = keras.applications
+def application_names(K=keras) -> list:
+    """Every model constructor exported by ``K.applications`` (``K``: tf_keras or Keras 3)."""
+    apps = K.applications
     return sorted(n for n, f in vars(apps).items() if inspect.isfunction(f) and n[0].isupper())
 
 
-def build_application(name: str, side: Optional[int] = None) -> keras.Model:
-    """``name`` with random weights (seeded: the same on every run), a small input, 10 logits
-    (no softmax) where supported."""
-    keras.utils.set_random_seed(0)
-    fn = getattr(keras.applications, name)
+def build_application(name: str, side: Optional[int] = None, K=keras):
+    """``name`` from ``K.applications`` with random weights (seeded: the same on every run),
+    a small input, 10 logits (no softmax) where supported."""
+    K.utils.set_random_seed(0)
+    fn = getattr(K.applications, name)
     params = inspect.signature(fn).parameters
     kwargs: Dict[str, Any] = {"weights": None, "classes": 10}
     side = side or MIN_SIDE.get(name, 32)

@@ -1,8 +1,8 @@
-"""Exactness, shrinkage and TFLite parity on tf_keras.applications architectures.
+"""Exactness, shrinkage and TFLite parity on tf_keras.applications and keras.applications.
 
-The default suite runs one cheap member of each family; ``pytest -m zoo`` runs all 71
-constructors and writes the per-model table into the "zoo" section of
-``benchmarks/RESULTS.md``.
+The default suite runs one cheap member of each family in each Keras; ``pytest -m zoo`` runs
+all 71 tf_keras and all 40 Keras 3 constructors and writes the per-model tables into the
+"zoo" and "zoo_keras3" sections of ``benchmarks/RESULTS.md``.
 """
 
 import importlib.util
@@ -13,6 +13,8 @@ import time
 
 import pytest
 from _exactness import application_names, build_application, check_pruned
+
+from tfcompress._keras import FLAVOURS, KERAS3
 
 #: One member per tf_keras.applications module, with whether the default suite also converts
 #: it to TFLite (conversion takes 10-70 s per model on 2 cores; DenseNet121 is converted in
@@ -26,24 +28,46 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_family_representative(name):
-    stats = check_pruned(build_application(name), ratio=0.3, tflite=FAMILIES[name])
+#: The same for keras.applications (Keras 3 has no ResNetRS or RegNet): one member per
+#: family, TFLite parity on the ones whose conversion is cheap.
+FAMILIES_KERAS3 = {
+    "ResNet50": False, "ResNet50V2": False, "VGG16": False, "InceptionV3": False,
+    "InceptionResNetV2": False, "Xception": False, "ConvNeXtTiny": False, "MobileNet": False,
+    "MobileNetV2": True, "MobileNetV3Small": True, "DenseNet121": False, "NASNetMobile": False,
+    "EfficientNetB0": True, "EfficientNetV2B0": False,
+}
+_REPRESENTATIVES = ([(FLAVOURS[0], name, tflite) for name, tflite in sorted(FAMILIES.items())]
+                    + [(KERAS3, name, tflite) for name, tflite in sorted(FAMILIES_KERAS3.items())])
+
+
+@pytest.mark.parametrize("flavour, name, tflite", _REPRESENTATIVES,
+                         ids=[f"{f.name}-{n}" for f, n, _ in _REPRESENTATIVES])
+def test_family_representative(flavour, name, tflite):
+    model = build_application(name, K=flavour.module)
+    stats = check_pruned(model, ratio=0.3, tflite=tflite)
     assert stats["pruned_groups"] > 0
     assert stats["macs_kept"] < 0.95 and stats["params_kept"] < 0.95
 
 
-def test_there_are_71_applications():
+def test_application_counts():
     names = application_names()
     assert len(names) == 71, names
     assert set(FAMILIES) <= set(names)
+    names = application_names(KERAS3.module)
+    assert len(names) == 40, names
+    assert set(FAMILIES_KERAS3) <= set(names)
 
 
-_ZOO = {}
-#: Raw per-model results, so an interrupted zoo run can resume (TFCOMPRESS_ZOO_RESUME=1).
-_ZOO_JSON = pathlib.Path(__file__).parents[2] / "benchmarks" / "zoo.json"
+#: Per flavour: its RESULTS.md section, its JSON file of raw per-model results (so an
+#: interrupted zoo run can resume with TFCOMPRESS_ZOO_RESUME=1), the title of its table.
+_BENCH = pathlib.Path(__file__).parents[2] / "benchmarks"
+_ZOOS = {
+    "tf_keras": ("zoo", _BENCH / "zoo.json", "tf_keras.applications"),
+    "keras3": ("zoo_keras3", _BENCH / "zoo_keras3.json", "keras.applications (Keras 3)"),
+}
+_ZOO = {name: {} for name in _ZOOS}
 _RESUME = os.environ.get("TFCOMPRESS_ZOO_RESUME") == "1"
-_THIS_RUN = set()  # rows measured by this run; the others were carried over from zoo.json
+_THIS_RUN = {name: set() for name in _ZOOS}  # rows measured by this run (others: carried)
 
 
 def _load_results_writer():
@@ -60,12 +84,15 @@ def _load_results_writer():
 _TFLITE_LIMIT = os.environ.get("TFCOMPRESS_ZOO_TFLITE_MAX_MPARAMS")
 
 
-def _write_zoo_table():
+def _write_zoo_table(flavour):
     from tfcompress._io import write_text
 
-    write_text(_ZOO_JSON, json.dumps(_ZOO, indent=1, sort_keys=True))
+    section, path, title = _ZOOS[flavour]
+    zoo = _ZOO[flavour]
+    write_text(path, json.dumps(zoo, indent=1, sort_keys=True))
     results = _load_results_writer()
-    results.write_section("zoo", "\n".join(_zoo_markdown(_ZOO, set(_ZOO) - _THIS_RUN)))
+    markdown = _zoo_markdown(zoo, set(zoo) - _THIS_RUN[flavour], title, path.name)
+    results.write_section(section, "\n".join(markdown))
 
 
 def _measured(row):
@@ -73,7 +100,7 @@ def _measured(row):
     return tuple(row.get(key, "unrecorded") for key in ("commit", "date", "machine"))
 
 
-def _zoo_markdown(zoo, carried):
+def _zoo_markdown(zoo, carried, title, json_name):
     """The zoo section, every count and verdict computed from the rows."""
     runs = sorted({_measured(row) for row in zoo.values()})
     passed = sum(row["status"] == "ok" for row in zoo.values())
@@ -81,12 +108,12 @@ def _zoo_markdown(zoo, carried):
                  if row["status"] == "ok" and row.get("error_float64") is not None)
     commits = ", ".join(sorted({f"`{c}`" for c, _, _ in runs}))
     lines = [
-        "## FPGM pruning on tf_keras.applications (ratio 0.3)",
+        f"## FPGM pruning on {title} (ratio 0.3)",
         "",
         f"Produced by `pytest -m zoo tests/pruning/test_applications.py` at commit {commits}"
         f" ({_rows(len(zoo) - len(carried))} measured by the last run, {_rows(len(carried))}"
         " carried over from earlier runs by `TFCOMPRESS_ZOO_RESUME=1`; raw values in"
-        " `benchmarks/zoo.json`).",
+        f" `benchmarks/{json_name}`).",
     ]
     if len(runs) == 1:
         lines.append("All rows measured {1} on commit `{0}`, {2}.".format(*runs[0]))
@@ -145,24 +172,30 @@ def _fmt(value):
 
 
 @pytest.fixture(scope="module")
-def zoo_table():
-    if _RESUME and _ZOO_JSON.exists():
-        _ZOO.update(json.loads(_ZOO_JSON.read_text()))
+def zoo_tables():
+    for flavour, (_, path, _) in _ZOOS.items():
+        if _RESUME and path.exists():
+            _ZOO[flavour].update(json.loads(path.read_text()))
     return _ZOO
 
 
+_ZOO_CASES = [(f, name) for f in FLAVOURS for name in application_names(f.module)]
+
+
 @pytest.mark.zoo
-@pytest.mark.parametrize("name", application_names())
-def test_zoo(name, zoo_table):
+@pytest.mark.parametrize("flavour, name", _ZOO_CASES,
+                         ids=[f"{f.name}-{n}" for f, n in _ZOO_CASES])
+def test_zoo(flavour, name, zoo_tables):
+    zoo_table = zoo_tables[flavour.name]
     if _RESUME and zoo_table.get(name, {}).get("status") == "ok":
-        _write_zoo_table()
+        _write_zoo_table(flavour.name)
         pytest.skip("measured by an earlier run (TFCOMPRESS_ZOO_RESUME=1)")
     start = time.perf_counter()
     results = _load_results_writer()
     measured = {"commit": results.commit(), "date": results.today(), "machine": results.host()}
-    _THIS_RUN.add(name)
+    _THIS_RUN[flavour.name].add(name)
     try:
-        model = build_application(name)
+        model = build_application(name, K=flavour.module)
         limit = None if _TFLITE_LIMIT is None else float(_TFLITE_LIMIT) * 1e6
         tflite = limit is None or model.count_params() * 0.75 <= limit  # slim model estimate
         stats = check_pruned(model, ratio=0.3, tflite=tflite)
@@ -174,4 +207,4 @@ def test_zoo(name, zoo_table):
                            **measured}
         raise
     finally:  # the table is rewritten after every model, so a partial run still reports
-        _write_zoo_table()
+        _write_zoo_table(flavour.name)
