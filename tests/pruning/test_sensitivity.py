@@ -27,7 +27,7 @@ def output_distance(x):
 
     def evaluate(model):
         nonlocal reference
-        out = model(x, training=False).numpy()
+        out = np.asarray(model(x, training=False))
         if reference is None:
             reference = out
         return -float(np.abs(out - reference).mean())
@@ -35,18 +35,19 @@ def output_distance(x):
     return evaluate
 
 
-def tiny():
-    """6x6x3 -> c1 (3x3, 4 filters) -> c2 (1x1, 2 filters) -> pool -> out (Dense 3).
+def tiny(K=keras):
+    """6x6x3 -> c1 (3x3, 4 filters) -> c2 (1x1, 2 filters) -> pool -> out (Dense 3), in the
+    Keras module ``K``.
 
     MACs by hand: c1 = 36 positions * 27 * 4 = 3888, c2 = 36 * 4 * 2 = 288, out = 2 * 3 = 6.
     """
-    keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((6, 6, 3)),
-        keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1"),
-        keras.layers.Conv2D(2, 1, activation="relu", name="c2"),
-        keras.layers.GlobalAveragePooling2D(name="pool"),
-        keras.layers.Dense(3, name="out"),
+    K.utils.set_random_seed(0)
+    return K.Sequential([
+        K.Input((6, 6, 3)),
+        K.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1"),
+        K.layers.Conv2D(2, 1, activation="relu", name="c2"),
+        K.layers.GlobalAveragePooling2D(name="pool"),
+        K.layers.Dense(3, name="out"),
     ])
 
 
@@ -93,17 +94,19 @@ def data():
     return np.random.default_rng(0).normal(size=(16, 16, 16, 1)).astype("float32")
 
 
-@pytest.fixture(scope="module")
-def scanned(data):
+@pytest.fixture(scope="module", params=["tf_keras", "keras3"])
+def scanned(data, request):
     keras.utils.set_random_seed(3)
-    model = residual_cnn(width=8)
+    reference = residual_cnn(width=8)  # the same weights in both flavours
+    model = residual_cnn(width=8, flavour=request.param)
+    model.set_weights(reference.get_weights())
     before = [w.copy() for w in model.get_weights()]
     scan = sensitivity(model, output_distance(data), RATIOS, progress=False)
     return model, scan, before
 
 
-def test_tiny_model_matches_hand_counted_macs_and_zeroed_filters():
-    model = tiny()
+def test_tiny_model_matches_hand_counted_macs_and_zeroed_filters(flavour):
+    model = tiny(flavour.module)
     scan = sensitivity(model, zero_filters, (0.25, 0.5), progress=False)
     assert scan.total_macs == 3888 + 288 + 6 and scan.baseline == 0.0
     c1, c2 = scan.group("c1"), scan.group("c2")
