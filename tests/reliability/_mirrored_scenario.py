@@ -1,6 +1,7 @@
 """FPGM pruning and PACT QAT under ``tf.distribute.MirroredStrategy`` on 2 logical CPUs.
 
-Run as a script (``python _mirrored_scenario.py``): logical devices must be configured
+Run as a script (``python _mirrored_scenario.py [tf_keras|keras3]``, the Keras the models
+are built with; default tf_keras): logical devices must be configured
 before TensorFlow initialises, which the pytest process has already done. Prints one JSON
 line of measurements that ``test_distributed.py`` asserts on; it asserts nothing itself,
 so that a failure shows the numbers.
@@ -8,6 +9,7 @@ so that a failure shows the numbers.
 
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -17,26 +19,34 @@ import tensorflow as tf  # noqa: E402
 _CPU = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from tfcompress._keras import keras  # noqa: E402
+from tfcompress._keras import is_keras3_object  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
-from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
+from tfcompress.models import compile_classifier, residual_cnn, resolve_flavour  # noqa: E402
 from tfcompress.pruning import FPGMPruning, PolynomialRatio, rebuild  # noqa: E402
 from tfcompress.quantization import clip_ranges, quantize_model  # noqa: E402
 
 (X, Y), (X_TEST, _) = load_digits(size=16)
 X, Y, X_TEST = X[:256], Y[:256], X_TEST[:128]
 BATCH = 32  # global batch: 16 per replica
+FLAVOUR = resolve_flavour(sys.argv[1] if len(sys.argv) > 1 else "tf_keras")
+keras = FLAVOUR.module
+
+
+def tf_variable(variable):
+    """The TensorFlow variable behind a model variable (Keras 3 wraps it in ``.value``)."""
+    return variable.value if is_keras3_object(variable) else variable
 
 
 def replicas_identical(model) -> bool:
-    """True if every mirrored variable holds bit-identical values on every replica.
+    """True if every trainable variable holds bit-identical values on every replica.
 
-    Sync-on-read variables (BatchNorm moving statistics) differ per replica by design and
-    are averaged when read, so they are left out.
+    BatchNorm moving statistics differ per replica by design (each replica normalises its own
+    batch): tf_keras keeps them sync-on-read and averages them when read, Keras 3 keeps them
+    in on-write mirrored variables each replica assigns its own values to. They are not
+    trained and not written by the pruning callback, so they are left out.
     """
-    for variable in model.weights:
-        if variable.synchronization == tf.VariableSynchronization.ON_READ:
-            continue
+    for variable in model.trainable_weights:
+        variable = tf_variable(variable)
         values = [v.numpy() for v in getattr(variable, "values", (variable,))]
         if any(not np.array_equal(values[0], other) for other in values[1:]):
             return False
@@ -48,7 +58,7 @@ def pruned_zero_on_every_replica(model, masks, graph) -> bool:
     for group in graph.groups:
         pruned = masks.pruned(group.id)
         for key in group.producers if len(pruned) else ():
-            kernel = graph.records[key].layer.weights[0]
+            kernel = tf_variable(graph.records[key].layer.weights[0])
             for value in getattr(kernel, "values", (kernel,)):
                 if np.any(value.numpy()[..., pruned] != 0):
                     return False
@@ -58,7 +68,7 @@ def pruned_zero_on_every_replica(model, masks, graph) -> bool:
 def prune(strategy):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = compile_classifier(residual_cnn(width=8))
+        model = compile_classifier(residual_cnn(width=8, flavour=FLAVOUR))
     schedule = PolynomialRatio(0.0, 0.5, begin_step=0, end_step=8, frequency=4)
     callback = FPGMPruning(schedule, mode="hard")
     model.fit(X, Y, batch_size=BATCH, epochs=2, callbacks=[callback], shuffle=False, verbose=0)
@@ -68,7 +78,7 @@ def prune(strategy):
 def qat(strategy, float_weights):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        base = residual_cnn(width=8)
+        base = residual_cnn(width=8, flavour=FLAVOUR)
         base.set_weights(float_weights)
         model = compile_classifier(quantize_model(base, activation_bits=4, weight_bits=4))
     history = model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
@@ -103,7 +113,8 @@ def main() -> None:
     )
 
     keras.utils.set_random_seed(0)
-    trained = compile_classifier(residual_cnn(width=8))  # trained activations give real ranges
+    # trained activations give real ranges
+    trained = compile_classifier(residual_cnn(width=8, flavour=FLAVOUR))
     trained.fit(X, Y, batch_size=BATCH, epochs=6, verbose=0)
     float_weights = trained.get_weights()
     qat_model, ranges, losses = qat(mirrored, float_weights)

@@ -32,11 +32,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mirrored():
-    """The measurements of ``_mirrored_scenario.py`` (2 replicas vs a single device)."""
-    result = subprocess.run([sys.executable, str(HERE / "_mirrored_scenario.py")], env=_env(),
-                            capture_output=True, text=True, timeout=TIMEOUT_S)
+@pytest.fixture(scope="module", params=["tf_keras", "keras3"])
+def mirrored(request):
+    """The measurements of ``_mirrored_scenario.py`` (2 replicas vs a single device), with
+    models of each Keras."""
+    result = subprocess.run([sys.executable, str(HERE / "_mirrored_scenario.py"), request.param],
+                            env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
