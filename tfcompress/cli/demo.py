@@ -4,9 +4,9 @@ Example:
   >>> import argparse
   >>> parser = argparse.ArgumentParser()
   >>> add_arguments(parser)
-  >>> args = parser.parse_args(["--bits", "4", "--quick"])
-  >>> args.output, args.bits, args.ratio, args.epochs, args.quick
-  ('tfcompress-demo', 4, 0.5, 12, True)
+  >>> args = parser.parse_args(["--bits", "4", "--quick", "--keras", "3"])
+  >>> args.output, args.bits, args.ratio, args.epochs, args.quick, args.keras
+  ('tfcompress-demo', 4, 0.5, 12, True, '3')
 
 From a shell: ``tfcompress demo --output tfcompress-demo`` (about 1.5 minutes on 2 cores).
 """
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of channels FPGM removes, in [0, 1) (0.5)")
     parser.add_argument("--epochs", type=positive_int, default=12, metavar="N",
                         help="float training epochs; pruning gets N, QAT N/2 (12)")
+    parser.add_argument("--keras", choices=("2", "3"), default="2",
+                        help="2: build and train the model with tf_keras (QAT through tfmot); "
+                             "3: with Keras 3, `import keras` (2)")
     parser.add_argument("--quick", action="store_true",
                         help="256 training samples and one epoch per stage (a CI smoke run)")
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from tfcompress.demo.report import TABLE_HEADERS, summary_lines, table_rows
 
     config = DemoConfig(output=args.output, bits=args.bits, ratio=args.ratio,
-                        epochs=args.epochs, quick=args.quick)
+                        epochs=args.epochs, quick=args.quick, keras=args.keras)
     result = run_demo(config, verbose=1 if sys.stdout.isatty() else 2)  # bars only on a terminal
     report = write_report(result)
     print()

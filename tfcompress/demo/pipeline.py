@@ -10,17 +10,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from tfcompress._io import PathLike
-from tfcompress._keras import keras
 from tfcompress._validate import check_int, check_ratio
 from tfcompress.datasets import load_digits
 from tfcompress.export import ParityReport, litert, tflite_ops, to_saved_model, to_tflite, verify
 from tfcompress.export.flatbuffer import CONVERSION_OPS
-from tfcompress.models import compile_classifier, residual_cnn
+from tfcompress.models import compile_classifier, residual_cnn, resolve_flavour
 from tfcompress.pruning import FPGMPruning, PolynomialRatio, count_macs, count_params, rebuild
 from tfcompress.quantization import quantize_model
 
@@ -51,6 +50,8 @@ class DemoConfig:
       width: channels of the residual CNN's first stage (the second has twice as many).
       latency_runs: interleaved LiteRT timing rounds (the median is reported).
       seed: seeds Keras, NumPy and TensorFlow before training.
+      keras: which Keras builds and trains the model: ``"tf_keras"`` (Keras 2, QAT through
+        tfmot) or ``"keras3"`` (``import keras``, QAT with tfcompress' native layers).
 
     Raises:
       TypeError: for a value of the wrong type (``bits=4.0``, ``ratio="0.5"``).
@@ -73,6 +74,7 @@ class DemoConfig:
     width: int = 32
     latency_runs: int = 200
     seed: int = 0
+    keras: str = "tf_keras"
 
     def __post_init__(self):
         check_int(self.bits, "bits", 2, 8)
@@ -81,6 +83,7 @@ class DemoConfig:
         check_int(self.latency_runs, "latency_runs", 1)
         check_int(self.seed, "seed", 0)
         check_ratio(self.ratio, "ratio")
+        object.__setattr__(self, "keras", resolve_flavour(self.keras).name)
 
     def stage_epochs(self) -> Dict[str, int]:
         """Epochs per stage: ``float``, ``prune`` (ramp), ``finetune`` and ``qat``."""
@@ -189,7 +192,7 @@ def _tflite_accuracy(path: pathlib.Path, data: Data) -> float:
     return float(np.mean(np.argmax(litert.run(path, x), axis=-1) == y))
 
 
-def channels_per_layer(before: keras.Model, after: keras.Model) -> Dict[str, Tuple[int, int]]:
+def channels_per_layer(before: Any, after: Any) -> Dict[str, Tuple[int, int]]:
     """``{layer name: (output channels in before, in after)}`` of conv and dense layers.
 
     Example:
@@ -200,23 +203,24 @@ def channels_per_layer(before: keras.Model, after: keras.Model) -> Dict[str, Tup
     """
     slim = {layer.name: layer for layer in after.layers}
     return {
-        layer.name: (int(layer.output_shape[-1]), int(slim[layer.name].output_shape[-1]))
+        layer.name: (int(layer.output.shape[-1]), int(slim[layer.name].output.shape[-1]))
         for layer in before.layers
         if type(layer).__name__ in _CHANNEL_LAYERS and layer.name in slim
     }
 
 
 def train_float(config: DemoConfig, train: Data, test: Data, verbose: int,
-                history: History) -> keras.Model:
+                history: History) -> Any:
     """Trains the residual CNN in float; returns it compiled."""
-    model = compile_classifier(residual_cnn(train[0].shape[1:], width=config.width))
+    model = compile_classifier(residual_cnn(train[0].shape[1:], width=config.width,
+                                            flavour=config.keras))
     fit = model.fit(*train, batch_size=_BATCH_SIZE, epochs=config.stage_epochs()["float"],
                     validation_data=test, verbose=verbose)
     _append_history(history, "float", fit, 0.0)
     return model
 
 
-def prune_during_fit(config: DemoConfig, model: keras.Model, train: Data, test: Data,
+def prune_during_fit(config: DemoConfig, model: Any, train: Data, test: Data,
                      verbose: int, history: History) -> FPGMPruning:
     """FPGM pruning while training: the ratio ramps from 0 to ``config.ratio`` with one mask
     update per epoch, then the masked model fine-tunes. ``model`` ends up masked; the
@@ -233,8 +237,8 @@ def prune_during_fit(config: DemoConfig, model: keras.Model, train: Data, test: 
     return pruning
 
 
-def quantize(config: DemoConfig, slim: keras.Model, train: Data, test: Data, verbose: int,
-             history: History) -> keras.Model:
+def quantize(config: DemoConfig, slim: Any, train: Data, test: Data, verbose: int,
+             history: History) -> Any:
     """PACT quantization-aware fine-tuning of the slim model at ``config.bits`` bits."""
     qat = compile_classifier(quantize_model(slim, config.bits, config.bits), learning_rate=2e-4)
     fit = qat.fit(*train, batch_size=_BATCH_SIZE, epochs=config.stage_epochs()["qat"],
@@ -298,13 +302,13 @@ def run_demo(config: Optional[DemoConfig] = None, *, verbose: int = 2,
     """
     config = config or DemoConfig()
     out = _make_output(config)
-    keras.utils.set_random_seed(config.seed)
+    resolve_flavour(config.keras).module.utils.set_random_seed(config.seed)
     train, test = load_digits(size=16)
     if config.quick:
         train = (train[0][:_QUICK_SAMPLES], train[1][:_QUICK_SAMPLES])
     history: History = {"stage": [], "accuracy": [], "val_accuracy": [], "pruned_ratio": []}
 
-    log(f"[1/6] training the float residual CNN (width {config.width}) on "
+    log(f"[1/6] training the float residual CNN (width {config.width}, {config.keras}) on "
         f"{len(train[0])} digits")
     model = train_float(config, train, test, verbose, history)
     float_row = StageResult("float", _accuracy(model, test), count_params(model),
