@@ -31,7 +31,8 @@ def quantize_scope(*custom_objects: Dict[str, type]) -> Iterator[None]:
     """Scope in which tfmot and tfcompress quantized models can be loaded or cloned.
 
     tfcompress' own classes are registered with Keras and load anywhere; tfmot's wrapper
-    classes (``QuantizeWrapperV2``, ``QuantizeLayer`` …) need this scope.
+    classes (``QuantizeWrapperV2``, ``QuantizeLayer`` …) need this scope. The scope covers
+    Keras 3 too (``keras.saving.load_model``), though Keras 3 QAT models do not need it.
 
     Args:
       *custom_objects: extra ``{name: class}`` dicts, e.g. for your own layers.
