@@ -20,7 +20,7 @@ import math
 import numbers
 from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional
 
-from tfcompress._keras import keras
+from tfcompress._keras import TF_KERAS, flavour_of, is_model
 
 __all__ = [
     "check_ratio", "check_number", "check_int", "check_names", "check_ratio_map", "float16_layers",
@@ -130,20 +130,20 @@ def check_ratio_map(ratios: Any, name: str) -> Optional[dict]:
 _LOW_PRECISION = ("float16", "bfloat16")
 
 
-def _walk(model: "keras.Model") -> Iterator["keras.layers.Layer"]:
+def _walk(model: Any) -> Iterator[Any]:
     for layer in model.layers:
         yield layer
-        if isinstance(layer, keras.Model):
+        if is_model(layer):
             yield from _walk(layer)
 
 
-def float16_layers(model: "keras.Model") -> List[str]:
+def float16_layers(model: Any) -> List[str]:
     """Names of the layers of ``model`` (nested ones too) that compute in float16/bfloat16."""
     return [layer.name for layer in _walk(model)
             if getattr(layer, "compute_dtype", None) in _LOW_PRECISION]
 
 
-def require_float32(model: "keras.Model", operation: str) -> None:
+def require_float32(model: Any, operation: str) -> None:
     """Refuses mixed precision (a ``mixed_float16``/``mixed_bfloat16`` model or global policy).
 
     Args:
@@ -154,7 +154,7 @@ def require_float32(model: "keras.Model", operation: str) -> None:
       ValueError: naming the float16 layers or the global policy, and how to get float32.
     """
     layers = float16_layers(model)
-    policy = keras.mixed_precision.global_policy().name
+    policy = (flavour_of(model) or TF_KERAS).module.mixed_precision.global_policy().name
     if layers:
         shown = ", ".join(layers[:5]) + (" ..." if len(layers) > 5 else "")
         where = f"layers {shown} of {model.name!r} compute in float16"

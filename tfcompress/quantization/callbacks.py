@@ -41,23 +41,6 @@ class ClipRangeLogger(*callback_bases()):
       [0.0, 0.0]
     """
 
-    def __init__(self):
-        for base in callback_bases():  # each Keras' Callback sets up its own attributes
-            base.__init__(self)
-
-    # tf_keras assigns ``self.model``; Keras 3 makes ``model`` a read-only property over
-    # ``_model``. One read-write property serves both.
-    @property
-    def model(self):
-        return self._model
-
-    @model.setter
-    def model(self, value):
-        self._model = value
-
-    def set_model(self, model):
-        self._model = model
-
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
