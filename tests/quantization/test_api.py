@@ -8,9 +8,10 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from tfcompress._keras import FLAVOURS, KERAS3, TF_KERAS, keras
-from tfcompress.export import activation_ranges, litert, tflite_ops, to_tflite
+from tfcompress.export import activation_ranges, litert, load_model, tflite_ops, to_tflite
 from tfcompress.export.flatbuffer import kind_of_ops
 from tfcompress.models import compile_classifier, residual_cnn
+from tfcompress.pruning import FPGMPruning, PolynomialRatio, rebuild
 from tfcompress.quantization import MODES, clip_ranges, quantize_model, quantize_scope
 
 
@@ -118,14 +119,30 @@ def test_fused_activations_are_quantized_once(trained_cnn, flavour):
     assert not any("bn" in name for name in quantized)  # BatchNorms were folded
 
 
+def _pruned_in_fit(model, x, y):
+    """The whole flow before QAT: FPGMPruning to half the channels during two epochs of
+    ``fit``, then ``rebuild``."""
+    steps = int(np.ceil(len(x) / BATCH))
+    pruning = FPGMPruning(PolynomialRatio(0.0, 0.5, begin_step=0, end_step=steps,
+                                          frequency=steps // 2))
+    model = compile_classifier(model, learning_rate=5e-4)
+    model.fit(x, y, batch_size=BATCH, epochs=2, callbacks=[pruning], verbose=0)
+    assert pruning.pruned_ratio == pytest.approx(0.5, abs=0.05)
+    return rebuild(model, pruning.masks)
+
+
 @pytest.fixture(scope="module", params=FLAVOURS, ids=lambda f: f.name)
 def int8_export(request, trained_cnn, digits, tmp_path_factory):
     """8-bit activations, 4-bit weights: QAT (trained with its Keras' optimizer), then an int8
-    TFLite file converted from the fake-quant ranges alone (no representative data)."""
+    TFLite file converted from the fake-quant ranges alone (no representative data). The
+    Keras 3 model goes through the whole flow first: pruned during fit, rebuilt."""
     (x, y), _ = digits
     flavour = request.param
     flavour.module.utils.set_random_seed(0)
-    qat = quantize_model(_float_cnn(flavour, trained_cnn), activation_bits=8, weight_bits=4)
+    model = _float_cnn(flavour, trained_cnn)
+    if flavour.is_keras3:
+        model = _pruned_in_fit(model, x, y)
+    qat = quantize_model(model, activation_bits=8, weight_bits=4)
     qat = compile_classifier(qat, learning_rate=5e-4)
     qat.fit(x, y, batch_size=32, epochs=2, verbose=0)
     path = to_tflite(qat, tmp_path_factory.mktemp("tflite") / "qat.tflite")
@@ -169,6 +186,18 @@ def test_tflite_agrees_with_the_keras_qat_model(int8_export, digits):
     keras_out = qat.predict(x_test, verbose=0)
     agreement = np.mean(np.argmax(tflite, 1) == np.argmax(keras_out, 1))
     assert agreement >= 0.99
+
+
+def test_the_exported_qat_model_survives_a_keras_round_trip(int8_export, digits, tmp_path):
+    qat, _ = int8_export
+    _, (x_test, _) = digits
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    with quantize_scope():
+        restored = load_model(path)
+    assert type(restored) is type(qat) and restored.count_params() == qat.count_params()
+    np.testing.assert_array_equal(restored.predict(x_test, verbose=0),
+                                  qat.predict(x_test, verbose=0))
 
 
 def test_4bit_weights_are_on_the_4bit_grid_in_each_int8_channel(int8_export):
