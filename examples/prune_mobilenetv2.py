@@ -1,4 +1,4 @@
-"""FPGM-prune a ``tf_keras.applications`` MobileNetV2, rebuild it smaller and export it.
+"""FPGM-prune a Keras 3 ``keras.applications`` MobileNetV2, rebuild it smaller and export it.
 
 One-shot structured pruning of a real architecture (inverted residuals: every block's
 projection is tied to the next block's input through the residual adds, and depthwise
@@ -12,10 +12,11 @@ convolutions tie their input and output channels, so channels are pruned in grou
    the original).
 
 The weights are random (``weights=None``, nothing is downloaded); fine-tune the slim model
-on your data as usual afterwards.
+on your data as usual afterwards. The model is a Keras 3 one (``import keras``) and so is the
+slim model ``rebuild`` returns; ``--keras 2`` runs the same script on tf_keras.
 
     python examples/prune_mobilenetv2.py [--ratio 0.3] [--size 128] [--alpha 1.0]
-                                         [--output mobilenetv2-pruned] [--quick]
+                                         [--keras 3] [--output mobilenetv2-pruned] [--quick]
 """
 
 import argparse
@@ -25,7 +26,6 @@ import pathlib
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tf_keras as keras  # noqa: E402  (Keras 2, what tfcompress and tfmot work with)
 
 from tfcompress.export import litert, to_tflite, verify  # noqa: E402
 from tfcompress.pruning import (  # noqa: E402
@@ -37,7 +37,7 @@ from tfcompress.pruning import (  # noqa: E402
 )
 
 
-def calibrate_batch_norm(model, x):
+def calibrate_batch_norm(keras, model, x):
     """Sets every BatchNormalization's moving statistics to those of ``x``'s activations.
 
     With random weights and the initial statistics (mean 0, variance 1) the activations of
@@ -45,7 +45,7 @@ def calibrate_batch_norm(model, x):
     vacuously. One training-mode pass with momentum 0 stores each layer's batch statistics,
     so that inference sees normalized activations, as in a trained model.
     """
-    layers = [layer for layer in model.submodules
+    layers = [layer for layer in model.layers
               if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
@@ -62,6 +62,8 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
     parser.add_argument("--round-to", type=int, default=1, help="keep multiples of N channels")
     parser.add_argument("--output", default="mobilenetv2-pruned", help="folder for .tflite files")
+    parser.add_argument("--keras", choices=("2", "3"), default="3",
+                        help="3: Keras 3 (import keras); 2: tf_keras")
     parser.add_argument("--quick", action="store_true",
                         help="small input and width, no latency comparison (CI)")
     args = parser.parse_args(argv)
@@ -69,15 +71,20 @@ def main(argv=None):
         args.size, args.alpha = 64, 0.35
     out = pathlib.Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    if args.keras == "3":
+        import keras
+    else:
+        import tf_keras as keras
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(
         input_shape=(args.size, args.size, 3), alpha=args.alpha, weights=None, classes=100)
     x = np.random.default_rng(0).uniform(-1, 1, (32, args.size, args.size, 3)).astype("float32")
-    calibrate_batch_norm(model, x)
+    calibrate_batch_norm(keras, model, x)
     masks = fpgm_masks(model, args.ratio, round_to=args.round_to)
     slim = rebuild(model, masks)
     print(masks.summary())
+    print(f"rebuilt as: {type(slim).__module__.split('.')[0]} {type(slim).__name__}")
 
     # Exactness: the slim model computes what the original computes with the pruned
     # channels zeroed.

@@ -83,6 +83,7 @@ def check_prune_mobilenetv2(stdout: str, out: pathlib.Path) -> None:
     exact, spread = _numbers(stdout.split("exactness: max |masked - slim| = ")[1].splitlines()[0])
     assert exact <= 1e-3 * spread  # the rebuilt model computes what the masked one computes
     assert "parity PASSED" in stdout
+    assert "rebuilt as: keras Functional" in stdout  # Keras 3 in, Keras 3 out
     assert [op.name for op in tflite_ops(out / "mobilenetv2_slim.tflite")].count("CONV_2D") > 30
     _runs(out / "mobilenetv2_slim.tflite", (64, 64, 3), 100)
 
