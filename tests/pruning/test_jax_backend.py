@@ -1,4 +1,5 @@
-"""The pruning path is model config + numpy: on Keras 3's JAX backend it is exact too.
+"""The pruning path is model config + numpy: on Keras 3's JAX backend it is exact too, and
+QAT and TFLite export, which run TensorFlow graphs, say so instead of failing deep inside.
 
 Keras reads ``KERAS_BACKEND`` once, at import, so each check runs in a fresh interpreter.
 """
@@ -41,18 +42,35 @@ _SCRIPT = textwrap.dedent("""
                  "predicted_macs": graph_macs(graph, masks),
                  "params": model.count_params(), "slim_params": slim.count_params()}}
 
+    def refusal(step):
+        try:
+            step()
+        except RuntimeError as error:
+            return str(error)
+        return "no error"
+
     models = {{"residual_cnn": residual_cnn(width=8, flavour="keras3"),
               "MobileNetV2": keras.applications.MobileNetV2(
                   input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)}}
-    print(json.dumps({{name: check(model) for name, model in models.items()}}))
+    report = {{name: check(model) for name, model in models.items()}}
+    from tfcompress.export import to_tflite
+    from tfcompress.quantization import quantize_model
+    small = residual_cnn(width=4, flavour="keras3")
+    report["refusals"] = {{
+        "quantize_model": refusal(lambda: quantize_model(small)),
+        "to_tflite": refusal(lambda: to_tflite(small, os.path.join({tmp!r}, "m.tflite"))),
+    }}
+    report["written"] = os.listdir({tmp!r})
+    print(json.dumps(report))
 """)
 
 
 @pytest.fixture(scope="module")
-def jax_results():
+def jax_results(tmp_path_factory):
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tmp = str(tmp_path_factory.mktemp("jax"))
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", _SCRIPT.format(tests=tests)], env=env,
+    done = subprocess.run([sys.executable, "-c", _SCRIPT.format(tests=tests, tmp=tmp)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -66,3 +84,10 @@ def test_pruning_path_is_exact_on_jax(jax_results, name):
     assert row["error"] <= 1e-4  # masked == rebuilt
     assert row["slim_macs"] == row["predicted_macs"] < row["macs"]
     assert row["slim_params"] < row["params"]
+
+
+@pytest.mark.parametrize("step", ["quantize_model", "to_tflite"])
+def test_qat_and_export_say_they_need_the_tensorflow_backend(jax_results, step):
+    message = jax_results["refusals"][step]
+    assert "TensorFlow backend" in message and "KERAS_BACKEND='jax'" in message, message
+    assert jax_results["written"] == []  # no half-written file
