@@ -35,9 +35,9 @@ from tfcompress import _internals
 __all__ = [
     "keras", "keras3", "Flavour", "TF_KERAS", "KERAS3", "FLAVOURS", "flavour_of", "check_model",
     "is_keras3_object", "require_graph_model", "existing_classes", "layer_classes", "is_model",
-    "is_sequential", "is_input_layer", "graph_nodes", "input_names", "output_names", "read_value",
-    "model_from_config", "serializable", "Callback", "callback_bases", "backend",
-    "require_tensorflow_backend",
+    "is_sequential", "is_input_layer", "Node", "graph_nodes", "input_names", "output_names",
+    "read_value", "model_from_config", "registered_name", "serializable", "Callback",
+    "callback_bases", "backend", "require_tensorflow_backend",
 ]
 
 T = TypeVar("T", bound=type)
