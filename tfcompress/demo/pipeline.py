@@ -52,6 +52,9 @@ class DemoConfig:
       seed: seeds Keras, NumPy and TensorFlow before training.
       keras: which Keras builds and trains the model: ``"tf_keras"`` (Keras 2, QAT through
         tfmot) or ``"keras3"`` (``import keras``, QAT with tfcompress' native layers).
+      shuffle: ``fit``'s shuffling of the training data each epoch. Each Keras draws its own
+        order, so runs in the two Kerases see different batches; ``False`` (with data
+        shuffled once beforehand) gives both the same batches.
 
     Raises:
       TypeError: for a value of the wrong type (``bits=4.0``, ``ratio="0.5"``).
@@ -75,6 +78,7 @@ class DemoConfig:
     latency_runs: int = 200
     seed: int = 0
     keras: str = "tf_keras"
+    shuffle: bool = True
 
     def __post_init__(self):
         check_int(self.bits, "bits", 2, 8)
@@ -84,6 +88,8 @@ class DemoConfig:
         check_int(self.seed, "seed", 0)
         check_ratio(self.ratio, "ratio")
         object.__setattr__(self, "keras", resolve_flavour(self.keras).name)
+        if not isinstance(self.shuffle, bool):
+            raise TypeError(f"`shuffle` must be True or False, got {self.shuffle!r}.")
 
     def stage_epochs(self) -> Dict[str, int]:
         """Epochs per stage: ``float``, ``prune`` (ramp), ``finetune`` and ``qat``."""
@@ -215,6 +221,7 @@ def train_float(config: DemoConfig, train: Data, test: Data, verbose: int,
     model = compile_classifier(residual_cnn(train[0].shape[1:], width=config.width,
                                             flavour=config.keras))
     fit = model.fit(*train, batch_size=_BATCH_SIZE, epochs=config.stage_epochs()["float"],
+                    shuffle=config.shuffle,
                     validation_data=test, verbose=verbose)
     _append_history(history, "float", fit, 0.0)
     return model
@@ -232,6 +239,7 @@ def prune_during_fit(config: DemoConfig, model: Any, train: Data, test: Data,
                                           frequency=steps))
     compile_classifier(model, learning_rate=5e-4)
     fit = model.fit(*train, batch_size=_BATCH_SIZE, epochs=epochs["prune"] + epochs["finetune"],
+                    shuffle=config.shuffle,
                     validation_data=test, callbacks=[pruning], verbose=verbose)
     _append_history(history, "prune", fit, config.ratio)
     return pruning
@@ -242,6 +250,7 @@ def quantize(config: DemoConfig, slim: Any, train: Data, test: Data, verbose: in
     """PACT quantization-aware fine-tuning of the slim model at ``config.bits`` bits."""
     qat = compile_classifier(quantize_model(slim, config.bits, config.bits), learning_rate=2e-4)
     fit = qat.fit(*train, batch_size=_BATCH_SIZE, epochs=config.stage_epochs()["qat"],
+                  shuffle=config.shuffle,
                   validation_data=test, verbose=verbose)
     _append_history(history, f"QAT {config.bits}-bit", fit, config.ratio)
     return qat
