@@ -46,20 +46,6 @@ def flavour(request):
     return request.param
 
 
-@pytest.fixture(scope="session", params=FLAVOURS, ids=lambda f: f.name)
-def trained_cnn_by_flavour(request, digits):
-    """``(flavour, model)``: the digits residual CNN trained in each Keras from the same
-    initial weights; tests must clone it before changing it."""
-    (x, y), _ = digits
-    flavour = request.param
-    keras.utils.set_random_seed(0)
-    reference = residual_cnn((16, 16, 1), width=16)
-    model = compile_classifier(residual_cnn((16, 16, 1), width=16, flavour=flavour.name))
-    model.set_weights(reference.get_weights())
-    model.fit(x, y, batch_size=32, epochs=8, verbose=0, shuffle=False)
-    return flavour, model
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
