@@ -48,7 +48,8 @@ def flavour(request):
 
 @pytest.fixture(autouse=True)
 def _seed():
-    keras.utils.set_random_seed(1234)
+    for flavour in FLAVOURS:  # each Keras keeps its own seed state
+        flavour.module.utils.set_random_seed(1234)
     np.random.seed(1234)
     tf.random.set_seed(1234)
     yield
