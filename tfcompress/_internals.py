@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Tuple
 import tensorflow as tf
 
 __all__ = [
-    "is_graph_network", "nodes_by_depth", "node_parts", "history_layer", "inbound_nodes",
-    "outbound_layers", "io_structure", "keras_mask", "unsafe_deserialization",
+    "is_keras3_object", "is_graph_network", "nodes_by_depth", "node_parts", "history_layer",
+    "inbound_nodes", "outbound_layers", "io_structure", "keras_mask", "unsafe_deserialization",
     "output_quantizer_vars", "tfmot_private",
 ]
 
@@ -32,9 +32,14 @@ def _keras3_graph(model: Any) -> Any:
     return getattr(model, "_functional", None)
 
 
-def _is_keras3(model: Any) -> bool:
-    return type(model).__module__.startswith("keras.") or any(
-        c.__module__.startswith("keras.") for c in type(model).__mro__)
+def is_keras3_object(obj: Any) -> bool:
+    """True if ``obj`` is an instance of a Keras 3 (``keras``) class (any class in its MRO
+    lives in the ``keras`` package)."""
+    for cls in type(obj).__mro__:
+        module = getattr(cls, "__module__", "") or ""
+        if module == "keras" or module.startswith("keras."):
+            return True
+    return False
 
 
 def is_graph_network(model: Any) -> bool:
@@ -45,7 +50,7 @@ def is_graph_network(model: Any) -> bool:
     Functional model has ``_nodes_by_depth`` (from ``ops.Function``); a built Sequential
     model keeps a Functional in ``_functional``.
     """
-    if _is_keras3(model):
+    if is_keras3_object(model):
         return _keras3_graph(model) is not None
     return bool(getattr(model, "_is_graph_network", False))
 
@@ -56,7 +61,7 @@ def nodes_by_depth(model: Any) -> Dict[int, List[Any]]:
     The public ``model.layers`` loses the call structure of shared layers and nested models;
     the depth-ordered nodes are what Keras itself runs (``Functional._run_internal_graph``).
     """
-    if _is_keras3(model):
+    if is_keras3_object(model):
         return _keras3_graph(model)._nodes_by_depth
     return model._nodes_by_depth
 
@@ -100,7 +105,7 @@ def io_structure(model: Any) -> Tuple[Any, Any]:
     and ``_nested_outputs``, Keras 3 (3.15) ``Functional._inputs_struct`` and
     ``_outputs_struct``. Used by :mod:`tfcompress.convert` to rebuild the same structure.
     """
-    if _is_keras3(model):
+    if is_keras3_object(model):
         graph = _keras3_graph(model)
         return graph._inputs_struct, graph._outputs_struct
     return model._nested_inputs, model._nested_outputs

@@ -63,13 +63,7 @@ KERAS3 = Flavour("keras3", keras3)
 FLAVOURS: Tuple[Flavour, ...] = (TF_KERAS, KERAS3)
 
 
-def is_keras3_object(obj: object) -> bool:
-    """Returns True if ``obj`` is an instance of a Keras 3 (``keras``) class."""
-    for cls in type(obj).__mro__:
-        module = getattr(cls, "__module__", "") or ""
-        if module == "keras" or module.startswith("keras."):
-            return True
-    return False
+is_keras3_object = _internals.is_keras3_object
 
 
 def flavour_of(obj: object) -> Optional[Flavour]:
