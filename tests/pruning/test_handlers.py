@@ -96,6 +96,7 @@ EXAMPLES = {
                         True),
     "BatchNormalization": (lambda K: around(K, 4, K.layers.BatchNormalization()), True),
     "LayerNormalization": (lambda K: around(K, 4, K.layers.LayerNormalization(axis=-1)), False),
+    "GroupNormalization": (lambda K: around(K, 4, K.layers.GroupNormalization(groups=-1)), True),
     "Normalization": (lambda K: around(K, 4, K.layers.Normalization(
         axis=-1, mean=np.arange(8.0), variance=np.arange(1.0, 9.0))), True),
     "Rescaling": (lambda K: around(K, 4, K.layers.Rescaling(0.5, offset=0.25)), True),
@@ -244,6 +245,14 @@ def test_unknown_layers_are_barriers():
     lam = L.Lambda(lambda x: x)
     assert isinstance(handler_for(lam), BarrierHandler)
     assert isinstance(handler_for(L.Dot(axes=1)), BarrierHandler)
+
+
+def test_group_norm_with_several_channels_per_group_is_a_barrier(flavour):
+    K = flavour.module
+    model = around(K, 4, K.layers.GroupNormalization(groups=2))
+    group = ChannelGraph(model).group("producer")
+    assert not group.prunable
+    assert any("4 channels of each group" in reason for _, reason in group.barriers)
 
 
 # ----- the registry seam -----------------------------------------------------------------

@@ -4,7 +4,9 @@ BatchNormalization is made exact by zeroing gamma and beta of pruned channels: i
 for them is then 0 whatever its moving statistics (with ``scale=False`` it is
 ``beta - mean / sqrt(var + eps)``, not 0, so consumers zero their input slice instead).
 LayerNormalization over the channel axis mixes channels (a removed channel changes the mean
-and variance of the others), so it is a barrier; over other axes it is channel-wise.
+and variance of the others), so it is a barrier; over other axes it is channel-wise. The same
+holds for GroupNormalization: with one channel per group (``groups=-1``, instance
+normalization) it is channel-wise, with several it mixes the channels of a group.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
 __all__ = [
-    "BatchNormHandler", "LayerNormHandler", "NormalizationHandler", "RescalingHandler",
-    "ChannelScaleHandler",
+    "BatchNormHandler", "LayerNormHandler", "GroupNormHandler", "NormalizationHandler",
+    "RescalingHandler", "ChannelScaleHandler",
 ]
 
 
@@ -84,6 +86,40 @@ class LayerNormHandler(CoupledHandler):
         if rank - 1 in _axes(call.layer.axis, rank):
             return tracer.opaque(call, "normalizes across the channel axis")
         return super().propagate(call, tracer)
+
+
+@register_handler(*layer_classes("GroupNormalization"))
+class GroupNormHandler(_PerChannelAxisMixin, CoupledHandler):
+    """``GroupNormalization`` with one channel per group (``groups=-1``: instance
+    normalization): channel-wise, exact by zeroing gamma and beta like BatchNormalization
+    (an all-zero channel normalizes to 0). Several channels per group are a barrier.
+
+    Example:
+      >>> from tfcompress.pruning import ChannelGraph
+      >>> import keras
+      >>> x = keras.Input((8, 8, 3))
+      >>> h = keras.layers.Conv2D(4, 3, name="conv")(x)
+      >>> h = keras.layers.GroupNormalization(groups=-1)(h)
+      >>> ChannelGraph(keras.Model(x, keras.layers.Conv2D(2, 1)(h))).group("conv").prunable
+      True
+    """
+
+    weights = {
+        "gamma": WeightSpec({0: OUT}, zero=OUT),
+        "beta": WeightSpec({0: OUT}, zero=OUT),
+    }
+    size_key = "groups"
+
+    def output_clean(self, call: Call) -> bool:
+        return bool(call.layer.scale) or call.inputs[0].clean
+
+    def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
+        reason = self._axis_reason(call)
+        channels = call.input_shapes[0][-1]
+        if reason is None and call.layer.groups != channels:
+            reason = (f"normalizes across the {channels // call.layer.groups} channels of "
+                      "each group (groups > 1 channel)")
+        return tracer.opaque(call, reason) if reason else super().propagate(call, tracer)
 
 
 @register_handler(*layer_classes("Normalization"))
