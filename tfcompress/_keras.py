@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import keras as keras3
 import tf_keras as keras
@@ -238,9 +238,48 @@ def model_from_config(model: Any, config: Dict[str, Any], custom_objects: Dict[s
     """
     module = flavour_of(model).module
     cls = module.Sequential if is_sequential(model) else module.Model
+    if module is keras3:
+        custom_objects = dict(custom_objects, **_live_lambda_functions(model, config))
     with module.utils.custom_object_scope(custom_objects), \
             _internals.unsafe_deserialization(module):
         return cls.from_config(config)
+
+
+def _live_lambda_functions(model: Any, config: Any) -> Dict[str, Callable]:
+    """Points the Keras 3 ``Lambda`` configs inside ``config`` (edited in place) at the live
+    functions of ``model``'s layers, returned as custom objects.
+
+    Keras 3 rebuilds a Lambda's Python function from its bytecode with Keras's own module
+    globals, so a function that uses a name of its module (``tf.nn.depth_to_space``) fails
+    after ``from_config``; the live function keeps its globals.
+    """
+    layers = {layer.name: layer for layer in _all_layers(model)}
+    found = {}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+        elif isinstance(node, dict):
+            layer = layers.get(node.get("config", {}).get("name"))
+            if node.get("class_name") == "Lambda" and layer is not None:
+                for key in ("function", "output_shape"):
+                    value = getattr(layer, "_" + key if key == "output_shape" else key, None)
+                    if callable(value):
+                        name = f"tfcompress_lambda_{key}_{id(value)}"
+                        node["config"][key], found[name] = name, value
+            for value in node.values():
+                visit(value)
+
+    visit(config)
+    return found
+
+
+def _all_layers(model: Any) -> Iterator[Any]:
+    for layer in model.layers:
+        yield layer
+        if is_model(layer):
+            yield from _all_layers(layer)
 
 
 def read_value(variable: Any) -> Any:

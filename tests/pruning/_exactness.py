@@ -103,11 +103,13 @@ def tflite_run(model, x: np.ndarray) -> np.ndarray:
 
 def check_pruned(model, ratio: float = 0.3, tflite: bool = True,
                  seed: int = 0, expect_change: bool = True,
-                 criterion: str = "fpgm") -> Dict[str, Any]:
-    """Masks ``model`` at ``ratio``, rebuilds it and asserts the contract; returns stats."""
+                 criterion: str = "fpgm", x: Optional[np.ndarray] = None) -> Dict[str, Any]:
+    """Masks ``model`` at ``ratio``, rebuilds it and asserts the contract; returns stats
+    (``x``: the input batch, default 2 uniform [-1, 1) samples)."""
     randomize(model, seed)
-    x = np.random.default_rng(seed).uniform(-1, 1, (2,) + tuple(model.input_shape[1:]))
-    x = x.astype(np.float32)
+    if x is None:
+        x = np.random.default_rng(seed).uniform(-1, 1, (2,) + tuple(model.input_shape[1:]))
+        x = x.astype(np.float32)
     graph = ChannelGraph(model)
     masks = select_masks(graph, ratio, criterion=criterion)
     macs, params = graph_macs(graph), graph_params(graph)
