@@ -103,9 +103,11 @@ def tflite_run(model, x: np.ndarray) -> np.ndarray:
 
 def check_pruned(model, ratio: float = 0.3, tflite: bool = True,
                  seed: int = 0, expect_change: bool = True,
-                 criterion: str = "fpgm", x: Optional[np.ndarray] = None) -> Dict[str, Any]:
+                 criterion: str = "fpgm", x: Optional[np.ndarray] = None,
+                 keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Masks ``model`` at ``ratio``, rebuilds it and asserts the contract; returns stats
-    (``x``: the input batch, default 2 uniform [-1, 1) samples)."""
+    (``x``: the input batch, default 2 uniform [-1, 1) samples; ``keep``: a dict that
+    receives the ``graph``, ``masks`` and ``slim`` model)."""
     randomize(model, seed)
     if x is None:
         x = np.random.default_rng(seed).uniform(-1, 1, (2,) + tuple(model.input_shape[1:]))
@@ -115,6 +117,8 @@ def check_pruned(model, ratio: float = 0.3, tflite: bool = True,
     macs, params = graph_macs(graph), graph_params(graph)
     assert params == model.count_params()
     slim = rebuild(model, masks)
+    if keep is not None:
+        keep.update(graph=graph, masks=masks, slim=slim)
     original = _np(model(x, training=False))
     apply_masks(model, masks)
     masked = _np(model(x, training=False))

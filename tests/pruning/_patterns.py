@@ -298,7 +298,8 @@ class Pattern:
       max_macs_kept: pruning at 0.3 must keep at most this fraction of the MACs (None: it may
         keep everything, e.g. nothing is prunable).
       barrier: a layer that must stay a barrier (the group feeding it is not pruned).
-      fused_ops: TFLite op names its file must contain (recurrent layers' fused kernels).
+      fused_ops: its TFLite file must contain one of these op names (recurrent layers'
+        fused kernels).
       must_show: one of the models issue 10's tests name (the others run in the zoo only).
     """
 
