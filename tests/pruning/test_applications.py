@@ -1,8 +1,9 @@
 """Exactness, shrinkage and TFLite parity on tf_keras.applications and keras.applications.
 
-The default suite runs one cheap member of each family in each Keras; ``pytest -m zoo`` runs
-all 71 tf_keras and all 40 Keras 3 constructors and writes the per-model tables into the
-"zoo" and "zoo_keras3" sections of ``benchmarks/RESULTS.md``.
+The default suite runs a cheap member of most families in each Keras (``pytest -m slow``
+runs the rest); ``pytest -m zoo`` runs all 71 tf_keras and all 40 Keras 3 constructors and
+writes the per-model tables into the "zoo" and "zoo_keras3" sections of
+``benchmarks/RESULTS.md``.
 """
 
 import importlib.util
@@ -16,32 +17,38 @@ from _exactness import application_names, build_application, check_pruned
 
 from tfcompress._keras import FLAVOURS, KERAS3
 
-#: One member per tf_keras.applications module, with whether the default suite also converts
-#: it to TFLite (conversion takes 10-70 s per model on 2 cores; DenseNet121 is converted in
-#: the zoo run, whose table says which models were converted).
+#: One member per applications module of each Keras, and how the default suite runs it:
+#: "tflite" (pruned, rebuilt and converted: TFLite parity), "prune" (pruned and rebuilt) or
+#: "slow" (only under ``pytest -m slow``: families whose code paths the cheaper rows already
+#: cover, or whose conversion alone takes minutes on 2 cores). ``pytest -m zoo`` runs every
+#: constructor of both Kerases, converted, and writes the RESULTS.md tables.
 FAMILIES = {
-    "ResNet50": True, "ResNet50V2": False, "ResNetRS50": False, "VGG16": False,
-    "InceptionV3": False, "InceptionResNetV2": False, "Xception": False,
-    "ConvNeXtTiny": False, "MobileNet": True, "MobileNetV2": True, "MobileNetV3Small": True,
-    "DenseNet121": False, "NASNetMobile": True, "EfficientNetB0": True,
-    "EfficientNetV2B0": True, "RegNetX002": True, "RegNetY002": True,
+    "ResNet50": "tflite", "ResNet50V2": "prune", "ResNetRS50": "prune", "VGG16": "prune",
+    "InceptionV3": "slow", "InceptionResNetV2": "slow", "Xception": "prune",
+    "ConvNeXtTiny": "prune", "MobileNet": "prune", "MobileNetV2": "prune",
+    "MobileNetV3Small": "prune", "DenseNet121": "prune", "NASNetMobile": "slow",
+    "EfficientNetB0": "prune", "EfficientNetV2B0": "slow", "RegNetX002": "prune",
+    "RegNetY002": "slow",
 }
-
-
-#: The same for keras.applications (Keras 3 has no ResNetRS or RegNet): one member per
-#: family, TFLite parity on the ones whose conversion is cheap.
+#: The same for keras.applications (Keras 3 has no ResNetRS or RegNet).
 FAMILIES_KERAS3 = {
-    "ResNet50": False, "ResNet50V2": False, "VGG16": False, "InceptionV3": False,
-    "InceptionResNetV2": False, "Xception": False, "ConvNeXtTiny": False, "MobileNet": False,
-    "MobileNetV2": True, "MobileNetV3Small": True, "DenseNet121": False, "NASNetMobile": False,
-    "EfficientNetB0": True, "EfficientNetV2B0": False,
+    "ResNet50": "prune", "ResNet50V2": "slow", "VGG16": "slow", "InceptionV3": "slow",
+    "InceptionResNetV2": "slow", "Xception": "slow", "ConvNeXtTiny": "prune",
+    "MobileNet": "slow", "MobileNetV2": "tflite", "MobileNetV3Small": "prune",
+    "DenseNet121": "prune", "NASNetMobile": "slow", "EfficientNetB0": "prune",
+    "EfficientNetV2B0": "slow",
 }
-_REPRESENTATIVES = ([(FLAVOURS[0], name, tflite) for name, tflite in sorted(FAMILIES.items())]
-                    + [(KERAS3, name, tflite) for name, tflite in sorted(FAMILIES_KERAS3.items())])
 
 
-@pytest.mark.parametrize("flavour, name, tflite", _REPRESENTATIVES,
-                         ids=[f"{f.name}-{n}" for f, n, _ in _REPRESENTATIVES])
+def _representatives():
+    for flavour, families in ((FLAVOURS[0], FAMILIES), (KERAS3, FAMILIES_KERAS3)):
+        for name, how in sorted(families.items()):
+            marks = [pytest.mark.slow] if how == "slow" else []
+            yield pytest.param(flavour, name, how == "tflite", marks=marks,
+                               id=f"{flavour.name}-{name}")
+
+
+@pytest.mark.parametrize("flavour, name, tflite", list(_representatives()))
 def test_family_representative(flavour, name, tflite):
     model = build_application(name, K=flavour.module)
     stats = check_pruned(model, ratio=0.3, tflite=tflite)

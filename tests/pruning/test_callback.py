@@ -226,7 +226,8 @@ class Interrupt(Callback):
             raise RuntimeError("simulated preemption")
 
 
-@pytest.mark.parametrize("mode, keep_state", [("soft", True), ("hard", True), ("hard", False)])
+@pytest.mark.parametrize("mode, keep_state", [
+    ("soft", True), pytest.param("hard", True, marks=pytest.mark.slow), ("hard", False)])
 def test_backup_and_restore_resume_matches_uninterrupted_run(flavour, data, tmp_path, mode,
                                                              keep_state):
     K = flavour.module
@@ -408,8 +409,7 @@ def reference_accuracy(digits, wide_cnn):
     return accuracy(reference, *digits[1])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["soft", "hard"])
+@pytest.mark.parametrize("mode", ["hard", pytest.param("soft", marks=pytest.mark.slow)])
 def test_digits_polynomial_ramp_to_half_keeps_accuracy(digits, wide_cnn, reference_accuracy, mode):
     """Issue 3, must-show 3: prune a trained residual CNN during fit with 0 -> 0.5."""
     (x, _), (x_test, y_test) = digits
