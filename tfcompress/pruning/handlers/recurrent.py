@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfcompress._keras import layer_classes
+from tfcompress._keras import bidirectional_shares_units, layer_classes
 from tfcompress.pruning.handlers.base import (
     IN,
     OUT,
@@ -208,7 +208,9 @@ class BidirectionalHandler(ChannelHandler):
 
     ``merge_mode="concat"`` lays them side by side (two groups), ``None`` returns them as
     two outputs; ``sum``, ``ave`` and ``mul`` add or multiply them unit by unit, so both
-    directions keep the same units (one group; ``mul`` is 0 when either is 0).
+    directions keep the same units (one group; ``mul`` is 0 when either is 0). Keras 3
+    shapes a Bidirectional from its forward layer alone, so there both directions always
+    form one group (``bidirectional_shares_units``).
     ``return_state`` outputs carry each direction's units; ``initial_state`` is a barrier.
 
     Example:
@@ -216,8 +218,11 @@ class BidirectionalHandler(ChannelHandler):
       >>> import keras
       >>> x = keras.Input((6, 4))
       >>> h = keras.layers.Bidirectional(keras.layers.GRU(3), name="bi")(x)
-      >>> [g.id for g in ChannelGraph(keras.Model(x, keras.layers.Dense(2)(h))).groups
-      ...  if g.prunable]
+      >>> import tf_keras
+      >>> x = tf_keras.Input((6, 4))
+      >>> h = tf_keras.layers.Bidirectional(tf_keras.layers.GRU(3), name="bi")(x)
+      >>> model = tf_keras.Model(x, tf_keras.layers.Dense(2)(h))
+      >>> [g.id for g in ChannelGraph(model).groups if g.prunable]  # forward, backward
       ['bi', 'bi:1']
     """
 
@@ -245,12 +250,13 @@ class BidirectionalHandler(ChannelHandler):
         fwd, bwd = (tracer.fresh(call, sub.cell.units, clean=_clean(sub), index=i)
                     for i, sub in enumerate((layer.forward_layer, layer.backward_layer)))
         mode = layer.merge_mode
+        if mode not in ("concat", None) or bidirectional_shares_units(layer):
+            tracer.unify(call, [fwd, bwd])
         if mode == "concat":
             outs = [concat([fwd, bwd])]
         elif mode is None:
             outs = [fwd, bwd]
         else:
-            tracer.unify(call, [fwd, bwd])
             outs = [combine_clean([fwd, bwd], any if mode == "mul" else all)]
         n_states = (len(call.output_shapes) - len(outs)) // 2
         return outs + [fwd] * n_states + [bwd] * n_states
