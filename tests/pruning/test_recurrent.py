@@ -179,6 +179,11 @@ def test_bidirectional_sum_couples_the_directions(flavour):
     assert group.producers == ("rnn", "rnn") and group.producer_indices == (0, 1)
     # filters of both directions side by side: 3 gates x (8 inputs + 6 units + 2 biases)
     assert graph.filters(group).shape == (6, 2 * 3 * (8 + 6 + 2))
+    # MACs: Conv1D 6 steps x 3 taps x 2 x 8, two GRUs of 6 steps x 3 gates x 6 x (8 + 6)
+    assert graph_macs(graph) == 6 * 3 * 2 * 8 + 2 * 6 * 3 * 6 * (8 + 6) + 6 * 3
+    masks = Masks({"conv": [0, 1, 2, 3, 7], "rnn": [0, 1, 2, 5]},
+                  sizes={g.id: g.size for g in graph.groups})
+    assert graph_macs(graph, masks) == 6 * 3 * 2 * 5 + 2 * 6 * 3 * 4 * (5 + 4) + 4 * 3
 
 
 def test_encoder_states_couple_the_decoder_units(flavour):

@@ -185,8 +185,7 @@ class _Tracer:
         key = (call.key, index)
         if key not in self._fresh:
             origin = call.key if index == 0 else f"{call.key}:{index}"
-            self._fresh[key] = self._new_space(size, origin, producer=call.key)
-            self._spaces[self._fresh[key]].index = index
+            self._fresh[key] = self._new_space(size, origin, producer=call.key, index=index)
         return Layout((Segment(self._fresh[key], size, 1, clean),))
 
     def unify(self, call: Call, layouts: Sequence[Layout]) -> bool:
@@ -316,8 +315,8 @@ class _Tracer:
 
     # ----- spaces and groups ----------------------------------------------------------------
     def _new_space(self, size: int, origin: str, producer: Optional[str] = None,
-                   blocked: Optional[List[Barrier]] = None) -> int:
-        self._spaces.append(_Space(size, origin, producer, list(blocked or [])))
+                   blocked: Optional[List[Barrier]] = None, index: int = 0) -> int:
+        self._spaces.append(_Space(size, origin, producer, list(blocked or []), index))
         self._parent.append(len(self._parent))
         return len(self._spaces) - 1
 

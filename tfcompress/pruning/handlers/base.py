@@ -91,7 +91,8 @@ class Tracer(Protocol):
     """What a handler may do to the channel graph while propagating one call."""
 
     def fresh(self, call: Call, size: int, *, clean: bool = True, index: int = 0) -> Layout:
-        """A new space of ``size`` channels produced by this layer (same space on every call)."""
+        """A new space of ``size`` channels produced by this layer (same space on every call;
+        a layer producing several spaces numbers them with ``index``)."""
 
     def unify(self, call: Call, layouts: Sequence[Layout]) -> bool:
         """Couples aligned layouts (same channels everywhere); blocks them and returns

@@ -89,10 +89,9 @@ def gate_blocks(layer: Any) -> int:
 
 
 def _flat(value: Any) -> List[Any]:
-    if value is None:
-        return []
-    return [v for item in value for v in _flat(item)] if isinstance(value, (list, tuple)) \
-        else [value]
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _flat(item)]
+    return [] if value is None else [value]
 
 
 def _inputs(call: Call) -> Tuple[List[Layout], List[Layout]]:
