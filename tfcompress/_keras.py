@@ -37,7 +37,7 @@ __all__ = [
     "is_keras3_object", "require_graph_model", "existing_classes", "layer_classes", "is_model",
     "is_sequential", "is_input_layer", "Node", "graph_nodes", "input_names", "output_names",
     "read_value", "model_from_config", "registered_name", "serializable", "Callback",
-    "callback_bases", "backend", "require_tensorflow_backend",
+    "callback_bases", "backend", "require_tensorflow_backend", "bidirectional_shares_units",
 ]
 
 T = TypeVar("T", bound=type)
@@ -185,6 +185,18 @@ def layer_classes(*names: str) -> List[type]:
       ['tf_keras', 'keras']
     """
     return existing_classes(*(f"layers.{name}" for name in names))
+
+
+def bidirectional_shares_units(layer: Any) -> bool:
+    """True if a ``Bidirectional`` needs as many backward as forward units: Keras 3 infers its
+    output shapes from the forward layer alone (``concat`` doubles its units), so rebuilt
+    directions of different sizes would mis-shape the layers after it; tf_keras runs both.
+
+    Example:
+      >>> bidirectional_shares_units(keras3.layers.Bidirectional(keras3.layers.GRU(2)))
+      True
+    """
+    return flavour_of(layer) is KERAS3
 
 
 # ----- the functional graph -------------------------------------------------------------

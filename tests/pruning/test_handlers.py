@@ -155,6 +155,12 @@ EXAMPLES = {
     "Reshape": (lambda K: around(K, 4, K.layers.Reshape((36, 8))), True),
     "Permute": (lambda K: around(K, 4, K.layers.Permute((2, 1, 3))), True),
     "TFOpLambda": (_tf_op, True),
+    "LSTM": (lambda K: around(K, 3, K.layers.LSTM(6, return_sequences=True)), True),
+    "GRU": (lambda K: around(K, 3, K.layers.GRU(6, reset_after=False)), True),
+    "SimpleRNN": (lambda K: around(K, 3, K.layers.SimpleRNN(6, activation="relu")), True),
+    "RNN": (lambda K: around(K, 3, K.layers.RNN(K.layers.GRUCell(6))), True),
+    "Bidirectional": (lambda K: around(K, 3, K.layers.Bidirectional(
+        K.layers.LSTM(5, return_sequences=True), merge_mode="sum")), True),
 }
 
 #: keras.ops nodes (Keras 3): unary ops run on the producer, with the arguments they need.

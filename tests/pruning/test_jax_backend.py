@@ -49,9 +49,16 @@ _SCRIPT = textwrap.dedent("""
             return str(error)
         return "no error"
 
+    def recurrent():
+        x = keras.Input((6, 2))
+        h = keras.layers.Conv1D(8, 3, padding="same")(x)
+        h = keras.layers.Bidirectional(keras.layers.LSTM(6, return_sequences=True))(h)
+        return keras.Model(x, keras.layers.Dense(3)(keras.layers.GRU(5)(h)))
+
     models = {{"residual_cnn": residual_cnn(width=8, flavour="keras3"),
               "MobileNetV2": keras.applications.MobileNetV2(
-                  input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)}}
+                  input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10),
+              "recurrent": recurrent()}}
     report = {{name: check(model) for name, model in models.items()}}
     from tfcompress.export import to_tflite
     from tfcompress.quantization import quantize_model
@@ -76,7 +83,7 @@ def jax_results(tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["residual_cnn", "MobileNetV2"])
+@pytest.mark.parametrize("name", ["residual_cnn", "MobileNetV2", "recurrent"])
 def test_pruning_path_is_exact_on_jax(jax_results, name):
     row = jax_results[name]
     assert row["backend"] == "jax" and row["slim_class"].startswith("keras.")

@@ -38,10 +38,8 @@ def _macs(graph: ChannelGraph, kept: KeptFn) -> Tuple[int, List[Tuple[str, str]]
         for call in record.calls:
             if not call.inputs or not call.outputs:
                 continue
-            n_in = len(call.inputs[0].positions(kept))
-            n_out = len(call.outputs[0].positions(kept))
             try:
-                total += int(record.handler.macs(call, n_in, n_out))
+                total += int(record.handler.call_macs(call, kept))
             except (AttributeError, TypeError, ValueError) as error:  # e.g. unknown rank
                 failed.append((key, f"{type(error).__name__}: {error}"))
                 break

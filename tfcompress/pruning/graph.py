@@ -95,9 +95,10 @@ class ChannelGraph:
         """``(group.size, n_features)`` float32: the current filters of all producers,
         concatenated along the features."""
         parts = []
-        for key in group.producers:
+        indices = group.producer_indices or (0,) * len(group.producers)
+        for key, index in zip(group.producers, indices):
             record = self._trace.records[key]
-            filters = record.handler.filters(record.layer)
+            filters = record.handler.filters(record.layer, index)
             if filters is not None:
                 parts.append(np.asarray(filters, np.float32).reshape(group.size, -1))
         if len(parts) == 1:

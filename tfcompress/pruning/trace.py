@@ -52,6 +52,9 @@ class Group:
       size: number of channels.
       prunable: False if a barrier, a model input or a model output touches the group.
       producers: layers whose filters the criteria score (Conv, Dense, ...).
+      producer_indices: for each producer, which of its output spaces the group holds (the
+        ``index`` its handler gave ``Tracer.fresh``: 1 for a Bidirectional's backward units,
+        else 0); empty means all 0.
       blocks: pruning keeps the same number of channels in each of ``blocks`` contiguous
         blocks (grouped convolutions); 1 otherwise.
       barriers: ``(layer, reason)`` pairs that block the group.
@@ -64,6 +67,7 @@ class Group:
     producers: Tuple[str, ...] = ()
     blocks: int = 1
     barriers: Tuple[Barrier, ...] = ()
+    producer_indices: Tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
@@ -115,6 +119,7 @@ class _Space:
     origin: str
     producer: Optional[str] = None
     blocked: List[Barrier] = dataclasses.field(default_factory=list)
+    index: int = 0
     blocks: List[int] = dataclasses.field(default_factory=list)
 
 
@@ -180,7 +185,7 @@ class _Tracer:
         key = (call.key, index)
         if key not in self._fresh:
             origin = call.key if index == 0 else f"{call.key}:{index}"
-            self._fresh[key] = self._new_space(size, origin, producer=call.key)
+            self._fresh[key] = self._new_space(size, origin, producer=call.key, index=index)
         return Layout((Segment(self._fresh[key], size, 1, clean),))
 
     def unify(self, call: Call, layouts: Sequence[Layout]) -> bool:
@@ -310,8 +315,8 @@ class _Tracer:
 
     # ----- spaces and groups ----------------------------------------------------------------
     def _new_space(self, size: int, origin: str, producer: Optional[str] = None,
-                   blocked: Optional[List[Barrier]] = None) -> int:
-        self._spaces.append(_Space(size, origin, producer, list(blocked or [])))
+                   blocked: Optional[List[Barrier]] = None, index: int = 0) -> int:
+        self._spaces.append(_Space(size, origin, producer, list(blocked or []), index))
         self._parent.append(len(self._parent))
         return len(self._spaces) - 1
 
@@ -355,7 +360,8 @@ class _Tracer:
         space_group: Dict[int, str] = {}
         for root in sorted(members):
             spaces = [self._spaces[s] for s in members[root]]
-            producers = tuple(s.producer for s in spaces if s.producer is not None)
+            made = [s for s in spaces if s.producer is not None]
+            producers = tuple(s.producer for s in made)
             barriers = list(dict.fromkeys(b for s in spaces for b in s.blocked))
             size = spaces[0].size
             blocks = math.lcm(*[b for s in spaces for b in s.blocks]) if any(
@@ -365,9 +371,10 @@ class _Tracer:
                                  f"grouped convolutions need {blocks} equal blocks of {size}"))
             if not producers and not barriers:
                 barriers.append((spaces[0].origin, "no layer produces these channels"))
-            gid = _unique_id(groups, producers[0] if producers else spaces[0].origin)
+            gid = _unique_id(groups, (made or spaces)[0].origin)
+            indices = tuple(s.index for s in made) if any(s.index for s in made) else ()
             groups[gid] = Group(gid, tuple(layers[root]), size, not barriers, producers,
-                                blocks, tuple(barriers))
+                                blocks, tuple(barriers), indices)
             for space in members[root]:
                 space_group[space] = gid
         return groups, space_group

@@ -73,11 +73,11 @@ def variable_masks(graph: ChannelGraph, masks: Masks,
         if record.barrier is not None or (layers is not None and key not in layers):
             continue
         for attr in handler.weight_index(layer):
-            spec, variable = handler.weights[attr], getattr(layer, attr)
+            spec, variable = handler.weights[attr], handler.variable(layer, attr)
             jobs = []
-            if spec.zero is not None:
-                layout = handler.role_layout(layer, spec.zero, record.calls[0])
-                jobs.append((spec.zero, layout.pruned_positions(kept)))
+            for role in spec.zero_roles:
+                layout = handler.role_layout(layer, role, record.calls[0])
+                jobs.append((role, layout.pruned_positions(kept)))
             if spec.consumes:
                 dirty = [handler.role_layout(layer, IN, call).positions(kept, only_dirty=True)
                          for call in record.calls]

@@ -11,6 +11,7 @@ from tfcompress.pruning.handlers import (  # noqa: F401  (registers the built-in
     kerasop,
     merge,
     normalization,
+    recurrent,
     reshape,
     tfop,
 )

@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Weight-axis roles: input channels, output channels, and (SeparableConv) the depthwise
-#: output between its two kernels.
+#: output between its two kernels. A handler may declare more (:attr:`ChannelHandler.roles`).
 IN, OUT, MID = "in", "out", "mid"
 ROLES = (IN, OUT, MID)
 
@@ -52,16 +52,24 @@ class WeightSpec:
     """Which axes of one weight carry channels, and what :func:`apply_masks` zeroes.
 
     Attributes:
-      axes: ``{axis: role}`` with role IN, OUT or MID.
-      zero: role whose pruned channels are zeroed by ``apply_masks`` (None: never zeroed, e.g.
-        BatchNorm moving statistics, which do not matter once gamma and beta are 0).
+      axes: ``{axis: role}`` with role IN, OUT, MID or one of the handler's own ``roles``.
+      zero: role (or tuple of roles) whose pruned channels are zeroed by ``apply_masks``
+        (None: never zeroed, e.g. BatchNorm moving statistics, which do not matter once gamma
+        and beta are 0).
       consumes: zero the IN slice for pruned channels that arrive *non-zero* (not clean),
         e.g. a Conv kernel after a sigmoid, so the masked model equals the rebuilt one.
     """
 
     axes: Mapping[int, str]
-    zero: Optional[str] = None
+    zero: Union[None, str, Tuple[str, ...]] = None
     consumes: bool = False
+
+    @property
+    def zero_roles(self) -> Tuple[str, ...]:
+        """The roles of ``zero`` as a tuple (empty for None)."""
+        if self.zero is None:
+            return ()
+        return (self.zero,) if isinstance(self.zero, str) else tuple(self.zero)
 
 
 @dataclasses.dataclass
@@ -83,7 +91,8 @@ class Tracer(Protocol):
     """What a handler may do to the channel graph while propagating one call."""
 
     def fresh(self, call: Call, size: int, *, clean: bool = True, index: int = 0) -> Layout:
-        """A new space of ``size`` channels produced by this layer (same space on every call)."""
+        """A new space of ``size`` channels produced by this layer (same space on every call;
+        a layer producing several spaces numbers them with ``index``)."""
 
     def unify(self, call: Call, layouts: Sequence[Layout]) -> bool:
         """Couples aligned layouts (same channels everywhere); blocks them and returns
@@ -167,7 +176,7 @@ def _prod(dims: Sequence[Optional[int]]) -> int:
 class ChannelHandler(abc.ABC):
     """How one layer family moves, consumes and produces channels.
 
-    Subclasses override :meth:`propagate` and declare :attr:`weights` (attribute name of the
+    Subclasses override :meth:`propagate` and declare :attr:`weights` (attribute path of the
     weight -> :class:`WeightSpec`) and :attr:`size_key` (the config key holding the number of
     output channels, if any); the other methods have defaults that read that table. Register
     a subclass for its layer classes with
@@ -177,10 +186,14 @@ class ChannelHandler(abc.ABC):
     receives the layer (or the call) it is asked about.
     """
 
-    #: ``{weight attribute: WeightSpec}``; weights not listed are copied unchanged.
+    #: ``{weight attribute: WeightSpec}``; weights not listed are copied unchanged. An
+    #: attribute may be a dotted path (``"cell.kernel"``: the weight of a sublayer).
     weights: Mapping[str, WeightSpec] = {}
     #: The config key of the number of output channels (``"filters"``, ``"units"``), or None.
     size_key: Optional[str] = None
+    #: The roles its weight axes use; :meth:`role_layout` gives each one's layout (handlers
+    #: with several channel spaces per weight add their own, e.g. recurrent gate blocks).
+    roles: Tuple[str, ...] = ROLES
 
     # ----- called by the tracer ----------------------------------------------------------
     def barrier_reason(self, layer: Any) -> Optional[str]:
@@ -201,11 +214,12 @@ class ChannelHandler(abc.ABC):
         """
 
     # ----- called by the criteria --------------------------------------------------------
-    def filters(self, layer: Any) -> Optional[np.ndarray]:
+    def filters(self, layer: Any, index: int = 0) -> Optional[np.ndarray]:
         """``(n_out_channels, n_features)`` filters of a producer, None for other layers.
 
         Called by the criteria (``fpgm_masks``, ``FPGMPruning``) on the producers of a group,
-        with the current weights, every time masks are computed.
+        with the current weights, every time masks are computed; ``index`` says which of the
+        layer's output spaces (the ``index`` it gave ``Tracer.fresh``) the group holds.
         """
         return None
 
@@ -224,7 +238,7 @@ class ChannelHandler(abc.ABC):
         Called by the rebuild and the parameter count for every traced layer.
         """
         positions = {}
-        for role in ROLES:
+        for role in self.roles:
             try:
                 layout = self.role_layout(layer, role, call)
             except (IndexError, AttributeError):  # the layer has no axis with this role
@@ -243,10 +257,20 @@ class ChannelHandler(abc.ABC):
         ids = {id(w): i for i, w in enumerate(getattr(layer, "weights", ()))}  # ops: none
         index = {}
         for attr in self.weights:
-            variable = getattr(layer, attr, None)
+            variable = self.variable(layer, attr)
             if variable is not None and id(variable) in ids:
                 index[attr] = ids[id(variable)]
         return index
+
+    @staticmethod
+    def variable(layer: Any, attr: str) -> Any:
+        """The weight at attribute path ``attr`` (``"cell.kernel"``), or None.
+
+        Called by masking to find the variables it multiplies.
+        """
+        for name in attr.split("."):
+            layer = getattr(layer, name, None)
+        return layer
 
     def sliced_shape(self, layer: Any, attr: str, shape: Shape,
                      counts: Mapping[str, Optional[int]]) -> Shape:
@@ -316,9 +340,19 @@ class ChannelHandler(abc.ABC):
     def macs(self, call: Call, n_in: int, n_out: int) -> int:
         """Multiply-accumulates of one call with ``n_in``/``n_out`` channels kept.
 
-        Called by the MACs count once per call (0: element-wise work is not counted).
+        Called by :meth:`call_macs` (0: element-wise work is not counted).
         """
         return 0
+
+    def call_macs(self, call: Call, kept: KeptFn) -> int:
+        """Multiply-accumulates of one call once the pruned channels are removed: :meth:`macs`
+        with the kept counts of the first input and output (override it for layers whose
+        output holds several independently pruned spaces, e.g. ``Bidirectional``).
+
+        Called by the MACs count once per call.
+        """
+        return self.macs(call, len(call.inputs[0].positions(kept)),
+                         len(call.outputs[0].positions(kept)))
 
 
 class BarrierHandler(ChannelHandler):

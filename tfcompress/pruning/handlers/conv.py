@@ -73,7 +73,7 @@ class ConvHandler(ChannelHandler):
             tracer.constrain(call, out, groups)
         return [out]
 
-    def filters(self, layer: Any) -> Optional[np.ndarray]:
+    def filters(self, layer: Any, index: int = 0) -> Optional[np.ndarray]:
         kernel = layer.kernel.numpy()
         return kernel.reshape(-1, kernel.shape[-1]).T
 
@@ -137,7 +137,7 @@ class ConvTransposeHandler(ConvHandler):
             return "grouped transposed convolution"
         return super().barrier_reason(layer)
 
-    def filters(self, layer: Any) -> Optional[np.ndarray]:
+    def filters(self, layer: Any, index: int = 0) -> Optional[np.ndarray]:
         kernel = np.moveaxis(layer.kernel.numpy(), -2, 0)
         return kernel.reshape(kernel.shape[0], -1)
 
@@ -186,7 +186,7 @@ class SeparableConvHandler(ConvHandler):
             return call.inputs[0].repeated(layer.depth_multiplier)
         return super().role_layout(layer, role, call)
 
-    def filters(self, layer: Any) -> Optional[np.ndarray]:
+    def filters(self, layer: Any, index: int = 0) -> Optional[np.ndarray]:
         kernel = layer.pointwise_kernel.numpy()
         return kernel.reshape(-1, kernel.shape[-1]).T
 

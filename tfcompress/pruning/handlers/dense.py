@@ -47,7 +47,7 @@ class DenseHandler(ChannelHandler):
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
         return [producer_output(call, tracer, call.layer.units)]
 
-    def filters(self, layer: Any) -> Optional[np.ndarray]:
+    def filters(self, layer: Any, index: int = 0) -> Optional[np.ndarray]:
         return layer.kernel.numpy().T
 
     def macs(self, call: Call, n_in: int, n_out: int) -> int:
@@ -65,5 +65,5 @@ class EmbeddingHandler(ChannelHandler):
         tracer.block(call, call.inputs[0], "integer indices into an Embedding")
         return [tracer.fresh(call, call.layer.output_dim)]
 
-    def filters(self, layer: Any) -> Optional[np.ndarray]:
+    def filters(self, layer: Any, index: int = 0) -> Optional[np.ndarray]:
         return layer.embeddings.numpy().T

@@ -24,7 +24,7 @@ import functools
 import types
 from typing import Any, Callable, Dict, Mapping, Optional, Type, TypeVar, Union
 
-from tfcompress.pruning.handlers.base import ROLES, BarrierHandler, ChannelHandler, WeightSpec
+from tfcompress.pruning.handlers.base import BarrierHandler, ChannelHandler, WeightSpec
 
 __all__ = ["HANDLERS", "DEFAULT_BARRIER", "register_handler", "handler_for"]
 
@@ -53,10 +53,10 @@ def _validate(layer_classes: tuple, handler: Any) -> None:
         if not isinstance(spec, WeightSpec):
             raise TypeError(f"{type(handler).__name__}.weights[{attr!r}] must be a WeightSpec, "
                             f"got {spec!r}.")
-        roles = set(spec.axes.values()) | ({spec.zero} - {None})
-        if not roles <= set(ROLES):
+        roles, known = set(spec.axes.values()) | set(spec.zero_roles), set(handler.roles)
+        if not roles <= known:
             raise ValueError(f"{type(handler).__name__}.weights[{attr!r}] uses roles "
-                             f"{sorted(roles - set(ROLES))}; the roles are {list(ROLES)}.")
+                             f"{sorted(roles - known)}; the roles are {list(handler.roles)}.")
     if handler.size_key is not None and not isinstance(handler.size_key, str):
         raise TypeError(f"{type(handler).__name__}.size_key must be a config key (str) or "
                         f"None, got {handler.size_key!r}.")
