@@ -64,9 +64,10 @@ def sample_batches(data: RepresentativeData, sample_shape: tuple, batch: int = 1
             yield [np.stack(pending)]
             pending = []
     if count == 0:
+        few = "no samples" if batch == 1 else f"fewer than {batch} samples (the static batch)"
         raise ValueError(
-            f"`representative_data` yielded fewer than {batch} sample(s), so int8 ranges "
-            "cannot be calibrated. Pass ~100 training samples."
+            f"`representative_data` yielded {few}, so int8 ranges cannot be calibrated. "
+            "Pass ~100 training samples."
         )
 
 

@@ -139,7 +139,7 @@ def _first_error(text: str) -> str:
             if reason and not reason.startswith("failed while converting"):
                 return reason[:_MAX_REASON]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else "unknown error")[:_MAX_REASON]
+    return (" ".join(lines[:2]) or "unknown error")[:_MAX_REASON]
 
 
 def explain(error: Exception, stderr_text: str, model, quantize, batch) -> ConversionError:

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import List, Optional, Sequence
+from typing import List, NoReturn, Optional, Sequence
 
 import numpy as np
 
@@ -170,15 +170,7 @@ class _Runner:
                 self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
                 self.interpreter.allocate_tensors()
             except (RuntimeError, ValueError) as error:
-                if _NO_FLEX in str(error):
-                    raise FlexRuntimeError(f"{self.path.name}: {error}") from error
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise ValueError(
-                    f"LiteRT cannot run {self.path.name} on inputs of shape {x.shape}: "
-                    f"{reason or type(error).__name__}. Check the input shape"
-                    + ("" if self.static_batch else ", or export a static batch "
-                       "(to_tflite(..., batch_size=1))") + "."
-                ) from error
+                self._fail(x, error)
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
             self.allocated = True
@@ -195,8 +187,22 @@ class _Runner:
         fused LSTM kernels, which persists across invokes) are reset first."""
         self.set_input(x)
         self.interpreter.reset_all_variables()
-        self.invoke()
+        try:
+            self.invoke()
+        except RuntimeError as error:
+            self._fail(x, error)
         return self.get_output()
+
+    def _fail(self, x: np.ndarray, error: Exception) -> NoReturn:
+        """Raises the error of a failed resize, allocation or invoke, in our words."""
+        if _NO_FLEX in str(error):
+            raise FlexRuntimeError(f"{self.path.name}: {error}") from error
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(
+            f"LiteRT cannot run {self.path.name} on inputs of shape {x.shape}: {reason[:200]}. "
+            "Check the input shape" + ("" if self.static_batch else ", or export a static "
+                                       "batch (to_tflite(..., batch_size=1))") + "."
+        ) from error
 
     def run(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs for all of ``x``, ``batch_size`` samples per call; a static-batch file
@@ -341,8 +347,10 @@ def compare_latency(
     runners = [_Runner(p, threads) for p in paths]
     rng = np.random.default_rng(0)
     for runner in runners:
-        stand_in = (runner.static_batch or 1,) + runner.sample_shape
-        sample = _as_batch(x) if x is not None else rng.standard_normal(stand_in)
+        if x is None:  # one stand-in sample (a static batch: that many)
+            sample = rng.standard_normal((runner.static_batch or 1,) + runner.sample_shape)
+        else:
+            sample = _as_batch(x)
         runner.set_input(sample.astype(np.float32))
     bar = None
     if progress:

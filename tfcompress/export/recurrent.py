@@ -14,9 +14,10 @@ What the TF 2.21 converter does with recurrent layers (measured; see the tests i
   (:func:`tfcompress.convert.to_tf_keras`, same weights), when that copy can be made.
 * ``GRU`` and ``SimpleRNN`` (both Kerases) have no fused kernel reachable from Keras
   (``UNIDIRECTIONAL_SEQUENCE_RNN`` is only produced by TF1's removed OpHint path): they
-  become a ``WHILE`` loop of builtin ops. int8 calibration of such a loop crashes the
-  converter (segmentation fault), so :func:`to_tflite` refuses it beforehand; layers built
-  with ``unroll=True`` convert to plain ops and calibrate fine.
+  become a ``WHILE`` loop of builtin ops (so do LSTMs in a configuration without the fused
+  function, e.g. ``recurrent_dropout``). int8 calibration of such a loop crashes the
+  converter (segmentation fault), so ``to_tflite`` refuses it beforehand; layers built with
+  ``unroll=True`` convert to plain ops and calibrate fine.
 * The fused LSTM kernel keeps its state in variable tensors that persist across
   ``invoke`` calls: run each sequence from reset variables
   (``interpreter.reset_all_variables()``), as :func:`tfcompress.export.litert.run` does.
@@ -32,11 +33,12 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Iterator, List
 
-from tfcompress._keras import KERAS3, flavour_of, layer_classes
+from tfcompress._keras import KERAS3, flavour_of, keras, layer_classes
 
-__all__ = ["recurrent_layers", "static_batch_reason", "fusable_copy", "refuse_calibration"]
+__all__ = ["recurrent_layers", "static_batch_reason", "fusable_copy", "while_loop_layers",
+           "refuse_calibration"]
 
 _LOG = logging.getLogger("tfcompress.export")
 
@@ -95,19 +97,39 @@ def fusable_copy(model: Any) -> Any:
         return model
 
 
-def refuse_calibration(model: Any, op_names: Sequence[str]) -> None:
-    """Raises if int8 calibration would run on a recurrent ``WHILE`` loop (the converter
-    crashes the process there); ``op_names`` are the ops of the model's float conversion.
+def _fused(rnn: Any) -> bool:
+    """Whether the converter fuses ``rnn``: a tf_keras LSTM in the configuration its fused
+    (cuDNN-compatible) function is traced for."""
+    if not isinstance(rnn, keras.layers.LSTM):
+        return False
+    config = rnn.get_config()
+    return (config.get("activation") == "tanh" and config.get("recurrent_activation") == "sigmoid"
+            and not config.get("recurrent_dropout") and config.get("use_bias", True)
+            and not config.get("unroll"))
+
+
+def while_loop_layers(model: Any) -> List[Any]:
+    """The layers of ``model`` whose recurrence converts to a ``WHILE`` loop: all recurrent
+    layers but fused LSTMs and those built with ``unroll=True``."""
+    return [layer for layer in _walk(model) for rnn in _recurrent_in(layer)
+            if not (_fused(rnn) or rnn.get_config().get("unroll"))]
+
+
+def refuse_calibration(model: Any) -> None:
+    """Raises if int8 calibration of ``model`` (the model to be converted, after
+    :func:`fusable_copy`) would run a recurrent ``WHILE`` loop: the converter crashes the
+    process there.
 
     Raises:
       ValueError: naming the recurrent layers and the options that work.
     """
-    if "WHILE" not in op_names:
+    layers = list(dict.fromkeys(while_loop_layers(model)))
+    if not layers:
         return
-    names = ", ".join(repr(layer.name) for layer in recurrent_layers(model)) or "(custom)"
+    names = ", ".join(repr(layer.name) for layer in layers)
     raise ValueError(
         f"int8 calibration of {model.name!r} would crash the TFLite converter: its recurrent "
-        f"layers {names} convert to a WHILE loop (GRU, SimpleRNN and non-fusable LSTMs have "
-        "no fused TFLite kernel), which the calibrator cannot run. Build those layers with "
-        "unroll=True (same weights), or export with quantize='dynamic', 'float16' or None."
+        f"layers {names} convert to a WHILE loop (GRU and SimpleRNN have no fused TFLite "
+        "kernel), which the calibrator cannot run. Build those layers with unroll=True (same "
+        "weights), or export with quantize='dynamic', 'float16' or None."
     )
