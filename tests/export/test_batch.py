@@ -108,6 +108,7 @@ def test_bad_batch_sizes_are_refused_before_converting(tmp_path, bad):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_qat_model_stays_all_int8_with_a_static_batch(qat_model, tiny_data, tmp_path):
     """The static-batch route keeps fake-quant ops convertible, like the dynamic one."""
     path = to_tflite(qat_model, tmp_path / "qat.tflite", batch_size=2)

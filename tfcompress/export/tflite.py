@@ -248,7 +248,7 @@ def _convert(model: Any, options: _Options, batch: Optional[int]) -> bytes:
 def _warn_static(model: Any, reason: str) -> None:
     warnings.warn(
         f"{model.name!r}: wrote a static batch of 1 instead of a dynamic batch: {reason}. "
-        "Pass batch_size=N for another static batch.", StaticBatchWarning, stacklevel=3)
+        "Pass batch_size=N for another static batch.", StaticBatchWarning, stacklevel=4)
 
 
 def _write(model: Any, source: Any, options: _Options, batch: BatchSize,
@@ -268,7 +268,7 @@ def _write(model: Any, source: Any, options: _Options, batch: BatchSize,
         try:
             tmp.write_bytes(_convert(source, options, 1))
         except ConversionError:
-            raise error from None
+            raise error  # the dynamic attempt's explanation, as the user asked for "auto"
         first_line = str(error).splitlines()[0]
         _warn_static(model, "the dynamic batch failed to convert ("
                      + first_line.split(" failed: ", 1)[-1] + ")")
