@@ -105,8 +105,10 @@ def test_int8_lstm_keeps_the_fused_kernel(flavour, tmp_path, kind):
     fused = [op for op in tflite_ops(path) if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
     assert len(fused) == EXPECTED_OPS[kind]["UNIDIRECTIONAL_SEQUENCE_LSTM"]
     assert all(op.activation_dtypes[0] == "int8" for op in fused)
+    # Untrained two-way outputs: near-ties flip under int8 rounding, so the difference is
+    # the criterion, not top-1 agreement.
     expected = np.abs(model.predict(x, verbose=0)).max()
-    assert verify(model, path, x, atol=0.1 * max(1.0, expected)).passed
+    assert verify(model, path, x, atol=0.1 * max(1.0, expected), min_agreement=0.0).passed
 
 
 @pytest.mark.parametrize("kind", ["gru", "simple_rnn"])
