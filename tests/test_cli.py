@@ -212,6 +212,29 @@ def test_export_int8_without_calibration_explains_the_fix(files, tmp_path, capsy
     assert not out.exists()
 
 
+def test_export_select_tf_ops_and_batch_size(tmp_path, capsys):
+    """A TF op without a builtin kernel fails in one line naming op, layer and option;
+    --select-tf-ops converts it, --batch-size sets a static batch."""
+    from tfcompress.export import flex_ops, input_shapes, tflite_ops
+
+    model = keras.Sequential([keras.Input((4, 4, 4, 1)), keras.layers.MaxPool3D(2, name="pool"),
+                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    model.save(tmp_path / "cnn3d.keras")
+    out = tmp_path / "m.tflite"
+    argv = ["export", str(tmp_path / "cnn3d.keras"), "--output", str(out)]
+    assert main(argv) == 1
+    line = _error_line(capsys)
+    assert "MaxPool3D" in line and "'pool'" in line and "--select-tf-ops" in line
+    assert not out.exists()
+    assert main(argv + ["--select-tf-ops", "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert flex_ops(tflite_ops(out)) == ["FlexMaxPool3D"] and input_shapes(out) == [(2, 4, 4, 4, 1)]
+    # Run where a flex interpreter exists, else the report says why not (exit 0: written).
+    assert "parity PASSED" in printed or "parity NOT CHECKED" in printed and "flex" in printed
+    assert main(argv + ["--format", "saved_model", "--select-tf-ops"]) == 1
+    assert "--select-tf-ops applies to --format tflite only" in _error_line(capsys)
+
+
 def test_export_fails_when_parity_breaks_on_real_data(files, tmp_path, capsys):
     out = tmp_path / "d.tflite"
     argv = ["export", str(files / "tiny.keras"), "--quantize", "dynamic", "--atol", "0",
@@ -295,6 +318,10 @@ def test_bench_prints_latencies_and_the_ratio(tiny_file, tmp_path, capsys):
         ([], "the following arguments are required: COMMAND"),
         (["prune", "{model}", "--ratio", "1.5"], "1.5 is outside [0, 1)"),
         (["prune", "{model}", "--ratio", "half"], "'half' is not a number"),
+        (["export", "{model}", "--output", "m.tflite", "--batch-size", "0"],
+         "invalid --batch-size '0': use auto, none or a positive integer"),
+        (["export", "{model}", "--output", "m.tflite", "--batch-size", "dynamic"],
+         "invalid --batch-size 'dynamic'"),
     ],
 )
 def test_usage_errors_are_one_line(files, capsys, argv, message):

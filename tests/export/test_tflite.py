@@ -160,7 +160,7 @@ def test_failed_conversion_leaves_no_file_and_keeps_the_old_one(
 
     monkeypatch.setattr(tf.lite.TFLiteConverter, factory, broken_converter)
     with pytest.raises(ConversionError, match="failed: converter exploded C\\+\\+ stack trace"):
-        to_tflite(any_tiny_model, target, None)
+        to_tflite(any_tiny_model, target, None, batch_size=None)  # "auto" would retry
     assert target.read_bytes() == b"previous export"
     assert os.listdir(tmp_path) == ["m.tflite"]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import warnings
 
 from tfcompress.cli.command import Command
 from tfcompress.cli.inputs import existing_path, load_array, random_inputs
@@ -38,6 +39,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=_QUANTIZE,
         default="auto",
         help="TFLite only; auto = int8 for a QAT model, else float32 (default: auto)",
+    )
+    parser.add_argument(
+        "--select-tf-ops",
+        action="store_true",
+        help="TFLite only: keep TF ops that have no TFLite builtin kernel (e.g. MaxPool3D) as "
+        "TF Select (flex) ops; the file then needs a LiteRT runtime with the flex delegate",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default="auto",
+        metavar="{auto,none,N}",
+        help="TFLite only: N = a static batch of N, none = a dynamic batch, auto = dynamic "
+        "unless the model needs a static batch or LiteRT cannot run it, then 1 (default: auto)",
     )
     parser.add_argument(
         "--calibration",
@@ -63,6 +78,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--atol", type=float, default=None, help="tolerance on max |Keras - TFLite| output"
     )
+
+
+def _batch_size(text: str):
+    """``--batch-size``: ``auto``, ``none`` or a positive integer."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid --batch-size {text!r}: use auto, none or a positive integer")
+    return value
 
 
 def _check_saved_model(model, path: pathlib.Path, data) -> None:
@@ -115,6 +144,9 @@ def _check_tflite(args: argparse.Namespace, model, path: pathlib.Path, data, sou
     min_agreement = _MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
     report = verify(model, path, data, atol=args.atol, min_agreement=min_agreement,
                     raise_on_failure=False)
+    if report.skipped is not None:  # TF Select ops and no flex runtime here
+        print(report.summary())
+        return 0
     if not _judged(args, real, report.kind):
         print(f"parity not checked: {path.name} ({report.kind}) is quantized and the samples "
               f"are {source}, on which its outputs are only indicative. Measured on "
@@ -134,15 +166,25 @@ def _check_tflite(args: argparse.Namespace, model, path: pathlib.Path, data, sou
 
 
 def run(args: argparse.Namespace) -> int:
-    from tfcompress.export import is_qat_model, load_model, to_saved_model, to_tflite
+    from tfcompress.export import (
+        StaticBatchWarning,
+        is_qat_model,
+        load_model,
+        to_saved_model,
+        to_tflite,
+    )
 
     model = load_model(args.model)
     calibration = load_array(args.calibration, "--calibration") if args.calibration else None
     data, source, real = _check_data(args, model, calibration)
     if args.format == "saved_model":
-        if args.quantize != "auto":
+        given = [name for name, value in [("--quantize", args.quantize != "auto"),
+                                          ("--select-tf-ops", args.select_tf_ops),
+                                          ("--batch-size", args.batch_size != "auto")] if value]
+        if given:
             raise ValueError(
-                "--quantize applies to --format tflite only; a SavedModel keeps the model as is."
+                f"{', '.join(given)} applies to --format tflite only; a SavedModel keeps the "
+                "model as is."
             )
         path = to_saved_model(model, args.output)
         print(f"wrote {path} (SavedModel)")
@@ -154,8 +196,17 @@ def run(args: argparse.Namespace) -> int:
             "--quantize int8 of a float model needs --calibration FILE.npy (~100 training "
             "samples) to calibrate activation ranges; or export a QAT model."
         )
-    path = to_tflite(model, args.output, quantize, representative_data=calibration)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StaticBatchWarning)
+        path = to_tflite(model, args.output, quantize, representative_data=calibration,
+                         select_tf_ops=args.select_tf_ops, batch_size=args.batch_size)
     print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
+    for warning in caught:
+        if issubclass(warning.category, StaticBatchWarning):
+            print(f"note: {warning.message}")
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
     return _check_tflite(args, model, path, data, source, real)
 
 
@@ -169,7 +220,11 @@ COMMAND = Command(
         "signature) and compared. A failed check exits 1\n"
         "(the file stays for inspection). Without --data or --calibration the check runs\n"
         "on random inputs: a quantized file is then measured but not judged (exit 0),\n"
-        "unless --atol or --min-agreement sets the criterion."
+        "unless --atol or --min-agreement sets the criterion.\n"
+        "TF ops without a TFLite builtin kernel fail the export with their layers named;\n"
+        "--select-tf-ops keeps them as TF Select (flex) ops, whose parity check runs only\n"
+        "where a flex-capable interpreter exists. --batch-size auto writes a static batch\n"
+        "of 1 (with a note) when the model needs one or LiteRT cannot run a dynamic batch."
     ),
     add_arguments=add_arguments,
     run=run,

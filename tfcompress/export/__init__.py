@@ -1,12 +1,16 @@
 """Export tf_keras and Keras 3 models to SavedModel and TFLite, and check the result.
 
-* :func:`to_tflite` - float32, dynamic-range, float16 or int8 ``.tflite`` files.
+* :func:`to_tflite` - float32, dynamic-range, float16 or int8 ``.tflite`` files; builtin
+  ops or TF Select (``select_tf_ops``); dynamic or static batch (``batch_size``, with a
+  :class:`StaticBatchWarning` when ``"auto"`` falls back to a static batch of 1).
+  :class:`ConversionError` explains a failed conversion in a few lines.
 * :func:`to_saved_model`, :func:`save_model`, :func:`load_model` - Keras model files
   (:func:`file_flavour`: which Keras wrote one).
 
 Keras 3 models need Keras 3's TensorFlow backend for TFLite and SavedModel export.
 * :func:`verify` - Keras vs TFLite parity (max difference, top-1 agreement, float fallbacks).
-* :func:`tflite_ops`, :func:`activation_ranges` - what is inside a ``.tflite`` file.
+* :func:`tflite_ops`, :func:`activation_ranges`, :func:`input_shapes`, :func:`flex_ops` -
+  what is inside a ``.tflite`` file.
 * :mod:`tfcompress.export.litert` - run and time ``.tflite`` files with LiteRT.
 
 All writes are atomic: a failed export leaves no file and never clobbers an existing one.
@@ -30,11 +34,15 @@ Example:
 """
 
 from tfcompress.export import litert
+from tfcompress.export.batch import StaticBatchWarning
+from tfcompress.export.conversion_errors import ConversionError
 from tfcompress.export.flatbuffer import (
     QuantRange,
     TFLiteOp,
     activation_ranges,
+    flex_ops,
     float_fallback_ops,
+    input_shapes,
     quantization_kind,
     tflite_ops,
 )
@@ -45,7 +53,7 @@ from tfcompress.export.saved_model import (
     save_model,
     to_saved_model,
 )
-from tfcompress.export.tflite import QUANTIZE_OPTIONS, ConversionError, is_qat_model, to_tflite
+from tfcompress.export.tflite import QUANTIZE_OPTIONS, is_qat_model, to_tflite
 from tfcompress.export.verify import ParityError, ParityReport, verify
 
 __all__ = [
@@ -54,10 +62,13 @@ __all__ = [
     "ParityError",
     "ParityReport",
     "QuantRange",
+    "StaticBatchWarning",
     "TFLiteOp",
     "activation_ranges",
     "file_flavour",
+    "flex_ops",
     "float_fallback_ops",
+    "input_shapes",
     "is_qat_model",
     "litert",
     "load_model",

@@ -40,6 +40,8 @@ __all__ = [
     "kind_of_ops",
     "fallbacks_of_ops",
     "read_tflite",
+    "input_shapes",
+    "flex_ops",
 ]
 
 #: Ops that only move data between float and integer tensors.
@@ -327,3 +329,40 @@ def fallbacks_of_ops(ops: Sequence[TFLiteOp]) -> List[TFLiteOp]:
     if kind_of_ops(ops) != "int8":
         return []
     return [op for op in ops if op.name not in CONVERSION_OPS and op.computes_in_float]
+
+
+def input_shapes(path: PathLike) -> List[Tuple[Optional[int], ...]]:
+    """The shape of each input of the main subgraph, ``None`` where a dimension is free
+    (a dynamic batch): what the file itself declares, before any interpreter resizes it.
+
+    Example:
+      >>> import tempfile
+      >>> import tf_keras as keras
+      >>> from tfcompress.export import to_tflite
+      >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+      >>> folder = tempfile.mkdtemp()
+      >>> input_shapes(to_tflite(model, folder + "/free.tflite", None, batch_size=None))
+      [(None, 3)]
+      >>> input_shapes(to_tflite(model, folder + "/four.tflite", None, batch_size=4))
+      [(4, 3)]
+    """
+    _, model = _read(path)
+    subgraph = model.subgraphs[0]
+    shapes = []
+    for index in subgraph.inputs if subgraph.inputs is not None else ():
+        tensor = subgraph.tensors[index]
+        dims = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
+        shapes.append(tuple(None if int(d) < 0 else int(d) for d in (dims if dims is not None
+                                                                     else ())))
+    return shapes
+
+
+def flex_ops(ops: Sequence[TFLiteOp]) -> List[str]:
+    """The TF Select (flex) ops among ``ops``, e.g. ``["FlexMaxPool3D"]``: ops that run
+    only where the LiteRT runtime has the flex delegate linked.
+
+    Example:
+      >>> flex_ops([])
+      []
+    """
+    return sorted({op.name for op in ops if op.name.startswith("Flex")})

@@ -1,5 +1,10 @@
 """Running and timing ``.tflite`` files with the LiteRT interpreter (``ai_edge_litert``).
 
+Files with TF Select (flex) ops need an interpreter that links the flex delegate: LiteRT's
+pip package does not, and TensorFlow's deprecated ``tf.lite.Interpreter`` does only in
+TensorFlow builds that export ``TF_AcquireFlexDelegate`` (TF 2.21's pip package does not).
+Both are tried; if neither can, :class:`FlexRuntimeError` says so.
+
 Quantized model inputs and outputs are handled for the caller: float data is quantized
 with the input tensor's scale and zero point, integer outputs are dequantized, so
 :func:`run` always takes and returns float arrays like ``keras.Model.predict``.
@@ -10,15 +15,17 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import statistics
+import sys
 import time
-from typing import List, Optional, Sequence
+import warnings
+from typing import List, NoReturn, Optional, Sequence
 
 import numpy as np
 
 from tfcompress._io import PathLike
-from tfcompress.export.flatbuffer import read_tflite
+from tfcompress.export.flatbuffer import flex_ops, read_tflite, tflite_ops
 
-__all__ = ["Latency", "run", "latency", "compare_latency"]
+__all__ = ["FlexRuntimeError", "Latency", "run", "latency", "compare_latency"]
 
 
 _QUANTIZED_DTYPES = (np.int8, np.uint8, np.int16)
@@ -40,8 +47,63 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return y
 
 
+class FlexRuntimeError(RuntimeError):
+    """The file has TF Select (flex) ops and no interpreter here has the flex delegate.
+
+    Attributes:
+      ops: the file's flex ops, e.g. ``("FlexMaxPool3D",)``.
+    """
+
+    def __init__(self, message: str, ops: Sequence[str] = ()):
+        super().__init__(message)
+        self.ops = tuple(ops)
+
+
+_NO_FLEX = "Select TensorFlow op"
+
+
+def _interpreter_classes() -> List[tuple]:
+    """``(name, Interpreter class)`` candidates for a flex file: LiteRT's, then TensorFlow's
+    deprecated ``tf.lite.Interpreter`` (TensorFlow builds that link the flex delegate run
+    flex ops with it), if TensorFlow is already loaded."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    candidates = [("ai_edge_litert.interpreter.Interpreter", Interpreter)]
+    tf = sys.modules.get("tensorflow")
+    legacy = getattr(getattr(tf, "lite", None), "Interpreter", None)
+    if legacy is not None:
+        candidates.append(("tf.lite.Interpreter", legacy))
+    return candidates
+
+
+def _flex_interpreter(path: pathlib.Path, content: bytes, flex: List[str], threads):
+    """The first interpreter that can allocate the flex file's tensors.
+
+    Raises:
+      FlexRuntimeError: if none can.
+    """
+    tried = []
+    for name, cls in _interpreter_classes():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            interpreter = cls(model_content=content, num_threads=threads)
+        try:
+            interpreter.allocate_tensors()
+            return interpreter
+        except RuntimeError as error:
+            if _NO_FLEX not in str(error):
+                raise
+            tried.append(name)
+    raise FlexRuntimeError(
+        f"{path.name} uses TF Select (flex) ops ({', '.join(flex)}), and no LiteRT interpreter "
+        f"in this Python links the flex delegate (tried {' and '.join(tried)}). Run it where "
+        "the flex runtime is linked (Android: tensorflow-lite-select-tf-ops), or export "
+        "without select_tf_ops.", flex)
+
+
 class _Runner:
-    """One interpreter for a single-input, single-output model; resizes its input on demand."""
+    """One interpreter for a single-input, single-output model; resizes its input on demand
+    (a static-batch input takes exactly its batch size)."""
 
     def __init__(self, path: PathLike, threads: Optional[int] = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -51,7 +113,11 @@ class _Runner:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"`threads` must be a positive int, got {threads!r}.")
         self.path = path
-        self.interpreter = Interpreter(model_content=content, num_threads=threads)
+        flex = flex_ops(tflite_ops(path))
+        if flex:
+            self.interpreter = _flex_interpreter(path, content, flex, threads)
+        else:
+            self.interpreter = Interpreter(model_content=content, num_threads=threads)
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -62,6 +128,12 @@ class _Runner:
             )
         self.input, self.output = inputs[0], outputs[0]
         self.allocated = False
+
+    @property
+    def static_batch(self) -> Optional[int]:
+        """The batch size the file was exported with, or None for a dynamic batch."""
+        batch = int(self.input.get("shape_signature", self.input["shape"])[0])
+        return batch if batch > 0 else None
 
     @property
     def sample_shape(self) -> tuple:
@@ -88,16 +160,17 @@ class _Runner:
                 f"Input of shape {x.shape} does not fit {self.path.name}, which expects "
                 f"{expected}. Pass data with the model's input shape."
             )
+        if self.static_batch is not None and len(x) != self.static_batch:
+            raise ValueError(
+                f"{self.path.name} was exported with a static batch of {self.static_batch}; "
+                f"pass batches of exactly {self.static_batch} samples, not {len(x)}."
+            )
         if not self.allocated or tuple(x.shape) != tuple(self.input["shape"]):
             try:
                 self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
                 self.interpreter.allocate_tensors()
             except (RuntimeError, ValueError) as error:
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise ValueError(
-                    f"LiteRT cannot run {self.path.name} on inputs of shape {x.shape}: "
-                    f"{reason or type(error).__name__}. Check the input shape."
-                ) from error
+                self._fail(x, error)
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
             self.allocated = True
@@ -110,9 +183,41 @@ class _Runner:
         return _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for ``x``, computed from a fresh state: variable tensors (the state of
+        fused LSTM kernels, which persists across invokes) are reset first."""
         self.set_input(x)
-        self.invoke()
+        self.interpreter.reset_all_variables()
+        try:
+            self.invoke()
+        except RuntimeError as error:
+            self._fail(x, error)
         return self.get_output()
+
+    def _fail(self, x: np.ndarray, error: Exception) -> NoReturn:
+        """Raises the error of a failed resize, allocation or invoke, in our words."""
+        if _NO_FLEX in str(error):
+            raise FlexRuntimeError(f"{self.path.name}: {error}") from error
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(
+            f"LiteRT cannot run {self.path.name} on inputs of shape {x.shape}: {reason[:200]}. "
+            "Check the input shape" + ("" if self.static_batch else ", or export a static "
+                                       "batch (to_tflite(..., batch_size=1))") + "."
+        ) from error
+
+    def run(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        """Outputs for all of ``x``, ``batch_size`` samples per call; a static-batch file
+        takes its own batch size, the last batch padded with zeros."""
+        size = self.static_batch or batch_size
+        chunks = []
+        for start in range(0, len(x), size):
+            chunk = x[start : start + size]
+            pad = size - len(chunk) if self.static_batch else 0
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+            chunks.append(self(chunk)[: size - pad].copy())
+        if not chunks:
+            raise ValueError("`x` is empty. Pass at least one sample.")
+        return np.concatenate(chunks)
 
 
 def _as_batch(x, argument: str = "x") -> np.ndarray:
@@ -130,8 +235,12 @@ def run(path: PathLike, x, batch_size: int = 256, threads: Optional[int] = None)
     Args:
       path: a single-input, single-output TFLite file.
       x: array of shape ``(n, *input_shape)``; float data is quantized for int8 inputs.
-      batch_size: samples per interpreter call; the input tensor is resized to it.
+      batch_size: samples per interpreter call; the input tensor is resized to it. A file
+        exported with a static batch runs that many per call instead (the last call padded).
       threads: interpreter threads (``None``: the runtime's default).
+
+    Each call starts from reset variable tensors (the state of fused LSTM kernels), so every
+    batch is computed as ``predict`` computes it.
 
     Returns:
       Float outputs of shape ``(n, *output_shape)`` (integer outputs are dequantized).
@@ -139,6 +248,8 @@ def run(path: PathLike, x, batch_size: int = 256, threads: Optional[int] = None)
     Raises:
       FileNotFoundError: if ``path`` does not exist.
       ValueError: for a model with several inputs or outputs, or data of the wrong shape.
+      FlexRuntimeError: (a ``RuntimeError``) for a file with TF Select ops when no
+        interpreter here links the flex delegate.
 
     Example:
       >>> import tempfile
@@ -155,11 +266,7 @@ def run(path: PathLike, x, batch_size: int = 256, threads: Optional[int] = None)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     x = _as_batch(x)
-    runner = _Runner(path, threads)
-    chunks = [runner(x[i : i + batch_size]).copy() for i in range(0, len(x), batch_size)]
-    if not chunks:
-        raise ValueError("`x` is empty. Pass at least one sample.")
-    return np.concatenate(chunks)
+    return _Runner(path, threads).run(x, batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +347,10 @@ def compare_latency(
     runners = [_Runner(p, threads) for p in paths]
     rng = np.random.default_rng(0)
     for runner in runners:
-        sample = _as_batch(x) if x is not None else rng.standard_normal((1,) + runner.sample_shape)
+        if x is None:  # one stand-in sample (a static batch: that many)
+            sample = rng.standard_normal((runner.static_batch or 1,) + runner.sample_shape)
+        else:
+            sample = _as_batch(x)
         runner.set_input(sample.astype(np.float32))
     bar = None
     if progress:

@@ -29,7 +29,7 @@ import contextlib
 import functools
 import pathlib
 import tempfile
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -40,8 +40,10 @@ from tfcompress._keras import keras3, require_tensorflow_backend
 __all__ = ["input_signature", "write_saved_model", "saved_model_converter", "run_saved_model"]
 
 
-def input_signature(model: Any, what: str = "Export") -> List[Any]:
-    """``tf.TensorSpec`` of each of a Keras 3 model's symbolic inputs (batch size free).
+def input_signature(model: Any, what: str = "Export", batch_size: Optional[int] = None
+                    ) -> List[Any]:
+    """``tf.TensorSpec`` of each of a Keras 3 model's symbolic inputs: batch size free, or
+    ``batch_size`` (a static batch).
 
     Raises:
       ValueError: for a subclassed model, whose input shape Keras 3 does not record.
@@ -56,20 +58,22 @@ def input_signature(model: Any, what: str = "Export") -> List[Any]:
             "a subclassed Keras 3 model without symbolic inputs. Wrap it in a Functional model: "
             "`inputs = keras.Input(shape); wrapped = keras.Model(inputs, model(inputs))`."
         )
-    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in inputs]
+    specs = [tf.TensorSpec((batch_size,) + tuple(t.shape[1:]), t.dtype, name=t.name)
+             for t in inputs]
     return [specs] if len(specs) > 1 else specs
 
 
-def write_saved_model(model: Any, folder: PathLike) -> None:
+def write_saved_model(model: Any, folder: PathLike, batch_size: Optional[int] = None) -> None:
     """Writes a Keras 3 model's inference graph (``serve`` and ``serving_default``, called
-    with ``training=False``) as a SavedModel in ``folder`` (not atomically: callers stage it).
+    with ``training=False``) as a SavedModel in ``folder`` (not atomically: callers stage it),
+    for any batch size or only for ``batch_size``.
 
     Raises:
       RuntimeError: on a Keras 3 backend other than TensorFlow.
       ValueError: for a subclassed model (see :func:`input_signature`).
     """
     require_tensorflow_backend("SavedModel and TFLite export")
-    signature = input_signature(model)
+    signature = input_signature(model, batch_size=batch_size)
     archive = keras3.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", functools.partial(model.__call__, training=False), signature)
@@ -77,15 +81,17 @@ def write_saved_model(model: Any, folder: PathLike) -> None:
 
 
 @contextlib.contextmanager
-def saved_model_converter(model: Any) -> Iterator["tf.lite.TFLiteConverter"]:
-    """A ``TFLiteConverter`` for a Keras 3 model, valid inside the ``with`` block.
+def saved_model_converter(model: Any, batch_size: Optional[int] = None
+                          ) -> Iterator["tf.lite.TFLiteConverter"]:
+    """A ``TFLiteConverter`` for a Keras 3 model (dynamic batch, or static ``batch_size``),
+    valid inside the ``with`` block.
 
     The model is staged as a SavedModel in a temporary folder, removed on exit (the converter
     reads the folder when it converts).
     """
     with tempfile.TemporaryDirectory(prefix="tfcompress-") as staging:
         folder = pathlib.Path(staging) / "saved_model"
-        write_saved_model(model, folder)
+        write_saved_model(model, folder, batch_size)
         yield tf.lite.TFLiteConverter.from_saved_model(str(folder))
 
 

@@ -1,14 +1,15 @@
-"""TFLite export of tf_keras and Keras 3 models: float32, dynamic-range, float16 and int8,
-written atomically."""
+"""TFLite export of tf_keras and Keras 3 models: float32, dynamic-range, float16 and int8;
+builtin ops or TF Select; dynamic or static batch; written atomically."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import pathlib
-from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
+import tempfile
+import warnings
+from typing import Any, Iterator, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 from tfcompress._internals import tfmot_private
@@ -22,16 +23,19 @@ from tfcompress._keras import (
     require_tensorflow_backend,
 )
 from tfcompress._validate import float16_layers
-from tfcompress.export import serving
+from tfcompress.export import calibration, recurrent, serving
+from tfcompress.export.batch import (
+    BatchSize,
+    StaticBatchWarning,
+    check_batch_size,
+    dynamic_batch_problem,
+)
+from tfcompress.export.calibration import RepresentativeData
+from tfcompress.export.conversion_errors import ConversionError, captured_stderr, explain
 from tfcompress.quantization.tflite_mode import tflite_export_mode
 
-__all__ = ["QUANTIZE_OPTIONS", "ConversionError", "is_qat_model", "to_tflite"]
-
-RepresentativeData = Union[np.ndarray, Iterable, Callable[[], Iterable]]
-
-
-class ConversionError(ValueError):
-    """The TFLite converter rejected the model; the message keeps TF's first lines."""
+__all__ = ["QUANTIZE_OPTIONS", "ConversionError", "StaticBatchWarning", "is_qat_model",
+           "to_tflite"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,104 +126,38 @@ def _resolve(quantize: Optional[str], qat: bool) -> Optional[str]:
     return quantize
 
 
-def _sample_batches(data: RepresentativeData, sample_shape: tuple) -> Iterator[np.ndarray]:
-    """Yields single-sample float32 batches from an array, an iterable or a callable."""
-    if callable(data) and not isinstance(data, np.ndarray):
-        data = data()
-    elements = [data] if isinstance(data, np.ndarray) else data
-    try:
-        iterator = iter(elements)
-    except TypeError:
-        raise TypeError(
-            "`representative_data` must be an array of samples, an iterable of batches "
-            f"or a function returning one, got {type(data).__name__}."
-        ) from None
-    count = 0
-    for element in iterator:
-        if isinstance(element, tuple) and element:
-            element = element[0]  # (x, y) pairs, e.g. from a tf.data.Dataset or a generator
-        batch = np.asarray(element, dtype=np.float32)
-        if batch.ndim == len(sample_shape):
-            batch = batch[None]
-        if batch.ndim != len(sample_shape) + 1 or any(
-            want is not None and want != got for want, got in zip(sample_shape, batch.shape[1:])
-        ):
-            raise ValueError(
-                f"Representative data of shape {batch.shape} does not fit the model input "
-                f"(None, {', '.join(map(str, sample_shape))}). Pass samples with the model's "
-                "input shape."
-            )
-        for sample in batch:
-            count += 1
-            yield [sample[None]]
-    if count == 0:
-        raise ValueError(
-            "`representative_data` yielded no samples, so int8 ranges cannot be calibrated. "
-            "Pass ~100 training samples."
-        )
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The resolved options of one :func:`to_tflite` call."""
+
+    quantize: Optional[str]
+    io_dtype: str
+    select_tf_ops: bool
+    qat: bool
+    representative_data: Optional[RepresentativeData]
+
+    @property
+    def calibrating(self) -> bool:
+        """int8 for a float model: ranges come from representative data."""
+        return _QUANTIZATIONS[self.quantize].integer and not self.qat
 
 
-def _representative_dataset(model: "keras.Model", data: RepresentativeData) -> Callable:
-    if len(model.inputs) != 1:
-        raise ValueError(
-            f"int8 calibration supports single-input models; {model.name!r} has "
-            f"{len(model.inputs)} inputs. Quantize it with tfcompress.quantization (QAT), "
-            "whose int8 export needs no representative data."
-        )
-    sample_shape = tuple(model.inputs[0].shape[1:])
-    if isinstance(data, np.ndarray):
-        next(_sample_batches(data, sample_shape))  # validate the array before converting
-    return lambda: _sample_batches(data, sample_shape)
-
-
-@contextlib.contextmanager
-def _new_converter(model: "keras.Model") -> Iterator["tf.lite.TFLiteConverter"]:
-    """The converter of either flavour: tf_keras models convert directly, Keras 3 models
-    through a staged SavedModel (see :mod:`tfcompress.export.serving`)."""
-    if flavour_of(model) is KERAS3:
-        with serving.saved_model_converter(model) as converter:
-            yield converter
-    else:
-        yield tf.lite.TFLiteConverter.from_keras_model(model)
-
-
-def _calibration(
-    model: "keras.Model",
-    quantize: Optional[str],
-    qat: bool,
-    representative_data: Optional[RepresentativeData],
-) -> Optional[Callable]:
-    """The converter's ``representative_dataset`` (validated), or None if none is needed."""
-    if not (_QUANTIZATIONS[quantize].integer and not qat):
-        return None
-    if representative_data is None:
-        raise ValueError(
-            "quantize='int8' for a float model needs `representative_data` to calibrate "
-            "activation ranges: pass ~100 training samples (an array, an iterable of "
-            "batches or a function returning one), or train the model with "
-            "tfcompress.quantization.quantize_model, whose ranges come from training."
-        )
-    return _representative_dataset(model, representative_data)
-
-
-def _configure(
-    converter: "tf.lite.TFLiteConverter",
-    quantize: Optional[str],
-    representative: Optional[Callable],
-    io_dtype: str,
-) -> None:
-    """Sets the options of one ``quantize`` row. Only builtin ops are allowed (the
-    converter's default): no TF Select fallback."""
-    row = _QUANTIZATIONS[quantize]
+def _configure(converter: "tf.lite.TFLiteConverter", options: _Options, representative) -> None:
+    """Sets the options of one ``quantize`` row, and the op sets: builtin ops only (the
+    converter's default), or builtins and TF Select ops."""
+    row = _QUANTIZATIONS[options.quantize]
     if row.optimize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if row.supported_types:
         converter.target_spec.supported_types = list(row.supported_types)
     if representative is not None:
         converter.representative_dataset = representative
-    if io_dtype != "float32":
-        converter.inference_input_type = _IO_DTYPES[io_dtype]
-        converter.inference_output_type = _IO_DTYPES[io_dtype]
+    if options.io_dtype != "float32":
+        converter.inference_input_type = _IO_DTYPES[options.io_dtype]
+        converter.inference_output_type = _IO_DTYPES[options.io_dtype]
+    if options.select_tf_ops:
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
 
 
 def _check_options(model: "keras.Model", quantize: Optional[str], io_dtype: str
@@ -247,9 +185,98 @@ def _check_options(model: "keras.Model", quantize: Optional[str], io_dtype: str
     return qat, resolved
 
 
-def _first_lines(error: Exception, count: int = 3) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:count]) or type(error).__name__
+@contextlib.contextmanager
+def _static_keras_converter(model: Any, batch: int) -> Iterator["tf.lite.TFLiteConverter"]:
+    """A converter for a tf_keras model traced with a static batch, from a SavedModel that
+    holds only the model's variables and that one function: like ``from_keras_model``'s
+    SavedModel it keeps QAT fake-quant ops and LSTM fusion, without tf_keras's tracing of
+    every layer for serialization (6x faster for an LSTM)."""
+    names = getattr(model, "input_names", None) or [None] * len(model.inputs)
+    specs = [tf.TensorSpec((batch,) + tuple(t.shape[1:]), t.dtype, name=name)
+             for t, name in zip(model.inputs, names)]
+
+    def serve(*inputs):
+        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+    module = tf.Module()
+    module.variables_ = list(model.variables)
+    module.serve = tf.function(serve, input_signature=specs)
+    with tempfile.TemporaryDirectory(prefix="tfcompress-") as staging:
+        folder = str(pathlib.Path(staging) / "saved_model")
+        tf.saved_model.save(module, folder, signatures=module.serve.get_concrete_function())
+        yield tf.lite.TFLiteConverter.from_saved_model(folder)
+
+
+@contextlib.contextmanager
+def _new_converter(model: Any, batch: Optional[int]) -> Iterator["tf.lite.TFLiteConverter"]:
+    """The converter of either flavour for a dynamic (``None``) or static batch: tf_keras
+    models convert directly, Keras 3 models through a staged SavedModel (see
+    :mod:`tfcompress.export.serving`)."""
+    if flavour_of(model) is KERAS3:
+        with serving.saved_model_converter(model, batch) as converter:
+            yield converter
+    elif batch is None:
+        yield tf.lite.TFLiteConverter.from_keras_model(model)
+    else:
+        with _static_keras_converter(model, batch) as converter:
+            yield converter
+
+
+def _convert(model: Any, options: _Options, batch: Optional[int]) -> bytes:
+    """The flatbuffer of ``model`` for ``batch``; the converter's stderr is captured.
+
+    Raises:
+      ConversionError: a short explanation when the converter fails.
+    """
+    representative = calibration.representative_dataset(
+        model, options.representative_data, options.calibrating, batch)
+    # Low-bit PACT/weight quantizers trace 8-bit ops that TFLite kernels accept; a Keras 3
+    # model is traced while it is staged, a tf_keras one while it converts.
+    mode = tflite_export_mode() if options.qat else contextlib.nullcontext()
+    with captured_stderr() as captured:
+        try:
+            with mode, _new_converter(model, batch) as converter:
+                _configure(converter, options, representative)
+                return converter.convert()
+        except (ValueError, TypeError):
+            raise
+        except Exception as error:  # TF raises ConverterError and assorted runtime errors.
+            failure = error
+    raise explain(failure, captured.text, model, options.quantize, batch) from failure
+
+
+def _warn_static(model: Any, reason: str) -> None:
+    warnings.warn(
+        f"{model.name!r}: wrote a static batch of 1 instead of a dynamic batch: {reason}. "
+        "Pass batch_size=N for another static batch.", StaticBatchWarning, stacklevel=4)
+
+
+def _write(model: Any, source: Any, options: _Options, batch: BatchSize,
+           tmp: pathlib.Path) -> None:
+    """Converts ``source`` (``model`` or its fusable copy) into ``tmp`` for ``batch``."""
+    reason = recurrent.static_batch_reason(model) if batch == "auto" else ""
+    if batch != "auto" or reason:
+        tmp.write_bytes(_convert(source, options, 1 if batch == "auto" else batch))
+        if reason:
+            _warn_static(model, reason)
+        return
+    try:
+        tmp.write_bytes(_convert(source, options, None))
+    except ConversionError as error:
+        if error.ops:  # ops without a builtin kernel: a static batch does not help
+            raise
+        try:
+            tmp.write_bytes(_convert(source, options, 1))
+        except ConversionError:
+            raise error  # the dynamic attempt's explanation, as the user asked for "auto"
+        first_line = str(error).splitlines()[0]
+        _warn_static(model, "the dynamic batch failed to convert ("
+                     + first_line.split(" failed: ", 1)[-1] + ")")
+        return
+    problem = dynamic_batch_problem(model, tmp, compare_keras=not options.qat)
+    if problem:
+        tmp.write_bytes(_convert(source, options, 1))
+        _warn_static(model, f"the dynamic-batch file failed a check: {problem}")
 
 
 def to_tflite(
@@ -259,11 +286,15 @@ def to_tflite(
     representative_data: Optional[RepresentativeData] = None,
     *,
     io_dtype: str = "float32",
+    select_tf_ops: bool = False,
+    batch_size: BatchSize = "auto",
 ) -> pathlib.Path:
     """Converts a tf_keras or Keras 3 model to a ``.tflite`` file.
 
     A Keras 3 model (TensorFlow backend) is converted through a SavedModel of its inference
-    graph (:mod:`tfcompress.export.serving`); the options and the result are the same.
+    graph (:mod:`tfcompress.export.serving`); the options and the result are the same. A
+    Keras 3 model with LSTM layers is converted through its tf_keras copy, whose LSTMs
+    become fused TFLite kernels (see :mod:`tfcompress.export.recurrent`).
 
     ``quantize`` options:
 
@@ -279,6 +310,13 @@ def to_tflite(
     The model's input and output stay float32 (QUANTIZE/DEQUANTIZE at the interface)
     unless ``io_dtype`` asks for an integer interface.
 
+    ``batch_size``: an int writes a static batch of that size, ``None`` a dynamic batch.
+    ``"auto"`` writes a dynamic batch, unless the model has recurrent layers (TFLite needs
+    static shapes for them), the dynamic batch fails to convert, or LiteRT cannot run the
+    dynamic file on a batch of two / its outputs differ from Keras's
+    (:func:`tfcompress.export.batch.dynamic_batch_problem`): then it writes a static batch
+    of 1 and warns (:class:`StaticBatchWarning`) with the reason.
+
     Args:
       model: a built tf_keras or Keras 3 model (Keras 3: Functional or Sequential).
       path: the ``.tflite`` file to write. It is written atomically: a failed export
@@ -289,6 +327,10 @@ def to_tflite(
         function returning such an iterable. ~100 samples are enough.
       io_dtype: ``"float32"``, or ``"int8"``/``"uint8"`` for an integer interface
         (``quantize="int8"`` only).
+      select_tf_ops: also allow TF Select (flex) ops for TF ops without a TFLite builtin
+        kernel (e.g. ``MaxPool3D``); the file then runs only where LiteRT links the flex
+        delegate.
+      batch_size: ``"auto"``, ``None`` (dynamic) or a positive int (static).
 
     Returns:
       ``path`` as a ``pathlib.Path``.
@@ -296,10 +338,13 @@ def to_tflite(
     Raises:
       TypeError: for a non-model.
       ValueError: for an unknown option, int8 without representative data for a float
-        model, a mixed-precision (float16 compute) model, a subclassed Keras 3 model, an
-        output folder that does not exist or is not writable.
+        model (or calibration the converter would crash on: recurrent WHILE loops), a
+        mixed-precision (float16 compute) model, a subclassed Keras 3 model, an output
+        folder that does not exist or is not writable.
       RuntimeError: for a Keras 3 model on a backend other than TensorFlow.
-      ConversionError: (a ``ValueError``) if the TFLite converter fails.
+      ConversionError: (a ``ValueError``) if the TFLite converter fails: a few lines
+        naming the ops without a builtin kernel, their layers and the fix; the converter's
+        full output is on its ``details``.
 
     Example:
       >>> import tf_keras as keras
@@ -308,32 +353,25 @@ def to_tflite(
       >>> to_tflite(model, tempfile.mkdtemp() + "/dense.tflite", quantize=None).name
       'dense.tflite'
       >>> import keras  # Keras 3
-      >>> from tfcompress.export import quantization_kind
+      >>> from tfcompress.export import input_shapes, quantization_kind
       >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-      >>> quantization_kind(to_tflite(model, tempfile.mkdtemp() + "/k3.tflite", "float16"))
-      'float16'
+      >>> path = to_tflite(model, tempfile.mkdtemp() + "/k3.tflite", "float16", batch_size=3)
+      >>> quantization_kind(path), input_shapes(path)
+      ('float16', [(3, 4)])
     """
     check_model(model)
     qat, resolved = _check_options(model, quantize, io_dtype)
+    batch = check_batch_size(batch_size)
     path = output_path(path)
     if path.is_dir():
         raise ValueError(f"{str(path)!r} is a folder. Pass a file path such as 'model.tflite'.")
-    representative = _calibration(model, resolved, qat, representative_data)
-    # Low-bit PACT/weight quantizers trace 8-bit ops that TFLite kernels accept; a Keras 3
-    # model is traced while it is staged, a tf_keras one while it converts.
-    mode = tflite_export_mode() if qat else contextlib.nullcontext()
-    try:
-        with mode, _new_converter(model) as converter:
-            _configure(converter, resolved, representative, io_dtype)
-            flatbuffer = converter.convert()
-    except (ValueError, TypeError):
-        raise
-    except Exception as error:  # TF raises ConverterError and assorted runtime errors.
-        raise ConversionError(
-            f"TFLite conversion of {model.name!r} with quantize={resolved!r} failed: "
-            f"{_first_lines(error)}. Check that every layer maps to a TFLite builtin op; "
-            "try quantize=None to see whether quantization is the cause."
-        ) from error
+    options = _Options(resolved, io_dtype, bool(select_tf_ops), qat, representative_data)
+    # Bad representative data fails here, before any conversion.
+    calibration.representative_dataset(model, representative_data, options.calibrating,
+                                       batch if isinstance(batch, int) else None)
+    source = recurrent.fusable_copy(model)
+    if options.calibrating:
+        recurrent.refuse_calibration(source)
     with atomic_file(path) as tmp:
-        tmp.write_bytes(flatbuffer)
+        _write(model, source, options, batch, tmp)
     return path

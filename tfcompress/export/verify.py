@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import pathlib
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class ParityReport:
       op_counts: ``{op name: count}`` of the TFLite graph.
       float_fallback_ops: ``"NAME#index"`` of ops that compute in float in an int8 file.
       failures: why the check failed, one sentence each; empty if it passed.
+      input_shape: the file's input shape, ``None`` for a free (dynamic) dimension.
+      skipped: why the file could not be run here (TF Select ops without a flex runtime),
+        or None. A skipped check has no failures, but has not passed either.
     """
 
     tflite_path: str
@@ -52,18 +55,23 @@ class ParityReport:
     op_counts: Dict[str, int]
     float_fallback_ops: List[str]
     failures: List[str]
+    input_shape: Tuple[Optional[int], ...] = ()
+    skipped: Optional[str] = None
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        """The file ran and matched the model."""
+        return not self.failures and self.skipped is None
 
     def summary(self) -> str:
         """A few human-readable lines, as the CLI prints them: the verdict, then
         :meth:`details` and one line per failure."""
+        name = pathlib.Path(self.tflite_path).name
+        if self.skipped is not None:
+            return f"parity NOT CHECKED: {name} ({self.kind}): {self.skipped}"
         header = (
             f"parity {'PASSED' if self.passed else 'FAILED'}: "
-            f"{pathlib.Path(self.tflite_path).name} ({self.kind}) vs Keras on {self.samples} "
-            "samples"
+            f"{name} ({self.kind}) vs Keras on {self.samples} samples"
         )
         failures = [f"  failure: {failure}" for failure in self.failures]
         return "\n".join([header, *self.details(), *failures])
@@ -84,6 +92,11 @@ class ParityReport:
             f"{self.mean_abs_diff:.3g}, top-1 agreement {agreement}{required}",
             f"  ops: {ops}",
         ]
+        if self.input_shape:
+            batch = self.input_shape[0]
+            shape = "(" + ", ".join("None" if d is None else str(d) for d in self.input_shape)
+            lines.append(f"  input {shape.rstrip(', ')}): "
+                         + ("dynamic batch" if batch is None else f"static batch of {batch}"))
         if self.float_fallback_ops:
             lines.append(f"  float fallback ops: {', '.join(self.float_fallback_ops)}")
         return lines
@@ -133,6 +146,17 @@ def _check_data(model: "keras.Model", data) -> np.ndarray:
     return data.astype(np.float32, copy=False)
 
 
+def _skipped(path, kind: str, ops, shapes, min_agreement: float, reason: str
+             ) -> ParityReport:
+    """The report of a file that cannot run here: nothing measured, the reason kept."""
+    nan = float("nan")
+    return ParityReport(
+        tflite_path=str(path), kind=kind, samples=0, max_abs_diff=nan, mean_abs_diff=nan,
+        top1_agreement=None, atol=None, min_agreement=min_agreement,
+        op_counts=dict(collections.Counter(op.name for op in ops)), float_fallback_ops=[],
+        failures=[], input_shape=shapes[0] if shapes else (), skipped=reason)
+
+
 def verify(
     keras_model: "keras.Model",
     tflite_path: PathLike,
@@ -162,6 +186,10 @@ def verify(
       allow_float_fallback: if False, ops left in float in an int8 file fail the check.
       batch_size: samples per Keras and TFLite call.
       raise_on_failure: raise :class:`ParityError` on failure (else just report it).
+
+    A file with TF Select (flex) ops runs where an interpreter links the flex delegate
+    (see :mod:`tfcompress.export.litert`); elsewhere the report is ``skipped`` with the
+    reason (``passed`` is False, nothing is raised).
 
     Returns:
       The :class:`ParityReport`.
@@ -200,7 +228,11 @@ def verify(
             "Verify a model that returns one of them."
         )
     expected = np.asarray(expected, dtype=np.float32)
-    actual = litert.run(tflite_path, data, batch_size=batch_size)
+    shapes = flatbuffer.input_shapes(tflite_path)
+    try:
+        actual = litert.run(tflite_path, data, batch_size=batch_size)
+    except litert.FlexRuntimeError as error:
+        return _skipped(tflite_path, kind, ops, shapes, min_agreement, str(error))
     if actual.shape != expected.shape:
         raise ValueError(
             f"TFLite output shape {actual.shape} differs from Keras output shape "
@@ -233,6 +265,7 @@ def verify(
         op_counts=dict(collections.Counter(op.name for op in ops)),
         float_fallback_ops=fallbacks,
         failures=failures,
+        input_shape=shapes[0] if shapes else (),
     )
     if failures and raise_on_failure:
         raise ParityError(report)
