@@ -130,7 +130,7 @@ def test_layers_that_are_not_channelwise_stay_barriers(flavour, name):
     assert f"odd ({reason})" in summary and f"  odd: {reason}" in summary
 
 
-def _naive(call, run=None, unknown=""):
+def _naive(call, *args):
     """A probe that checks only the channel count: what the real one must not be."""
     shape = call.output_shapes[0]
     same = shape[-1] == call.input_shapes[0][-1]
@@ -169,12 +169,15 @@ def test_lambda_and_op_nodes_doing_spatial_ops_are_probed(flavour):
     assert stats["macs_kept"] < 0.6
 
 
-def test_config_holding_the_channel_count_is_a_barrier(flavour):
+def test_a_lambda_declaring_the_channel_count_is_a_barrier(flavour):
+    # channel-wise when run, but rebuilt on fewer channels it would still declare 8
     K = flavour.module
-    lam = K.layers.Lambda(lambda t, n: t * 1.0, arguments={"n": 8}, name="sized")
+    lam = K.layers.Lambda(lambda t: 2.0 * t, output_shape=(6, 6, 8), name="declared")
     graph = ChannelGraph(_through(K, lam))
-    assert graph.probed == {"sized": "probed: its config or arguments hold the channel count "
-                                     "(arguments.n=8) -> barrier"}
+    assert graph.probed == {"declared": "probed: declares 8 output channels for 7 (its config "
+                                        "holds the channel count) -> barrier"}
+    padding = layers(K)["ReflectionPadding2D"]((3, 3), name="pad")  # 3 is not a channel count
+    assert ChannelGraph(_through(K, padding, channels=3)).probed == {"pad": CLEAN}
 
 
 def test_probing_is_cheap_and_deterministic(flavour):
@@ -190,8 +193,9 @@ def test_probing_is_cheap_and_deterministic(flavour):
     calls.clear()
     verdicts = [ChannelGraph(model).probed for _ in range(2)]
     assert verdicts[0] == verdicts[1] == {"counted": CLEAN}
-    # per probe: base + 2 x 6 bit sets + 2 zeroed copies in one call; 3 channels dropped
-    assert calls == [(15, 4, 4, 64), (3, 4, 4, 63)] * 2
+    # per probe: base + 2 x 6 bit sets + 2 zeroed copies in one call; 3 channels dropped;
+    # one symbolic call on 63 channels
+    assert calls == [(15, 4, 4, 64), (3, 4, 4, 63), (None, 4, 4, 63)] * 2
 
 
 def test_layers_with_weights_or_two_inputs_are_not_probed(flavour):

@@ -15,28 +15,31 @@ all of these hold, and is a barrier otherwise:
 3. on the input without channel ``k`` (``k`` = first, middle and last channel) it gives the
    full output without channel ``k``: the rebuilt model runs it on fewer channels, so a
    layer holding a length-``C`` constant, or depending on channel indices, is refused;
-4. no integer equal to ``C`` appears in its config or its call's constant arguments (the
-   rebuild copies both unchanged; equal numbers that mean something else only make a
-   barrier).
+4. built the way the rebuild builds it (symbolically, from its unchanged config and call
+   arguments), it declares ``C - 1`` output channels for ``C - 1`` input channels: a config
+   that carries the channel count (a ``Lambda``'s ``output_shape``, a custom
+   ``compute_output_shape``) is refused. (Scanning the config for the number ``C`` would
+   also refuse ``ReflectionPadding2D(3)`` on 3 channels; what matters is what the rebuild
+   does with it.)
 
 Its output is *clean* (a pruned channel stays 0) if zeroed input channels give zeroed output
 channels; non-finite output there makes it a barrier. Every probed layer's verdict is kept on
 its :class:`~tfcompress.pruning.LayerRecord` (``ChannelGraph.probed``) and shown by
 ``Masks.summary()``. Probing costs two forward calls (split to at most
-:data:`MAX_ELEMENTS` floats per call) and is deterministic; exactness of the rebuild stays
-the safety net for layers that behave differently on other inputs.
+:data:`MAX_ELEMENTS` floats per call) and one symbolic call, and is deterministic; exactness
+of the rebuild stays the safety net for layers that behave differently on other inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from tfcompress._keras import TF_KERAS, flavour_of
+from tfcompress._keras import KERAS3, TF_KERAS, flavour_of
 from tfcompress.pruning.handlers.base import BarrierHandler, Call, Tracer
 from tfcompress.pruning.layout import Layout
 
@@ -68,29 +71,6 @@ def _barrier(why: str) -> Verdict:
     return Verdict(False, False, f"probed: {why} -> barrier")
 
 
-def _int_path(obj: Any, value: int, path: str = "") -> Optional[str]:
-    """Where integer ``value`` occurs in a nest of dicts/lists (``path=value``), or None."""
-    if isinstance(obj, dict):
-        items: Iterator[Tuple[str, Any]] = ((f"{path}.{k}" if path else str(k), v)
-                                            for k, v in obj.items())
-    elif isinstance(obj, (list, tuple)):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
-    else:
-        is_int = isinstance(obj, (int, np.integer)) and not isinstance(obj, bool)
-        return f"{path or 'argument'}={value}" if is_int and obj == value else None
-    for sub, item in items:
-        found = _int_path(item, value, sub)
-        if found:
-            return found
-    return None
-
-
-def _constants(call: Call) -> list:
-    ids = set(call.tensor_ids)
-    return [v for v in tf.nest.flatten([list(call.args), dict(call.kwargs)])
-            if id(v) not in ids]
-
-
 def _not_probed(call: Call) -> Optional[str]:
     """Why ``call`` cannot be probed, or None."""
     if getattr(call.layer, "weights", None):
@@ -103,13 +83,39 @@ def _not_probed(call: Call) -> Optional[str]:
     return None
 
 
-def _channel_count_in(call: Call, channels: int) -> Optional[str]:
+def _swapped(call: Call, value: Any) -> Tuple[list, dict]:
+    """The call's ``(args, kwargs)`` with its input tensor replaced by ``value``."""
+    ids = set(call.tensor_ids)
+    swap = lambda v: value if id(v) in ids else v  # noqa: E731
+    return (tf.nest.map_structure(swap, list(call.args)),
+            tf.nest.map_structure(swap, dict(call.kwargs)))
+
+
+def _declared_channels(call: Call, channels: int) -> Optional[int]:
+    """The output channels the layer declares, symbolically, for ``channels`` input channels:
+    what the rebuild sees when it calls the layer from its config."""
+    shape = tuple(call.input_shapes[0][:-1]) + (channels,)
+    if flavour_of(call.layer) is KERAS3:
+        args, kwargs = _swapped(call, KERAS3.module.KerasTensor(shape, dtype="float32"))
+        out = call.layer.compute_output_spec(*args, **kwargs)
+    else:
+        out = call.layer.compute_output_shape(tf.TensorShape(shape))
+    out = tf.nest.flatten(out, expand_composites=False)[0]
+    dims = tuple(getattr(out, "shape", out))
+    return None if not dims or dims[-1] is None else int(dims[-1])
+
+
+def _judge_symbolic(call: Call, channels: int) -> Optional[Verdict]:
+    """Check 4: built from its config on ``channels - 1`` channels, it declares as many."""
     try:
-        config = call.layer.get_config()
-    except Exception:  # keras.ops nodes and some custom layers have none
-        config = {}
-    config = {k: v for k, v in dict(config).items() if k not in ("name", "dtype")}
-    return _int_path(config, channels) or _int_path(_constants(call), channels)
+        declared = _declared_channels(call, channels - 1)
+    except Exception as error:  # cannot be built on fewer channels: the rebuild would fail
+        return _barrier(f"cannot be built on {channels - 1} channels "
+                        f"({type(error).__name__})")
+    if declared != channels - 1:
+        return _barrier(f"declares {declared} output channels for {channels - 1} (its "
+                        "config holds the channel count)")
+    return None
 
 
 def _accepts_training(layer: Any) -> bool:
@@ -126,7 +132,6 @@ def _run_layer(layer: Any) -> Runner:
 
 def _forward(call: Call, run: Runner, examples: np.ndarray) -> np.ndarray:
     """The layer's output on ``examples`` (stacked on the batch axis), in chunks."""
-    ids = set(call.tensor_ids)
     fixed = call.input_shapes[0][0]
     size = fixed or max(1, MAX_ELEMENTS // max(1, examples[0].size))
     to_tensor = tf.constant if flavour_of(call.layer) is TF_KERAS else np.asarray
@@ -136,10 +141,7 @@ def _forward(call: Call, run: Runner, examples: np.ndarray) -> np.ndarray:
         n = len(chunk)
         if fixed and n < fixed:  # a fixed batch size: pad with copies of the last example
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-        value = to_tensor(chunk)
-        swap = lambda v: value if id(v) in ids else v  # noqa: E731
-        args = tf.nest.map_structure(swap, list(call.args))
-        kwargs = tf.nest.map_structure(swap, dict(call.kwargs))
+        args, kwargs = _swapped(call, to_tensor(chunk))
         out = np.asarray(tf.nest.flatten(run(args, kwargs))[0], np.float64)
         outputs.append(out[:n])
     return np.concatenate(outputs)
@@ -206,7 +208,8 @@ def _judge_zeros(out: np.ndarray, zeroed: List[np.ndarray]) -> Verdict:
     return Verdict(True, clean, f"probed: channel-wise ({why})")
 
 
-def probe(call: Call, run: Optional[Runner] = None, unknown: str = UNKNOWN) -> Verdict:
+def probe(call: Call, run: Optional[Runner] = None, unknown: str = UNKNOWN,
+          symbolic: bool = True) -> Verdict:
     """Runs ``call``'s layer on random inputs and judges whether it is channel-wise.
 
     Args:
@@ -214,6 +217,7 @@ def probe(call: Call, run: Optional[Runner] = None, unknown: str = UNKNOWN) -> V
       run: runs the layer on ``(args, kwargs)`` (default: ``layer(*args, **kwargs)`` with
         ``training=False`` when its ``call`` takes ``training``).
       unknown: the start of the reason given when the layer cannot be probed.
+      symbolic: run check 4 (recorded TF ops are rebuilt by running them: no need).
 
     Returns:
       A :class:`Verdict`; its text starts with ``"probed: "`` if the layer was run.
@@ -234,9 +238,6 @@ def probe(call: Call, run: Optional[Runner] = None, unknown: str = UNKNOWN) -> V
     declared = call.output_shapes[0][-1] if len(call.output_shapes[0]) > 1 else None
     if declared not in (None, channels):
         return _barrier(f"changes the channel count ({channels} -> {declared})")
-    found = _channel_count_in(call, channels)
-    if found:
-        return _barrier(f"its config or arguments hold the channel count ({found})")
     run = run or _run_layer(call.layer)
     rng = np.random.default_rng(SEED)
     shape = _example_shape(call)
@@ -252,15 +253,16 @@ def probe(call: Call, run: Optional[Runner] = None, unknown: str = UNKNOWN) -> V
     checked = out[:1 + len(sets)]
     tolerance = 1e-6 * float(np.abs(checked).max()) if np.all(np.isfinite(checked)) else 0.0
     verdict = (_judge_random(checked, sets, channels, tolerance)
-               or _judge_fewer(call, run, base, out[0], tolerance))
+               or _judge_fewer(call, run, base, out[0], tolerance)
+               or (_judge_symbolic(call, channels) if symbolic else None))
     return verdict or _judge_zeros(out[1 + len(sets):], zeroed)
 
 
 def probe_propagate(call: Call, tracer: Tracer, run: Optional[Runner] = None,
-                    unknown: str = UNKNOWN) -> List[Layout]:
+                    unknown: str = UNKNOWN, symbolic: bool = True) -> List[Layout]:
     """Probes ``call`` (see :func:`probe`), records the verdict on its layer and returns its
     output layout: the input's, if channel-wise, else the blocked layout of a barrier."""
-    verdict = probe(call, run, unknown)
+    verdict = probe(call, run, unknown, symbolic)
     if verdict.text.startswith("probed: "):
         tracer.note(call, verdict.text)
     if not verdict.channelwise:

@@ -88,8 +88,10 @@ class GraphOpHandler(ChannelHandler):
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
         name = self.op_name(call.layer)
         if name not in self.ops:
+            # symbolic=False: the rebuild records an op by running it, as the probe did
             return probe_propagate(call, tracer, lambda a, k: self.run_op(call.layer, a, k),
-                                   f"{self.kind} {name!r} is not a known element-wise op")
+                                   f"{self.kind} {name!r} is not a known element-wise op",
+                                   symbolic=False)
         combine = self.ops[name]
         channels = call.output_shapes[0][-1] if call.output_shapes[0] else None
         ids = set(call.tensor_ids)
