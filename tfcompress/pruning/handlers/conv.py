@@ -64,7 +64,7 @@ def whole_groups(layer: Any) -> bool:
       >>> import keras
       >>> conv = keras.layers.Conv2D(8, 3, groups=4)
       >>> conv.build((None, 6, 6, 4))
-      >>> whole_groups(conv), conv.kernel.shape  # 4 groups of 1 input, 2 outputs each
+      >>> whole_groups(conv), tuple(conv.kernel.shape)  # 4 groups of 1 input, 2 outputs each
       (True, (3, 3, 1, 8))
     """
     return _groups(layer) > 1 and int(layer.kernel.shape[-2]) == 1
