@@ -65,6 +65,7 @@ def test_depth_multiplier_keeps_each_channels_outputs_together(flavour):
     np.testing.assert_array_equal(slim.get_layer("dw1").kernel.numpy(), expected)
 
 
+@pytest.mark.slow  # the same handler code as Conv2D; keeps the default run within budget
 @pytest.mark.parametrize("rank", [1, 3])
 def test_conv1d_and_conv3d_whole_groups(flavour, rank):
     model = convmixer(flavour.module, depth=1, dim=8, rank=rank)
