@@ -88,12 +88,14 @@ def test_inspect_lists_layers_totals_groups_and_barriers(tiny_file, capsys):
 def test_inspect_names_the_layer_that_blocks_a_group(tmp_path, capsys):
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
-    x = keras.layers.Lambda(lambda t: 2.0 * t, name="double")(x)
+    x = keras.layers.Lambda(lambda t: t[..., ::-1], name="reverse")(x)  # mixes channels
+    x = keras.layers.Lambda(lambda t: 2.0 * t, name="double")(x)  # channel-wise
     outputs = keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling2D()(x))
     keras.Model(inputs, outputs).save(tmp_path / "lambda.h5")
     assert main(["inspect", str(tmp_path / "lambda.h5")]) == 0
     printed = capsys.readouterr().out
-    assert "  conv: double: no channel handler for this layer type" in printed
+    assert "  conv: reverse: probed: mixes channels -> barrier" in printed
+    assert "  double: probed: channel-wise (clean)" in printed
 
 
 @pytest.mark.parametrize("output", ["slim.keras", "slim.h5", "slim_savedmodel"])

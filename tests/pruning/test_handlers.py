@@ -22,6 +22,7 @@ from tfcompress.pruning import (
     uncounted_layers,
 )
 from tfcompress.pruning.handlers import (
+    OUT,
     BarrierHandler,
     ChannelHandler,
     CoupledHandler,
@@ -263,10 +264,15 @@ def test_group_norm_with_several_channels_per_group_is_a_barrier(flavour):
 
 # ----- the registry seam -----------------------------------------------------------------
 class _Double(L.Layer):
-    """A custom channel-wise layer no built-in handler knows."""
+    """A custom channel-wise layer no built-in handler knows, with a weight (a weightless
+    one would be probed, see test_probe.py): output = x * scale, one scale per channel."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],),
+                                     initializer="ones")
 
     def call(self, inputs):
-        return 2.0 * inputs
+        return inputs * self.scale
 
 
 def _double_model():
@@ -292,7 +298,7 @@ def test_one_decorator_makes_a_custom_layer_prunable(registry_snapshot):
 
     @register_handler(_Double)
     class DoubleHandler(CoupledHandler):
-        pass
+        weights = {"scale": WeightSpec({0: OUT})}
 
     model = _double_model()
     assert isinstance(handler_for(model.get_layer("double")), DoubleHandler)  # cache cleared
@@ -358,6 +364,14 @@ def test_count_macs_names_the_layers_it_cannot_count(caplog):
     graph = ChannelGraph(model)
     assert uncounted_layers(graph) == [
         ("double", "no channel handler for this layer type (custom layer, Lambda or "
-                   "unsupported op)")]
+                   "unsupported op); not probed: it has weights")]
     assert count_macs(model) == 5 * 8 + 8 * 3  # the two Dense layers, by hand
     assert "leaves out 1 layer(s) it cannot count: double" in caplog.text
+
+
+def test_probed_layers_are_not_counted_either():
+    x = keras.Input((5,))
+    h = L.Lambda(lambda t: 2.0 * t, name="double")(L.Dense(8, name="producer")(x))
+    graph = ChannelGraph(keras.Model(x, L.Dense(3)(h)))
+    assert graph.group("producer").prunable  # channel-wise, but its cost is unknown
+    assert uncounted_layers(graph) == [("double", "probed: channel-wise (clean)")]

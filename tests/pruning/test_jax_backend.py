@@ -39,8 +39,25 @@ _SCRIPT = textwrap.dedent("""
         return {{"backend": keras.backend.backend(), "slim_class": type(slim).__module__,
                  "changed": relative_error(before, masked), "error": relative_error(masked, out),
                  "macs": count_macs(model), "slim_macs": count_macs(slim),
-                 "predicted_macs": graph_macs(graph, masks),
+                 "predicted_macs": graph_macs(graph, masks), "probed": graph.probed,
                  "params": model.count_params(), "slim_params": slim.count_params()}}
+
+    class ReflectionPadding2D(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
+
+    def probed_model():
+        # layers no handler knows, probed with numpy inputs; a depthwise Conv2D(groups=C)
+        L, ops = keras.layers, keras.ops
+        inputs = keras.Input((8, 8, 3))
+        h = L.Conv2D(8, 3, name="conv")(inputs)
+        h = L.Conv2D(8, 3, groups=8, padding="same", name="grouped")(h)
+        h = ReflectionPadding2D(name="pad")(h)
+        h = L.Lambda(lambda t: t * ops.sigmoid(t), name="swish")(h)
+        h = L.Conv2D(8, 3, name="conv2")(ops.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]]))
+        h = L.Lambda(lambda t: t - ops.mean(t, axis=-1, keepdims=True), name="center")(h)
+        h = L.GlobalAveragePooling2D()(L.Conv2D(8, 1, name="conv3")(h))
+        return keras.Model(inputs, L.Dense(2)(h))
 
     def refusal(step):
         try:
@@ -58,7 +75,7 @@ _SCRIPT = textwrap.dedent("""
     models = {{"residual_cnn": residual_cnn(width=8, flavour="keras3"),
               "MobileNetV2": keras.applications.MobileNetV2(
                   input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10),
-              "recurrent": recurrent()}}
+              "recurrent": recurrent(), "probed": probed_model()}}
     report = {{name: check(model) for name, model in models.items()}}
     from tfcompress.export import to_tflite
     from tfcompress.quantization import quantize_model
@@ -83,7 +100,7 @@ def jax_results(tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["residual_cnn", "MobileNetV2", "recurrent"])
+@pytest.mark.parametrize("name", ["residual_cnn", "MobileNetV2", "recurrent", "probed"])
 def test_pruning_path_is_exact_on_jax(jax_results, name):
     row = jax_results[name]
     assert row["backend"] == "jax" and row["slim_class"].startswith("keras.")
@@ -91,6 +108,12 @@ def test_pruning_path_is_exact_on_jax(jax_results, name):
     assert row["error"] <= 1e-4  # masked == rebuilt
     assert row["slim_macs"] == row["predicted_macs"] < row["macs"]
     assert row["slim_params"] < row["params"]
+
+
+def test_probing_runs_on_jax(jax_results):
+    assert jax_results["probed"]["probed"] == {
+        "pad": "probed: channel-wise (clean)", "swish": "probed: channel-wise (clean)",
+        "pad_1": "probed: channel-wise (clean)", "center": "probed: mixes channels -> barrier"}
 
 
 @pytest.mark.parametrize("step", ["quantize_model", "to_tflite"])

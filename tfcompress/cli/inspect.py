@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         for gid, barriers in blocked.items():
             reasons = "; ".join(f"{layer}: {reason}" for layer, reason in barriers)
             print(f"  {gid}: {reasons}")
+    if graph.probed:
+        print()
+        print("layers without a handler, judged by running them:")
+        for layer, verdict in graph.probed.items():
+            print(f"  {layer}: {verdict}")
     return 0
 
 
@@ -100,7 +105,8 @@ COMMAND = Command(
     description=(
         "Traces the model's channel graph: channels that must be pruned together form a\n"
         "group; a layer tfcompress cannot reason about (custom layer, Lambda, ...) or a\n"
-        "model output blocks the groups it touches. MACs count convolutions and Dense\n"
+        "model output blocks the groups it touches, unless running it on random inputs\n"
+        "proves it weightless and channel-wise. MACs count convolutions and Dense\n"
         "layers for one example."
     ),
     add_arguments=add_arguments,

@@ -33,7 +33,7 @@ def _macs(graph: ChannelGraph, kept: KeptFn) -> Tuple[int, List[Tuple[str, str]]
     for key, record in graph.records.items():
         if isinstance(record.handler, BarrierHandler):
             if not is_input_layer(record.layer):
-                failed.append((key, record.barrier or "no channel handler"))
+                failed.append((key, record.barrier or record.probe or "no channel handler"))
             continue
         for call in record.calls:
             if not call.inputs or not call.outputs:
@@ -48,8 +48,9 @@ def _macs(graph: ChannelGraph, kept: KeptFn) -> Tuple[int, List[Tuple[str, str]]
 
 def uncounted_layers(graph: ChannelGraph) -> List[Tuple[str, str]]:
     """``(layer, reason)`` for the layers whose MACs :func:`graph_macs` cannot count: those
-    without a channel handler (custom layers, Lambda, TF ops that are not element-wise) and
-    those whose handler could not size them.
+    without a channel handler (custom layers, Lambda, TF ops that are not element-wise; a
+    probe may find them channel-wise, but not what they cost) and those whose handler could
+    not size them.
 
     Example:
       >>> from tfcompress._keras import keras

@@ -215,7 +215,8 @@ def select_masks(
         scores = np.asarray(score(graph.filters(group)), np.float64).reshape(group.size)
         kept[gid] = _keep_best(scores, keep, group.blocks)
     return Masks(kept, sizes={g.id: g.size for g in graph.groups},
-                 layers={g.id: g.layers for g in graph.groups}, barriers=graph.barriers)
+                 layers={g.id: g.layers for g in graph.groups}, barriers=graph.barriers,
+                 probed=graph.probed)
 
 
 def fpgm_masks(

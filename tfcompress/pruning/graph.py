@@ -76,6 +76,13 @@ class ChannelGraph:
         """``{group id: [(layer, reason), ...]}`` for the groups that cannot be pruned."""
         return {g.id: list(g.barriers) for g in self._trace.groups.values() if g.barriers}
 
+    @property
+    def probed(self) -> Dict[str, str]:
+        """``{layer: verdict}`` for the layers no handler knows that were probed (run on
+        random inputs), e.g. ``"probed: channel-wise (clean)"`` or
+        ``"probed: mixes channels -> barrier"`` (see ``handlers.probe``)."""
+        return {key: r.probe for key, r in self._trace.records.items() if r.probe}
+
     def group(self, group_id: str) -> Group:
         """The group named ``group_id``.
 

@@ -25,6 +25,8 @@ class Masks(JsonDocument):
       sizes: ``{group id: number of channels}`` for every group (prunable or not).
       layers: ``{group id: names of the layers the group involves}`` (for reports).
       barriers: ``{group id: [(layer, reason), ...]}`` for groups that cannot be pruned.
+      probed: ``{layer: verdict}`` for layers no handler knows that were judged by running
+        them (``ChannelGraph.probed``), for reports.
 
     Raises:
       ValueError: if a kept group has no size, or its indices are empty, unsorted, repeated
@@ -46,7 +48,9 @@ class Masks(JsonDocument):
         sizes: Mapping[str, int],
         layers: Optional[Mapping[str, Sequence[str]]] = None,
         barriers: Optional[Mapping[str, Iterable[Tuple[str, str]]]] = None,
+        probed: Optional[Mapping[str, str]] = None,
     ) -> None:
+        self.probed: Dict[str, str] = {str(k): str(v) for k, v in (probed or {}).items()}
         self.sizes: Dict[str, int] = {str(k): int(v) for k, v in sizes.items()}
         self.layers: Dict[str, Tuple[str, ...]] = {k: tuple(v) for k, v in (layers or {}).items()}
         self.barriers: Dict[str, Tuple[Tuple[str, str], ...]] = {
@@ -87,6 +91,7 @@ class Masks(JsonDocument):
         return {
             "format": _FORMAT,
             "version": _VERSION,
+            **({"probed": dict(self.probed)} if self.probed else {}),
             "groups": [
                 {"id": gid, "size": size, "layers": list(self.layers.get(gid, ())),
                  **({"kept": self.kept[gid].tolist()} if gid in self.kept else {}),
@@ -115,16 +120,23 @@ class Masks(JsonDocument):
                              "damaged or hand-edited: recreate it with `masks.save(path)`.")
         for number, group in enumerate(groups):
             _check_group_entry(number, group)
+        probed = config.get("probed", {})
+        if not isinstance(probed, Mapping) or not all(
+                isinstance(v, str) for v in probed.values()):
+            raise ValueError(f"Masks document: 'probed' must map layer names to verdicts, got "
+                             f"{probed!r}. Recreate the file with `masks.save(path)`.")
         return cls(
             kept={g["id"]: g["kept"] for g in groups if "kept" in g},
             sizes={g["id"]: g["size"] for g in groups},
             layers={g["id"]: g.get("layers", ()) for g in groups},
             barriers={g["id"]: g["barriers"] for g in groups if "barriers" in g},
+            probed=probed,
         )
 
     # ----- reporting ----------------------------------------------------------------------
     def summary(self, max_layers: int = 3) -> str:
-        """A text table: group, layers, channels kept/total and what blocks a group."""
+        """A text table: group, layers, channels kept/total and what blocks a group; then
+        how each probed layer (no handler, judged by running it) was judged."""
         rows = [("group", "layers", "kept/total", "blocked by")]
         for gid, size in self.sizes.items():
             layers = list(self.layers.get(gid, ()))
@@ -138,6 +150,9 @@ class Masks(JsonDocument):
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3]
                  for row in rows]
         lines.insert(1, "-" * len(lines[0]))
+        if self.probed:
+            lines.append("layers without a handler, judged by running them:")
+            lines.extend(f"  {layer}: {verdict}" for layer, verdict in self.probed.items())
         lines.append(f"pruned {self.pruned_ratio:.1%} of the channels of {len(self.kept)} "
                      f"prunable groups ({len(self.barriers)} groups blocked)")
         return "\n".join(line.rstrip() for line in lines)

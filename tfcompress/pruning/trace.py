@@ -85,6 +85,7 @@ class LayerRecord:
       handler: its :class:`~tfcompress.pruning.handlers.ChannelHandler`.
       calls: every call of the layer, in trace order, with input and output layouts.
       barrier: why the layer blocks its channels, or None.
+      probe: how probing judged a layer no handler knows (``"probed: ..."``), or None.
     """
 
     key: str
@@ -92,6 +93,7 @@ class LayerRecord:
     handler: ChannelHandler
     calls: Tuple[Call, ...]
     barrier: Optional[str] = None
+    probe: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +113,7 @@ class _Record:  # the mutable record the tracer fills, frozen into a LayerRecord
     handler: ChannelHandler
     calls: List[Call]
     barrier: Optional[str] = None
+    probe: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -174,8 +177,8 @@ class _Tracer:
         for name, layout in zip(output_names(model), outputs):
             self._block_layout(layout, (name, "reaches a model output"))
         groups, space_group = self._build_groups()
-        records = {key: LayerRecord(key, r.layer, r.handler, tuple(r.calls), r.barrier)
-                   for key, r in self.records.items()}
+        records = {key: LayerRecord(key, r.layer, r.handler, tuple(r.calls), r.barrier,
+                                    r.probe) for key, r in self.records.items()}
         return Trace(types.MappingProxyType(groups), types.MappingProxyType(records),
                      types.MappingProxyType(space_group),
                      types.MappingProxyType(dict(self.nested_inputs)))
@@ -229,6 +232,11 @@ class _Tracer:
         self._block_layout(layout, (call.key, f"grouped convolution ({blocks} groups) over "
                                               "channels that are concatenated or repeated"))
         return False
+
+    def note(self, call: Call, text: str) -> None:
+        record = self.records[call.key]  # a shared layer: a barrier verdict wins
+        if record.probe is None or text.endswith("barrier"):
+            record.probe = text
 
     # ----- tracing --------------------------------------------------------------------------
     def _trace_model(self, model: Any, prefix: str, inputs: List[Layout]) -> List[Layout]:

@@ -11,6 +11,7 @@ from tfcompress.pruning.handlers import (  # noqa: F401  (registers the built-in
     kerasop,
     merge,
     normalization,
+    probe,
     recurrent,
     reshape,
     tfop,
@@ -25,6 +26,7 @@ from tfcompress.pruning.handlers.base import (
     CoupledHandler,
     WeightSpec,
 )
+from tfcompress.pruning.handlers.probe import ProbeHandler
 from tfcompress.pruning.handlers.registry import (
     DEFAULT_BARRIER,
     HANDLERS,
@@ -34,5 +36,6 @@ from tfcompress.pruning.handlers.registry import (
 
 __all__ = [
     "IN", "OUT", "MID", "WeightSpec", "Call", "ChannelHandler", "CoupledHandler",
-    "BarrierHandler", "HANDLERS", "DEFAULT_BARRIER", "handler_for", "register_handler",
+    "BarrierHandler", "ProbeHandler", "HANDLERS", "DEFAULT_BARRIER", "handler_for",
+    "register_handler",
 ]

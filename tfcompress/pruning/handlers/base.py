@@ -108,6 +108,9 @@ class Tracer(Protocol):
         """Requires ``layout`` to keep the same number of channels in each of ``blocks``
         contiguous blocks (grouped convolutions); blocks it and returns False if impossible."""
 
+    def note(self, call: Call, text: str) -> None:
+        """Records how this layer was judged (e.g. a probe's verdict), for reports."""
+
 
 _ZERO_MAPS: Dict[Any, bool] = {}
 

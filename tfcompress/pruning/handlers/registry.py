@@ -2,8 +2,9 @@
 
 Lookup walks the layer class's MRO, so subclasses (``Conv2DTranspose`` is a ``Conv2D``,
 ``SyncBatchNormalization`` a ``BatchNormalization``) get the most specific row; results are
-cached per class. A class with no row in its MRO is a barrier (:data:`DEFAULT_BARRIER`):
-tfcompress never guesses.
+cached per class. A class with no row in its MRO gets :data:`DEFAULT_BARRIER`, a
+:class:`~tfcompress.pruning.handlers.probe.ProbeHandler`: a barrier unless running the layer
+on random inputs proves it weightless and channel-wise. tfcompress never guesses.
 
 A new layer family is one module and one decorator (register before tracing)::
 
@@ -24,7 +25,8 @@ import functools
 import types
 from typing import Any, Callable, Dict, Mapping, Optional, Type, TypeVar, Union
 
-from tfcompress.pruning.handlers.base import BarrierHandler, ChannelHandler, WeightSpec
+from tfcompress.pruning.handlers.base import ChannelHandler, WeightSpec
+from tfcompress.pruning.handlers.probe import ProbeHandler
 
 __all__ = ["HANDLERS", "DEFAULT_BARRIER", "register_handler", "handler_for"]
 
@@ -35,7 +37,8 @@ _TABLE: Dict[type, ChannelHandler] = {}
 #: ``{layer class: handler}``, read-only; fill it with :func:`register_handler`.
 HANDLERS: Mapping[type, ChannelHandler] = types.MappingProxyType(_TABLE)
 
-DEFAULT_BARRIER = BarrierHandler()
+#: The handler of classes without a row: probes each call (see ``handlers.probe``).
+DEFAULT_BARRIER = ProbeHandler()
 
 
 def _validate(layer_classes: tuple, handler: Any) -> None:

@@ -2,8 +2,10 @@
 ``x + 3.0``), and the shared logic of :class:`GraphOpHandler` (``keras.ops`` nodes of Keras 3
 subclass it in :mod:`~tfcompress.pruning.handlers.kerasop`).
 
-Only listed ops are traced; any other op is a barrier. Unary ops and ops with a scalar
-constant are channel-wise; ops between two tensors are element-wise merges.
+Listed ops are traced by name: unary ops and ops with a scalar constant are channel-wise;
+ops between two tensors are element-wise merges. Any other op is probed
+(:mod:`~tfcompress.pruning.handlers.probe`): a barrier unless running it proves it
+channel-wise.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tensorflow as tf
 from tfcompress._keras import existing_classes
 from tfcompress.pruning.handlers.base import Call, ChannelHandler, Tracer
 from tfcompress.pruning.handlers.merge import merge_layouts
+from tfcompress.pruning.handlers.probe import probe_propagate
 from tfcompress.pruning.handlers.registry import register_handler
 from tfcompress.pruning.layout import Layout
 
@@ -69,9 +72,7 @@ class GraphOpHandler(ChannelHandler):
         return np.zeros((1, 2), np.float32)
 
     def barrier_reason(self, layer: Any) -> Optional[str]:
-        if self.op_name(layer) not in self.ops:
-            return f"{self.kind} {self.op_name(layer)!r} is not a known element-wise op"
-        return None
+        return None  # unknown ops are probed, call by call
 
     def _zero_call(self, call: Call) -> Callable[[Any], Any]:
         ids = set(call.tensor_ids)
@@ -86,6 +87,11 @@ class GraphOpHandler(ChannelHandler):
 
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
         name = self.op_name(call.layer)
+        if name not in self.ops:
+            # symbolic=False: the rebuild records an op by running it, as the probe did
+            return probe_propagate(call, tracer, lambda a, k: self.run_op(call.layer, a, k),
+                                   f"{self.kind} {name!r} is not a known element-wise op",
+                                   symbolic=False)
         combine = self.ops[name]
         channels = call.output_shapes[0][-1] if call.output_shapes[0] else None
         ids = set(call.tensor_ids)
@@ -131,4 +137,4 @@ class TFOpHandler(GraphOpHandler):
         return tf.zeros((1, 2))  # TF's Python operators want tensors, not numpy arrays
 
     def run_op(self, layer: Any, args: Any, kwargs: Any) -> Any:
-        return layer.function(*args, **kwargs)
+        return layer.call(*args, **kwargs)  # SlicingOpLambda.call turns dicts into slices
