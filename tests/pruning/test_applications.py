@@ -6,13 +6,12 @@ writes the per-model tables into the "zoo" and "zoo_keras3" sections of
 ``benchmarks/RESULTS.md``.
 """
 
-import importlib.util
 import json
 import os
-import pathlib
 import time
 
 import pytest
+from _benchmarks import BENCHMARKS, results_writer
 from _exactness import application_names, build_application, check_pruned
 
 from tfcompress._keras import FLAVOURS, KERAS3
@@ -67,7 +66,7 @@ def test_application_counts():
 
 #: Per flavour: its RESULTS.md section, its JSON file of raw per-model results (so an
 #: interrupted zoo run can resume with TFCOMPRESS_ZOO_RESUME=1), the title of its table.
-_BENCH = pathlib.Path(__file__).parents[2] / "benchmarks"
+_BENCH = BENCHMARKS
 _ZOOS = {
     "tf_keras": ("zoo", _BENCH / "zoo.json", "tf_keras.applications"),
     "keras3": ("zoo_keras3", _BENCH / "zoo_keras3.json", "keras.applications (Keras 3)"),
@@ -75,14 +74,6 @@ _ZOOS = {
 _ZOO = {name: {} for name in _ZOOS}
 _RESUME = os.environ.get("TFCOMPRESS_ZOO_RESUME") == "1"
 _THIS_RUN = {name: set() for name in _ZOOS}  # rows measured by this run (others: carried)
-
-
-def _load_results_writer():
-    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "_results.py"
-    spec = importlib.util.spec_from_file_location("_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 #: Converting to TFLite takes ~3 s per million parameters on 2 cores; this optional limit
@@ -97,7 +88,7 @@ def _write_zoo_table(flavour):
     section, path, title = _ZOOS[flavour]
     zoo = _ZOO[flavour]
     write_text(path, json.dumps(zoo, indent=1, sort_keys=True))
-    results = _load_results_writer()
+    results = results_writer()
     markdown = _zoo_markdown(zoo, set(zoo) - _THIS_RUN[flavour], title, path.name)
     results.write_section(section, "\n".join(markdown))
 
@@ -198,7 +189,7 @@ def test_zoo(flavour, name, zoo_tables):
         _write_zoo_table(flavour.name)
         pytest.skip("measured by an earlier run (TFCOMPRESS_ZOO_RESUME=1)")
     start = time.perf_counter()
-    results = _load_results_writer()
+    results = results_writer()
     measured = {"commit": results.commit(), "date": results.today(), "machine": results.host()}
     _THIS_RUN[flavour.name].add(name)
     try:

@@ -6,7 +6,6 @@ Kerases; ``pytest -m zoo tests/pruning/test_patterns.py`` runs every pattern and
 "zoo_patterns" section of ``benchmarks/RESULTS.md``.
 """
 
-import importlib.util
 import json
 import pathlib
 import time
@@ -14,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _benchmarks import BENCHMARKS, results_writer
 from _exactness import TOLERANCE, check_pruned, relative_error
 from _patterns import PATTERNS, sample_input
 
@@ -69,21 +69,15 @@ def prune_and_export(flavour, name, folder) -> dict:
 @pytest.mark.parametrize("name", MUST_SHOW)
 def test_pattern_is_pruned_exactly_and_exported(flavour, name, tmp_path):
     stats = prune_and_export(flavour, name, tmp_path)
+    assert stats["error"] <= TOLERANCE  # masked == rebuilt (also asserted on the way)
     if "skip" in stats:
         pytest.skip(stats["skip"])
+    assert stats["tflite_error"] <= TOLERANCE
 
 
 # ----- the zoo section --------------------------------------------------------------------
-_JSON = pathlib.Path(__file__).parents[2] / "benchmarks" / "zoo_patterns.json"
+_JSON = BENCHMARKS / "zoo_patterns.json"
 _ROWS = {}
-
-
-def _results_writer():
-    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "_results.py"
-    spec = importlib.util.spec_from_file_location("_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _markdown(rows, results):
@@ -126,11 +120,12 @@ _ZOO_CASES = [(f, name) for f in FLAVOURS for name in sorted(PATTERNS)]
 @pytest.mark.parametrize("flavour, name", _ZOO_CASES,
                          ids=[f"{f.name}-{n}" for f, n in _ZOO_CASES])
 def test_zoo_patterns(flavour, name, tmp_path):
-    results = _results_writer()
+    results = results_writer()
     start = time.perf_counter()
     key = f"{flavour.name}/{name}"
     try:
         stats = prune_and_export(flavour, name, tmp_path)
+        assert stats["error"] <= TOLERANCE and stats.get("tflite_error", 0.0) <= TOLERANCE
         _ROWS[key] = dict(stats, status="ok", time=time.perf_counter() - start)
     except BaseException as error:
         message = f"{type(error).__name__}: {error}".splitlines()[0][:120].replace("|", "/")

@@ -94,14 +94,18 @@ def _flat(value: Any) -> List[Any]:
     return [] if value is None else [value]
 
 
-def _inputs(call: Call) -> Tuple[List[Layout], List[Layout]]:
-    """``(initial states, masks)``: the call's inputs after the sequence (Keras 3 records the
-    mask as an input; tf_keras appends initial states to the inputs)."""
+def _initial_states(call: Call, tracer: Tracer) -> List[Layout]:
+    """The call's initial-state inputs; a sequence mask among the inputs (Keras 3 records the
+    mask as an input; tf_keras appends initial states) is blocked: its last axis is time."""
     mask_ids = {id(t) for t in _flat(call.kwargs.get("mask"))}
     ids = list(call.tensor_ids) or [None] * len(call.inputs)
-    states = [lay for lay, i in zip(call.inputs[1:], ids[1:]) if i not in mask_ids]
-    masks = [lay for lay, i in zip(call.inputs[1:], ids[1:]) if i in mask_ids]
-    return states, masks
+    states = []
+    for layout, tensor_id in zip(call.inputs[1:], ids[1:]):
+        if tensor_id in mask_ids:
+            tracer.block(call, layout, "sequence mask (its last axis is time)")
+        else:
+            states.append(layout)
+    return states
 
 
 def _clean(layer: Any) -> bool:
@@ -161,9 +165,7 @@ class RecurrentHandler(ChannelHandler):
 
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
         layer = call.layer
-        states, masks = _inputs(call)
-        for mask in masks:
-            tracer.block(call, mask, "sequence mask (its last axis is time)")
+        states = _initial_states(call, tracer)
         if len(states) not in (0, _cell_spec(layer)[1]):
             return tracer.opaque(call, f"{len(states)} extra inputs (initial states?)")
         clean = _clean(layer) and all(state.clean for state in states)
@@ -241,10 +243,7 @@ class BidirectionalHandler(ChannelHandler):
 
     def propagate(self, call: Call, tracer: Tracer) -> List[Layout]:
         layer = call.layer
-        states, masks = _inputs(call)
-        for mask in masks:
-            tracer.block(call, mask, "sequence mask (its last axis is time)")
-        if states:
+        if _initial_states(call, tracer):
             return tracer.opaque(call, "initial_state of a Bidirectional layer")
         fwd, bwd = (tracer.fresh(call, sub.cell.units, clean=_clean(sub), index=i)
                     for i, sub in enumerate((layer.forward_layer, layer.backward_layer)))
