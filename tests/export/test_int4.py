@@ -240,3 +240,21 @@ def test_tensors_off_the_4_bit_grid_stay_int8(exported, tiny_data, tmp_path):
     same = _as_int8(tmp_path / "int4.tflite", tmp_path / "same_integers.tflite")
     np.testing.assert_array_equal(_builtin_run(tmp_path / "int4.tflite", tiny_data),
                                   _builtin_run(same, tiny_data))
+
+
+def test_biases_the_converter_shares_are_repacked_too(flavour, tiny_data, tmp_path):
+    """An untrained QAT model: every bias is zero, so the converter stores one buffer for all
+    of them; each op's bias is rescaled on its own and every kernel is repacked."""
+    qat = _qat4_model(flavour.module)
+    int8 = to_tflite(qat, tmp_path / "int8.tflite")
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(int8.read_bytes(), 0)
+    subgraph = model.subgraphs[0]
+    biases = [subgraph.tensors[op.inputs[2]].buffer for op in subgraph.operators
+              if len(op.inputs) > 2]
+    assert len(biases) == 4 and len(set(biases)) < len(biases)  # shared: the case under test
+    report = repack_int4(int8, tmp_path / "int4.tflite")
+    assert len(report.packed) == 4 and report.kept == ()
+    same = _as_int8(tmp_path / "int4.tflite", tmp_path / "same_integers.tflite")
+    np.testing.assert_array_equal(_builtin_run(tmp_path / "int4.tflite", tiny_data),
+                                  _builtin_run(same, tiny_data))

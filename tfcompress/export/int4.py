@@ -197,18 +197,6 @@ def _pack_nibbles(values: np.ndarray) -> np.ndarray:
     return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
 
 
-def _rescale_bias(model, bias, steps: np.ndarray, weight_scales, input_scale) -> None:
-    """The int32 bias in units of the coarser ``input scale * int4 weight scale``."""
-    values = _data(model, bias).view(np.int32).astype(np.int64)
-    values = np.round(values / steps).astype(np.int32)
-    model.buffers[bias.buffer].data = values.view(np.uint8)
-    if input_scale is not None:
-        scales = np.float64(input_scale) * np.asarray(weight_scales, np.float64)
-    else:
-        scales = np.asarray(bias.quantization.scale, np.float64) * steps
-    bias.quantization.scale = scales.astype(np.float32).tolist()
-
-
 class _Model:
     """The parsed flatbuffer and the bookkeeping of one repacking."""
 
@@ -238,6 +226,25 @@ class _Model:
     def shared(self, tensor) -> bool:
         return self.users.get(tensor.buffer, 0) > 1
 
+    def rescale_bias(self, bias, steps: np.ndarray, weight_scales, input_scale) -> None:
+        """The int32 bias in units of the coarser ``input scale * int4 weight scale``; a
+        buffer the converter shares between equal biases (e.g. zeros) is copied first if
+        its values change."""
+        old = _data(self.model, bias).view(np.int32)
+        new = np.round(old.astype(np.int64) / steps).astype(np.int32)
+        if not np.array_equal(new, old):
+            if self.shared(bias):
+                self.users[bias.buffer] -= 1
+                self.model.buffers.append(self.schema.BufferT())
+                bias.buffer = len(self.model.buffers) - 1
+                self.users[bias.buffer] = 1
+            self.model.buffers[bias.buffer].data = new.view(np.uint8)
+        if input_scale is not None:
+            scales = np.float64(input_scale) * np.asarray(weight_scales, np.float64)
+        else:
+            scales = np.asarray(bias.quantization.scale, np.float64) * steps
+        bias.quantization.scale = scales.astype(np.float32).tolist()
+
     def repack(self, subgraph, op, name: str) -> Tuple[Optional[PackedTensor],
                                                        Optional[KeptTensor]]:
         """Repacks the weights of one op of :data:`INT4_OPS`, or says why not."""
@@ -250,13 +257,13 @@ class _Model:
             return None, KeptTensor(name, _name(weights), reason)
         if data.type != self.schema.TensorType.INT8:
             return None, KeptTensor(name, _name(weights), "its input is not int8")
-        if self.shared(weights) or (bias is not None and self.shared(bias)):
+        if self.shared(weights):
             return None, KeptTensor(name, _name(weights), "its buffer is shared with another op")
         scales = (np.asarray(weights.quantization.scale, np.float64) * steps).astype(np.float32)
         if bias is not None and _data(self.model, bias) is not None:
             in_scale = data.quantization.scale if data.quantization is not None else None
             in_scale = in_scale[0] if in_scale is not None and len(in_scale) == 1 else None
-            _rescale_bias(self.model, bias, steps, scales, in_scale)
+            self.rescale_bias(bias, steps, scales, in_scale)
         weights.quantization.scale = scales.tolist()
         weights.type = self.schema.TensorType.INT4
         self.model.buffers[weights.buffer].data = _pack_nibbles(values)
