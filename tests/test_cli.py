@@ -185,6 +185,40 @@ def test_keras3_pact_qat_file_inspect_prune_and_int8_export(files, tmp_path, cap
     assert len(compute) == 3 and all(op.activation_dtypes == ("int8",) for op in compute)
 
 
+def test_export_int4_weight_storage_reports_size_and_latency(files, tmp_path, capsys):
+    import re
+
+    from tfcompress.export import load_model, save_model, tflite_ops
+    from tfcompress.quantization import quantize_model
+
+    qat = quantize_model(load_model(files / "keras3" / "tiny.keras"), 4, 4)
+    qat(np.load(files / "x.npy"), training=True)  # calibrate the ranges
+    save_model(qat, tmp_path / "qat4.keras")
+    out = tmp_path / "q4.tflite"
+    argv = ["export", str(tmp_path / "qat4.keras"), "--output", str(out), "--weight-storage",
+            "int4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    sizes = re.search(r"int4 weights: 3 tensors repacked, file ([\d.]+) KiB \(int8\) -> "
+                      r"([\d.]+) KiB \(int4\)", printed)
+    assert sizes and float(sizes[2]) == pytest.approx(out.stat().st_size / 1024, abs=0.05)
+    assert float(sizes[2]) < float(sizes[1])
+    latency = re.search(r"LiteRT latency int4 / int8: ([\d.]+)x \(([\d.e-]+) ms vs "
+                        r"([\d.e-]+) ms, medians of 50 interleaved runs, 1 thread\)", printed)
+    assert latency and float(latency[1]) == pytest.approx(
+        float(latency[2]) / float(latency[3]), rel=0.02, abs=0.006)
+    weights = [op.input_dtypes[1] for op in tflite_ops(out)
+               if op.name in ("CONV_2D", "FULLY_CONNECTED")]
+    assert weights == ["int4", "int4", "int4"]
+
+    float_model = str(files / "keras3" / "tiny.keras")
+    argv = ["export", float_model, "--output", str(tmp_path / "f.tflite"), "--weight-storage",
+            "int4"]
+    assert main(argv) == 1
+    assert "not quantization-aware" in _error_line(capsys)
+    assert not (tmp_path / "f.tflite").exists()
+
+
 def test_export_float_tflite_prints_the_parity_report(tiny_file, tmp_path, capsys):
     out = tmp_path / "m.tflite"
     assert main(["export", str(tiny_file), "--output", str(out)]) == 0

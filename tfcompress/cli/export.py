@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import warnings
+from typing import List, Tuple
 
 from tfcompress.cli.command import Command
 from tfcompress.cli.inputs import existing_path, load_array, random_inputs
@@ -28,6 +29,7 @@ _FORMATS = ("tflite", "saved_model")
 _QUANTIZE = ("auto", "none", "dynamic", "float16", "int8")
 _RANDOM_SAMPLES = 256
 _MIN_AGREEMENT = 0.99
+_LATENCY_RUNS = 50
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=_QUANTIZE,
         default="auto",
         help="TFLite only; auto = int8 for a QAT model, else float32 (default: auto)",
+    )
+    parser.add_argument(
+        "--weight-storage",
+        choices=("int8", "int4"),
+        default="int8",
+        help="TFLite int8 only: int4 stores weights trained at <= 4 bits two per byte and "
+        "reports the file size and LiteRT latency against the int8 file (default: int8)",
     )
     parser.add_argument(
         "--select-tf-ops",
@@ -165,6 +174,31 @@ def _check_tflite(args: argparse.Namespace, model, path: pathlib.Path, data, sou
     )
 
 
+def _export_int4(args: argparse.Namespace, model, quantize, calibration
+                 ) -> Tuple[pathlib.Path, List[str]]:
+    """The int8 file in a temporary folder, repacked into ``--output``, and lines with the
+    size and the LiteRT latency of both files (interleaved runs, one thread)."""
+    import tempfile
+
+    from tfcompress.export import litert, repack_int4, to_tflite
+
+    with tempfile.TemporaryDirectory(prefix="tfcompress-") as folder:
+        int8 = to_tflite(model, pathlib.Path(folder) / "int8.tflite", quantize,
+                         representative_data=calibration, select_tf_ops=args.select_tf_ops,
+                         batch_size=args.batch_size)
+        lines = repack_int4(int8, args.output).summary()
+        try:
+            base, small = litert.compare_latency([int8, args.output], threads=1,
+                                                 runs=_LATENCY_RUNS)
+        except litert.FlexRuntimeError as error:
+            lines.append(f"LiteRT latency not measured: {error}")
+        else:
+            lines.append(f"LiteRT latency int4 / int8: {small.median_ms / base.median_ms:.2f}x "
+                         f"({small.median_ms:.3g} ms vs {base.median_ms:.3g} ms, medians of "
+                         f"{_LATENCY_RUNS} interleaved runs, 1 thread)")
+    return pathlib.Path(args.output), lines
+
+
 def run(args: argparse.Namespace) -> int:
     from tfcompress.export import (
         StaticBatchWarning,
@@ -173,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         to_saved_model,
         to_tflite,
     )
+    from tfcompress.export.int4 import check_weight_storage
 
     model = load_model(args.model)
     calibration = load_array(args.calibration, "--calibration") if args.calibration else None
@@ -180,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "saved_model":
         given = [name for name, value in [("--quantize", args.quantize != "auto"),
                                           ("--select-tf-ops", args.select_tf_ops),
+                                          ("--weight-storage",
+                                           args.weight_storage != "int8"),
                                           ("--batch-size", args.batch_size != "auto")] if value]
         if given:
             raise ValueError(
@@ -196,11 +233,19 @@ def run(args: argparse.Namespace) -> int:
             "--quantize int8 of a float model needs --calibration FILE.npy (~100 training "
             "samples) to calibrate activation ranges; or export a QAT model."
         )
+    check_weight_storage(args.weight_storage, quantize, is_qat_model(model))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StaticBatchWarning)
-        path = to_tflite(model, args.output, quantize, representative_data=calibration,
-                         select_tf_ops=args.select_tf_ops, batch_size=args.batch_size)
+        if args.weight_storage == "int4":
+            path, storage = _export_int4(args, model, quantize, calibration)
+        else:
+            path, storage = to_tflite(model, args.output, quantize,
+                                      representative_data=calibration,
+                                      select_tf_ops=args.select_tf_ops,
+                                      batch_size=args.batch_size), []
     print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
+    for line in storage:
+        print(line)
     for warning in caught:
         if issubclass(warning.category, StaticBatchWarning):
             print(f"note: {warning.message}")
@@ -224,7 +269,9 @@ COMMAND = Command(
         "TF ops without a TFLite builtin kernel fail the export with their layers named;\n"
         "--select-tf-ops keeps them as TF Select (flex) ops, whose parity check runs only\n"
         "where a flex-capable interpreter exists. --batch-size auto writes a static batch\n"
-        "of 1 (with a note) when the model needs one or LiteRT cannot run a dynamic batch."
+        "of 1 (with a note) when the model needs one or LiteRT cannot run a dynamic batch.\n"
+        "--weight-storage int4 stores the weights of a QAT model trained at <= 4 bits two\n"
+        "per byte and prints the file size and LiteRT latency against the int8 file."
     ),
     add_arguments=add_arguments,
     run=run,

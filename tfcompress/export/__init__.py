@@ -8,6 +8,8 @@
   (:func:`file_flavour`: which Keras wrote one).
 
 Keras 3 models need Keras 3's TensorFlow backend for TFLite and SavedModel export.
+* :func:`repack_int4` - weights trained at <= 4 bits stored two per byte (``INT4``); also
+  ``to_tflite(..., weight_storage="int4")``.
 * :func:`verify` - Keras vs TFLite parity (max difference, top-1 agreement, float fallbacks).
 * :func:`tflite_ops`, :func:`activation_ranges`, :func:`input_shapes`, :func:`flex_ops` -
   what is inside a ``.tflite`` file.
@@ -46,6 +48,7 @@ from tfcompress.export.flatbuffer import (
     quantization_kind,
     tflite_ops,
 )
+from tfcompress.export.int4 import WEIGHT_STORAGES, Int4Report, Int4Warning, repack_int4
 from tfcompress.export.saved_model import (
     file_flavour,
     load_model,
@@ -59,10 +62,13 @@ from tfcompress.export.verify import ParityError, ParityReport, verify
 __all__ = [
     "QUANTIZE_OPTIONS",
     "ConversionError",
+    "Int4Report",
+    "Int4Warning",
     "ParityError",
     "ParityReport",
     "QuantRange",
     "StaticBatchWarning",
+    "WEIGHT_STORAGES",
     "TFLiteOp",
     "activation_ranges",
     "file_flavour",
@@ -74,6 +80,7 @@ __all__ = [
     "load_model",
     "model_format",
     "quantization_kind",
+    "repack_int4",
     "save_model",
     "tflite_ops",
     "to_saved_model",

@@ -1,5 +1,6 @@
-"""TFLite export of tf_keras and Keras 3 models: float32, dynamic-range, float16 and int8;
-builtin ops or TF Select; dynamic or static batch; written atomically."""
+"""TFLite export of tf_keras and Keras 3 models: float32, dynamic-range, float16 and int8
+(int4 weight storage on request); builtin ops or TF Select; dynamic or static batch; written
+atomically."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tfcompress._keras import (
     require_tensorflow_backend,
 )
 from tfcompress._validate import float16_layers
-from tfcompress.export import calibration, recurrent, serving
+from tfcompress.export import calibration, int4, recurrent, serving
 from tfcompress.export.batch import (
     BatchSize,
     StaticBatchWarning,
@@ -251,6 +252,16 @@ def _warn_static(model: Any, reason: str) -> None:
         "Pass batch_size=N for another static batch.", StaticBatchWarning, stacklevel=4)
 
 
+def _store_int4(model: Any, tmp: pathlib.Path) -> None:
+    """Repacks the int8 file ``tmp`` with int4 weights; warns about tensors left int8."""
+    content, report = int4.repack_int4_bytes(tmp.read_bytes(), repr(model.name))
+    tmp.write_bytes(content)
+    if report.kept:
+        kept = "; ".join(f"{t.tensor} ({t.op}): {t.reason}" for t in report.kept)
+        warnings.warn(f"{model.name!r}: {len(report.packed)} weight tensors stored as int4, "
+                      f"{len(report.kept)} kept int8: {kept}.", int4.Int4Warning, stacklevel=3)
+
+
 def _write(model: Any, source: Any, options: _Options, batch: BatchSize,
            tmp: pathlib.Path) -> None:
     """Converts ``source`` (``model`` or its fusable copy) into ``tmp`` for ``batch``."""
@@ -288,6 +299,7 @@ def to_tflite(
     io_dtype: str = "float32",
     select_tf_ops: bool = False,
     batch_size: BatchSize = "auto",
+    weight_storage: str = "int8",
 ) -> pathlib.Path:
     """Converts a tf_keras or Keras 3 model to a ``.tflite`` file.
 
@@ -331,6 +343,10 @@ def to_tflite(
         kernel (e.g. ``MaxPool3D``); the file then runs only where LiteRT links the flex
         delegate.
       batch_size: ``"auto"``, ``None`` (dynamic) or a positive int (static).
+      weight_storage: ``"int8"``, or ``"int4"``: weights trained at <= 4 bits (a QAT model
+        with ``weight_bits<=4``, ``quantize="int8"``) stored two per byte, where LiteRT has
+        int4 kernels (:mod:`tfcompress.export.int4`); tensors that do not fit stay int8,
+        named by an :class:`~tfcompress.export.int4.Int4Warning`.
 
     Returns:
       ``path`` as a ``pathlib.Path``.
@@ -340,7 +356,8 @@ def to_tflite(
       ValueError: for an unknown option, int8 without representative data for a float
         model (or calibration the converter would crash on: recurrent WHILE loops), a
         mixed-precision (float16 compute) model, a subclassed Keras 3 model, an output
-        folder that does not exist or is not writable.
+        folder that does not exist or is not writable, ``weight_storage="int4"`` for a
+        model whose weights were not trained at <= 4 bits.
       RuntimeError: for a Keras 3 model on a backend other than TensorFlow.
       ConversionError: (a ``ValueError``) if the TFLite converter fails: a few lines
         naming the ops without a builtin kernel, their layers and the fix; the converter's
@@ -361,6 +378,7 @@ def to_tflite(
     """
     check_model(model)
     qat, resolved = _check_options(model, quantize, io_dtype)
+    int4.check_weight_storage(weight_storage, resolved, qat)
     batch = check_batch_size(batch_size)
     path = output_path(path)
     if path.is_dir():
@@ -374,4 +392,6 @@ def to_tflite(
         recurrent.refuse_calibration(source)
     with atomic_file(path) as tmp:
         _write(model, source, options, batch, tmp)
+        if weight_storage == "int4":
+            _store_int4(model, tmp)
     return path
