@@ -22,6 +22,14 @@ BATCH = 32
 _n_bit = tfmot.quantization.keras.experimental.default_n_bit
 
 
+def add_recipe_arguments(parser) -> None:
+    """The training recipe's command-line options, shared by the QAT benchmarks."""
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--float-epochs", type=int, default=8)
+    parser.add_argument("--qat-epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak LR (cosine)")
+
+
 def copy_of(model: keras.Model) -> keras.Model:
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _results  # noqa: E402
-from _pact_variants import BATCH, accuracy, fine_tune, pact_qat  # noqa: E402
+from _pact_variants import BATCH, accuracy, add_recipe_arguments, fine_tune, pact_qat  # noqa: E402
 
 from tfcompress._keras import keras  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
@@ -159,10 +159,7 @@ def verdicts(rows) -> list:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--float-epochs", type=int, default=8)
-    parser.add_argument("--qat-epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak LR (cosine)")
+    add_recipe_arguments(parser)
     parser.add_argument("--runs", type=int, default=300, help="timed interleaved invokes")
     args = parser.parse_args(argv)
     stamp = _results.stamp()  # the commit this run starts from

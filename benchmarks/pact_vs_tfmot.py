@@ -36,6 +36,7 @@ import _results  # noqa: E402
 from _pact_variants import (  # noqa: E402
     BATCH,
     accuracy,
+    add_recipe_arguments,
     fine_tune,
     pact_qat,
     tflite_ptq_accuracy,
@@ -221,10 +222,7 @@ def timing_part(args, data, base=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--float-epochs", type=int, default=8)
-    parser.add_argument("--qat-epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak LR (cosine)")
+    add_recipe_arguments(parser)
     parser.add_argument("--timing-rounds", type=int, default=150)
     parser.add_argument("--only", choices=("accuracy", "timing"),
                         help="run one part (each rewrites its own RESULTS.md section)")
