@@ -148,12 +148,14 @@ def _read(path: PathLike):
     return schema, schema.ModelT.InitFromPackedBuf(read_tflite(path), 0)
 
 
-def _enum_names(enum_class) -> Dict[int, str]:
+def enum_names(enum_class) -> Dict[int, str]:
+    """``{value: name}`` of a schema enum class (``BuiltinOperator``, ``TensorType``)."""
     members = vars(enum_class).items()
     return {v: k for k, v in members if not k.startswith("_") and isinstance(v, int)}
 
 
-def _decode(name: Optional[bytes]) -> str:
+def decode_name(name: Optional[bytes]) -> str:
+    """A schema string (bytes in the object API, str or None elsewhere) as ``str``."""
     return name.decode("utf-8") if isinstance(name, bytes) else (name or "")
 
 
@@ -165,10 +167,10 @@ def _is_constant(model, tensor) -> bool:
 
 
 def _tensor_infos(schema, model, subgraph) -> List[TensorInfo]:
-    type_names = _enum_names(schema.TensorType)
+    type_names = enum_names(schema.TensorType)
     return [
         TensorInfo(
-            name=_decode(t.name),
+            name=decode_name(t.name),
             dtype=_NUMPY_DTYPES.get(type_names.get(t.type, ""), type_names.get(t.type, "unknown")),
             constant=_is_constant(model, t),
         )
@@ -199,14 +201,14 @@ def tflite_ops(path: PathLike) -> List[TFLiteOp]:
       ('CONV_2D', ('float32',), [False, True, True])
     """
     schema, model = _read(path)
-    op_names = _enum_names(schema.BuiltinOperator)
+    op_names = enum_names(schema.BuiltinOperator)
     subgraph = model.subgraphs[0]
     tensors = _tensor_infos(schema, model, subgraph)
     ops = []
     for index, op in enumerate(subgraph.operators or ()):
         code = model.operatorCodes[op.opcodeIndex]
         if code.customCode:
-            name = _decode(code.customCode)
+            name = decode_name(code.customCode)
         else:
             # Codes >= 127 live in `builtinCode`; older files only fill the deprecated byte.
             name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")

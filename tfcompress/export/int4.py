@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tfcompress._io import PathLike, atomic_file, output_path
-from tfcompress.export.flatbuffer import read_tflite
+from tfcompress.export.flatbuffer import decode_name, enum_names, read_tflite
 from tfcompress.export.flatbuffer_writer import read_model, write_model
 
 __all__ = ["INT4_OPS", "WEIGHT_STORAGES", "Int4Op", "Int4Report", "Int4Warning", "KeptTensor",
@@ -142,15 +142,14 @@ def check_weight_storage(weight_storage: str, quantize: Optional[str], qat: bool
 
 
 def _op_names(schema, model) -> List[str]:
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return [c.customCode.decode() if isinstance(c.customCode, bytes) else
-            c.customCode or names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "UNKNOWN")
+    names = enum_names(schema.BuiltinOperator)
+    return [decode_name(c.customCode)
+            or names.get(max(c.builtinCode, c.deprecatedBuiltinCode), "UNKNOWN")
             for c in model.operatorCodes]
 
 
 def _name(tensor) -> str:
-    name = tensor.name.decode() if isinstance(tensor.name, bytes) else (tensor.name or "")
-    return name.split(";")[0]
+    return decode_name(tensor.name).split(";")[0]
 
 
 def _data(model, tensor) -> Optional[np.ndarray]:
