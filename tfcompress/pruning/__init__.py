@@ -6,6 +6,8 @@
 * :func:`rebuild` removes them: a dense, smaller model with exactly the same outputs.
 * :func:`count_macs` / :func:`count_params` measure the result.
 * :class:`FPGMPruning` prunes during ``fit`` on a schedule; :func:`sensitivity` scans groups.
+* ``fpgm_masks(model, target_latency=0.5, runtime="litert-int8")`` prunes for a measured
+  latency instead of a ratio (:func:`latency_plan` gives the predicted/measured numbers).
 
 One trace serves every algorithm: ``graph = ChannelGraph(model)``, then
 ``select_masks(graph, ...)``, ``zero_pruned(graph, masks)``, ``graph_macs(graph, masks)``.
@@ -20,6 +22,7 @@ Example:
 """
 
 from tfcompress.pruning.apply import apply_masks, zero_pruned
+from tfcompress.pruning.budget import LatencyPlan
 from tfcompress.pruning.callback import FPGMPruning
 from tfcompress.pruning.counting import (
     count_macs,
@@ -32,6 +35,7 @@ from tfcompress.pruning.criteria import (
     CRITERIA,
     fpgm_masks,
     keep_count,
+    latency_plan,
     resolve_criterion,
     select_masks,
 )
@@ -47,5 +51,6 @@ __all__ = [
     "zero_pruned", "rebuild", "count_macs", "count_params", "graph_macs", "graph_params",
     "uncounted_layers", "CRITERIA", "resolve_criterion", "keep_count", "HANDLERS",
     "ChannelHandler", "handler_for", "register_handler", "FPGMPruning", "PruningSchedule",
-    "ConstantRatio", "PolynomialRatio", "Sensitivity", "sensitivity",
+    "ConstantRatio", "PolynomialRatio", "Sensitivity", "sensitivity", "LatencyPlan",
+    "latency_plan",
 ]

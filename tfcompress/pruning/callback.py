@@ -22,8 +22,9 @@ from tfcompress._keras import (
     serializable,
 )
 from tfcompress._validate import check_int, check_names, check_ratio, check_ratio_map
+from tfcompress.latency.runtime import Runtime
 from tfcompress.pruning.counting import graph_macs
-from tfcompress.pruning.criteria import resolve_criterion, select_masks
+from tfcompress.pruning.criteria import latency_plan, resolve_criterion, select_masks
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.schedules import ConstantRatio, PruningSchedule
@@ -53,6 +54,7 @@ class _PruningState:
     batches: int = 0  # on_train_batch_end calls: the step of a model without optimizer
     first_batch: bool = True  # from on_train_begin to the first on_train_batch_begin
     known_step: Optional[int] = None  # read by the last zeroing, until the next batch begins
+    latency_ratios: Optional[Dict[str, float]] = None  # of the latency plan (target_latency)
 
 
 @serializable()
@@ -118,6 +120,9 @@ class FPGMPruning(*callback_bases()):
         ``fit`` continues with them; the file is deleted when training ends normally.
       verbose: ``1`` reports each mask update as Keras callbacks do: on stdout, or to this
         module's logger (INFO) after ``keras.utils.disable_interactive_logging()``.
+      target_latency, runtime, threads: prune for this fraction of the model's latency
+        instead (see ``fpgm_masks``): ratios planned when training begins, ramping with
+        ``schedule`` like ``per_layer`` (a float schedule: in full from the start).
 
     Raises:
       TypeError: if an argument has the wrong type (e.g. ``round_to`` not an int).
@@ -154,6 +159,9 @@ class FPGMPruning(*callback_bases()):
         min_channels: int = 1,
         backup_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
         verbose: int = 0,
+        target_latency: Optional[float] = None,
+        runtime: str = "litert-int8",
+        threads: int = 1,
     ):
         super().__init__()
         if isinstance(schedule, bool) or not isinstance(schedule, (numbers.Real, PruningSchedule)):
@@ -177,6 +185,9 @@ class FPGMPruning(*callback_bases()):
         self.min_channels = check_int(min_channels, "min_channels", minimum=1)
         self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
         self.verbose = check_int(verbose, "verbose", minimum=0)
+        self.target_latency, self.runtime, self.threads = target_latency, runtime, threads
+        if target_latency is not None:
+            Runtime.resolve(runtime, threads)  # fails now, not at the first batch
         self._score = zero_filters_first(resolve_criterion(criterion))
         self._supports_tf_logs = True  # lets the batch-log values reach every epoch callback
         self._state: Optional[_PruningState] = None
@@ -209,6 +220,8 @@ class FPGMPruning(*callback_bases()):
         if state is None or state.graph.model is not model:
             graph = ChannelGraph(model)
             state = self._state = _PruningState(graph, graph_macs(graph), self._fit_schedule())
+            if self.target_latency is not None:
+                state.latency_ratios = self._plan_latency(graph)
         state.schedule = self._fit_schedule()
         state.first_batch, state.known_step = True, None  # BackupAndRestore may restore the step
         if state.zeroing is not None and state.zeroing.step is not self._step_variable():
@@ -277,11 +290,20 @@ class FPGMPruning(*callback_bases()):
             return self._state.batches
         return int(read_value(variable))  # a MirroredVariable too (int() fails on it)
 
+    def _plan_latency(self, graph: ChannelGraph) -> Dict[str, float]:
+        plan = latency_plan(graph, self.target_latency, self.runtime, self.threads,
+                            criterion=self.criterion, exclude=self.exclude,
+                            round_to=self.round_to, min_channels=self.min_channels)
+        self._report(f"FPGMPruning: latency plan: {plan.summary()}")
+        return plan.ratios()
+
     def _select(self, ratio: float) -> Masks:
         final, per_layer = self._state.schedule.final_ratio, None
-        if self.per_layer:  # ramps with the schedule, never above the value given
+        given = self.per_layer if self.target_latency is None else self._state.latency_ratios
+        if given is not None:  # ramps with the schedule, never above the value given
             scale = ratio / final if final else 1.0
-            per_layer = {name: min(value * scale, value) for name, value in self.per_layer.items()}
+            per_layer = {name: min(value * scale, value) for name, value in given.items()}
+            ratio = ratio if self.target_latency is None else None
         return select_masks(self._state.graph, ratio, criterion=self._score, per_layer=per_layer,
                             exclude=self.exclude, round_to=self.round_to,
                             min_channels=self.min_channels)
@@ -366,7 +388,8 @@ class FPGMPruning(*callback_bases()):
         return {"schedule": schedule, "criterion": self.criterion, "mode": self.mode,
                 "per_layer": self.per_layer, "exclude": self.exclude, "round_to": self.round_to,
                 "min_channels": self.min_channels, "backup_dir": self.backup_dir,
-                "verbose": self.verbose}
+                "verbose": self.verbose, "target_latency": self.target_latency,
+                "runtime": self.runtime, "threads": self.threads}
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "FPGMPruning":
