@@ -54,7 +54,7 @@ from tfcompress.pruning import (  # noqa: E402
     rebuild,
     select_masks,
 )
-from tfcompress.pruning.latency_cost import latency_model  # noqa: E402
+from tfcompress.pruning.latency_model import latency_model  # noqa: E402
 
 TARGETS = (0.7, 0.5, 0.35)
 RUNTIMES = {"float32": "litert-float32", "int8": "litert-int8"}

@@ -28,7 +28,8 @@ import numpy as np
 from tfcompress.latency.table import LatencyTable
 from tfcompress.latency.whole import export_for, measure_models
 from tfcompress.pruning.graph import ChannelGraph
-from tfcompress.pruning.latency_cost import LatencyCost, LatencyModel, latency_model
+from tfcompress.pruning.latency_cost import LatencyCost
+from tfcompress.pruning.latency_model import LatencyModel, latency_model
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.rebuild import rebuild
 
@@ -135,15 +136,15 @@ class _State:
 
 
 def allocate(cost: LatencyCost, full_ms: float, kept: float, ladders: Mapping[str, List[int]],
-             losses: Mapping[str, Loss], branches: Mapping[str, Tuple[str, ...]]
-             ) -> Tuple[Dict[str, int], Set[str]]:
-    """Greedy kept counts whose predicted latency is at most ``kept * full_ms``; returns
-    the counts and the removed layers.
+             losses: Mapping[str, Loss], branches: Mapping[str, Tuple[str, ...]],
+             scale: float = 1.0) -> Tuple[Dict[str, int], Set[str]]:
+    """Greedy kept counts whose predicted latency (``full_ms - scale * cost.saving``) is
+    at most ``kept * full_ms``; returns the counts and the removed layers.
 
     Raises:
       ValueError: if every ladder's bottom together does not get there.
     """
-    budget_ms = full_ms * (1.0 - kept)
+    budget_ms = full_ms * (1.0 - kept) / scale
     state = _State({g: l[-1] for g, l in ladders.items()},
                    {g: len(l) - 1 for g, l in ladders.items()}, set())
     saved = 0.0
@@ -171,9 +172,9 @@ def allocate(cost: LatencyCost, full_ms: float, kept: float, ladders: Mapping[st
         if best is None:
             raise ValueError(
                 f"A latency target of {kept:.3f} cannot be reached: pruning every group as far "
-                f"as allowed is predicted to keep {1 - saved / full_ms:.3f} of the latency "
-                f"({full_ms - saved:.4f} of {full_ms:.4f} ms); the rest is work pruning cannot "
-                "shrink. Raise `target_latency`, or lower `min_channels` / `exclude`.")
+                f"as allowed is predicted to keep {1 - scale * saved / full_ms:.3f} of the "
+                f"latency ({full_ms - scale * saved:.4f} of {full_ms:.4f} ms); the rest is work "
+                "pruning cannot shrink. Raise `target_latency`, or lower `min_channels` / `exclude`.")
         _, gid, gain, state.counts, state.removed = best
         state.position[gid] -= 1
         saved += gain
@@ -279,7 +280,8 @@ def _allocate_checked(model: LatencyModel, target: float, ladders, losses, branc
                       sizes: Dict[str, int], measure) -> LatencyPlan:
     goal, plan, runtime = target, None, model.table.runtime
     for _ in range(3):
-        counts, removed = allocate(model.cost, model.full_ms, goal, ladders, losses, branches)
+        counts, removed = allocate(model.cost, model.full_ms, goal, ladders, losses, branches,
+                                   model.scale)
         plan = LatencyPlan(counts, sizes, runtime.name, runtime.threads, target, model.full_ms,
                            model.predict_ms(counts, removed), removed=tuple(sorted(removed)))
         if measure is None:

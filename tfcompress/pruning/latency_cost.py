@@ -18,7 +18,6 @@ removed residual branch saves all its time.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import logging
 import math
@@ -28,17 +27,14 @@ import numpy as np
 
 from tfcompress._keras import graph_nodes, is_input_layer
 from tfcompress.latency.micro import Unit, make_unit
-from tfcompress.latency.runtime import Runtime
 from tfcompress.latency.table import LatencyTable
-from tfcompress.latency.tiles import preferred_multiples
-from tfcompress.latency.whole import measure_models, static_input_shape
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import BarrierHandler
 from tfcompress.pruning.trace import LayerRecord
 
 __all__ = [
-    "CostUnit", "cost_units", "LatencyCost", "measurement_levels", "LatencyModel",
-    "latency_model", "group_multiple",
+    "CostUnit", "cost_units", "LatencyCost", "measurement_levels", "group_multiple",
+    "group_steps",
 ]
 
 _LOG = logging.getLogger("tfcompress.pruning")
@@ -294,52 +290,3 @@ def group_steps(graph: ChannelGraph, multiples: Mapping[str, int], round_to: int
                            group.size)
             result[group.id] = multiple * max(1, math.ceil(group.size / multiple / steps))
     return result
-
-
-@dataclasses.dataclass(frozen=True)
-class LatencyModel:
-    """A model's measured latency and its latency model on one runtime.
-
-    Attributes:
-      cost: the measured, interpolated units.
-      full_ms: the unpruned model, measured whole.
-      steps: ``{group id: channel step}`` the model was measured for.
-      table: the latency table it reads.
-    """
-
-    cost: LatencyCost
-    full_ms: float
-    steps: Dict[str, int]
-    table: LatencyTable
-
-    def predict_ms(self, counts: Mapping[str, int], removed: Set[str] = frozenset()) -> float:
-        """Predicted milliseconds with ``counts`` kept channels and ``removed`` layers gone."""
-        return self.full_ms - self.cost.saving(counts, removed)
-
-
-def _full_ms(model: Any, table: LatencyTable) -> float:
-    """The unpruned model's measured latency, cached in the table by architecture."""
-    key = "model:" + hashlib.sha256(model.to_json().encode()).hexdigest()[:24]
-    cached = table.get_extra(key)
-    if cached:
-        return float(cached)
-    [ms] = measure_models([model], table.runtime, rounds=31)
-    table.set_extra(key, ms)
-    return ms
-
-
-def latency_model(graph: ChannelGraph, runtime: Any = "litert-int8", threads: int = 1, *,
-                  round_to: int = 1, table: Optional[LatencyTable] = None,
-                  progress: bool = False) -> LatencyModel:
-    """Measures (or reads from the cache) what predicting ``graph``'s latency needs.
-
-    Raises:
-      ValueError: for an unknown runtime or a model without a fixed input shape.
-    """
-    static_input_shape(graph.model)
-    table = table or LatencyTable(Runtime.resolve(runtime, threads))
-    multiples = preferred_multiples(table, progress)
-    steps = group_steps(graph, multiples, round_to)
-    tiles = {g.id: group_multiple(g.size, multiples) for g in graph.groups if g.prunable}
-    cost = LatencyCost(graph, table, steps, progress, tiles)
-    return LatencyModel(cost, _full_ms(graph.model, table), steps, table)
