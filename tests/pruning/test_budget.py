@@ -163,3 +163,19 @@ def test_callback_prunes_to_the_latency_plan():
     kept = {g: len(pruning.masks.kept.get(g, range(plan.sizes[g]))) for g in plan.sizes}
     assert kept == plan.counts
     assert FPGMPruning.from_config(pruning.get_config()).target_latency == 0.8
+
+
+@pytest.mark.usefixtures("latency_cache")
+def test_cli_prunes_for_a_latency_target_and_prints_predicted_and_measured(tmp_path, capsys):
+    from tfcompress.cli import main
+
+    residual_cnn((48, 48, 3), width=32).save(tmp_path / "m.keras")
+    code = main(["prune", str(tmp_path / "m.keras"), "--target-latency", "0.8",
+                 "--runtime", "litert-float32", "--output", str(tmp_path / "slim.keras")])
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "slim.keras").exists()
+    predicted = next(line for line in out.splitlines() if line.startswith("predicted"))
+    measured = next(line for line in out.splitlines() if line.startswith("measured"))
+    assert float(predicted.split()[-1]) <= 0.8  # the plan's promise; measured is reported
+    assert 0 < float(measured.split()[-1]) < 1.5
+    assert "prediction error" in out
