@@ -209,14 +209,29 @@ def select_masks(
     for gid, group_ratio in _group_ratios(graph, ratio, per_layer).items():
         group = graph.group(gid)
         keep = keep_count(group.size, group_ratio, round_to, min_channels, group.blocks)
-        if gid in excluded or keep >= group.size:
+        if group_ratio >= 1.0 and gid not in excluded:
+            kept[gid] = _cut(graph, gid)
+        elif gid in excluded or keep >= group.size:
             kept[gid] = np.arange(group.size)
-            continue
-        scores = np.asarray(score(graph.filters(group)), np.float64).reshape(group.size)
-        kept[gid] = _keep_best(scores, keep, group.blocks)
-    return Masks(kept, sizes={g.id: g.size for g in graph.groups},
-                 layers={g.id: g.layers for g in graph.groups}, barriers=graph.barriers,
-                 probed=graph.probed)
+        else:
+            scores = np.asarray(score(graph.filters(group)), np.float64).reshape(group.size)
+            kept[gid] = _keep_best(scores, keep, group.blocks)
+    masks = Masks(kept, sizes={g.id: g.size for g in graph.groups},
+                  layers={g.id: g.layers for g in graph.groups}, barriers=graph.barriers,
+                  probed=graph.probed)
+    if masks.cut:
+        graph.check_masks(masks)  # e.g. both inputs of one Add cut
+    return masks
+
+
+def _cut(graph: ChannelGraph, gid: str) -> np.ndarray:
+    """No kept channel: ``gid``'s residual branch goes (a ``per_layer`` ratio of 1)."""
+    if gid not in graph.branches:
+        raise ValueError(
+            f"`per_layer` asks to prune all channels (ratio 1.0) of group {gid!r}, which is "
+            "not inside a residual branch; only residual branch groups can be removed "
+            f"(this model's: {preview_names(graph.branches, 4)}). Use a ratio below 1.")
+    return np.zeros(0, np.int64)
 
 
 def fpgm_masks(
@@ -243,7 +258,9 @@ def fpgm_masks(
       per_layer: ``{layer name or group id: ratio}`` overriding ``ratio`` for the groups
         those layers produce (a layer that produces none, e.g. a BatchNormalization, names
         its own group; a group named several times takes the largest ratio); the keys of
-        ``Sensitivity.ratios_for`` work as they are.
+        ``Sensitivity.ratios_for`` work as they are. A ratio of exactly 1.0 cuts a group
+        inside a residual branch (``ChannelGraph.branches``): ``rebuild`` removes the
+        branch (see :mod:`tfcompress.pruning.depth`).
       exclude: layer names (or group ids) left exactly as they are: every group they touch,
         input channels included, is never pruned.
       round_to: kept counts are rounded up to a multiple of this (hardware-friendly widths).
@@ -255,8 +272,9 @@ def fpgm_masks(
     Raises:
       TypeError: if ``model`` is not a tf_keras model, a ratio is not a number, neither
         ``ratio`` nor ``per_layer`` is given, or ``criterion`` is neither a name nor callable.
-      ValueError: for a ratio outside [0, 1), an unknown criterion, unknown names in
-        ``per_layer``/``exclude``, or ``round_to``/``min_channels`` below 1.
+      ValueError: for a ratio outside [0, 1) (``per_layer``: [0, 1], 1 only for residual
+        branch groups), an unknown criterion, unknown names in ``per_layer``/``exclude``,
+        or ``round_to``/``min_channels`` below 1.
 
     Example:
       >>> from tfcompress.models import residual_cnn
