@@ -316,10 +316,7 @@ def serializable(package: str = "tfcompress") -> Callable[[T], T]:
     only (so each flavour can have its own class of one name), anything else in both.
 
     Example:
-      >>> @serializable("doctest")
-      ... class Twice(keras3.layers.Layer):
-      ...     def call(self, x):
-      ...         return 2 * x
+      >>> Twice = serializable("doctest")(type("Twice", (keras3.layers.Layer,), {}))
       >>> keras3.saving.get_registered_object("doctest>Twice") is Twice
       True
       >>> keras.utils.get_registered_object("doctest>Twice") is None
@@ -344,8 +341,8 @@ def keep_one_input(entry: Dict[str, Any], index: int) -> Dict[str, Any]:
     """A copy of a Functional config's layer ``entry`` (a merge layer called once on a list
     of tensors) whose call takes only its ``index``-th input, as a single tensor.
 
-    tf_keras lists a call's inputs as ``[[name, node, tensor, kwargs], ...]``; Keras 3 as
-    ``{"args": [[tensor, ...]], "kwargs": {}}`` with serialized KerasTensors.
+    tf_keras lists a call's inputs as ``[[name, node, tensor, kwargs], ...]``, Keras 3 as
+    ``{"args": [[tensor, ...]], "kwargs": {}}``.
 
     Raises:
       ValueError: if the layer is called more than once or not on a list.

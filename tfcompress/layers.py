@@ -11,9 +11,9 @@ be pruned again), a quantization rule, and TFLite runs it as one ``ADD`` with a 
 Example:
   >>> import numpy as np
   >>> layer = channel_bias_class("keras3")(name="shift")
-  >>> layer(np.zeros((1, 2, 3), np.float32)).shape
+  >>> tuple(layer(np.zeros((1, 2, 3), np.float32)).shape)
   (1, 2, 3)
-  >>> layer.bias.assign([1.0, 2.0, 3.0])
+  >>> _ = layer.bias.assign([1.0, 2.0, 3.0])
   >>> np.asarray(layer(np.ones((1, 1, 3), np.float32))).tolist()
   [[[2.0, 3.0, 4.0]]]
 """

@@ -119,7 +119,7 @@ _CASES = {
     "schedule ratio string": (lambda c: pruning.ConstantRatio("0.5"), TypeError,
                               r"\[0, 1\).*'0.5' \(str\)"),
     "per_layer ratio": (lambda c: pruning.fpgm_masks(c.model, 0.5, per_layer={"stem_conv": 1.5}),
-                        ValueError, r"per_layer\['stem_conv'\].*\[0, 1\)"),
+                        ValueError, r"per_layer\['stem_conv'\].*\[0, 1\]"),
     "per_layer unknown layer": (lambda c: pruning.fpgm_masks(c.model, 0.5, per_layer={"nope": 0.5}),
                                 ValueError, r"'nope'.*Valid names include"),
     "schedule ratio": (lambda c: pruning.PolynomialRatio(0.0, 1.0, begin_step=0, end_step=9),

@@ -6,6 +6,8 @@
 * :func:`rebuild` removes them: a dense, smaller model with exactly the same outputs.
 * :func:`count_macs` / :func:`count_params` measure the result.
 * :class:`FPGMPruning` prunes during ``fit`` on a schedule; :func:`sensitivity` scans groups.
+* :func:`removable_branches`: groups a ``per_layer`` ratio of 1.0 may cut, removing their
+  residual branch in the rebuild (depth pruning, :mod:`tfcompress.pruning.depth`).
 
 One trace serves every algorithm: ``graph = ChannelGraph(model)``, then
 ``select_masks(graph, ...)``, ``zero_pruned(graph, masks)``, ``graph_macs(graph, masks)``.
@@ -35,6 +37,7 @@ from tfcompress.pruning.criteria import (
     resolve_criterion,
     select_masks,
 )
+from tfcompress.pruning.depth import Branch, removable_branches
 from tfcompress.pruning.graph import ChannelGraph, Group
 from tfcompress.pruning.handlers import HANDLERS, ChannelHandler, handler_for, register_handler
 from tfcompress.pruning.masks import Masks
@@ -47,5 +50,6 @@ __all__ = [
     "zero_pruned", "rebuild", "count_macs", "count_params", "graph_macs", "graph_params",
     "uncounted_layers", "CRITERIA", "resolve_criterion", "keep_count", "HANDLERS",
     "ChannelHandler", "handler_for", "register_handler", "FPGMPruning", "PruningSchedule",
-    "ConstantRatio", "PolynomialRatio", "Sensitivity", "sensitivity",
+    "ConstantRatio", "PolynomialRatio", "Sensitivity", "sensitivity", "Branch",
+    "removable_branches",
 ]

@@ -111,6 +111,8 @@ class FPGMPruning(*callback_bases()):
       mode: ``"soft"`` or ``"hard"`` (see above).
       per_layer: layer name -> ratio overriding ``schedule``'s ratio for that layer's group.
         The ratios ramp with the schedule, in proportion to ``ratio / schedule.final_ratio``.
+        A ratio of 1.0 (reached when the schedule does) cuts a group inside a residual
+        branch, which ``rebuild`` then removes (:mod:`tfcompress.pruning.depth`).
       exclude: names of layers whose channels are never pruned.
       round_to: kept channels per group are rounded up to a multiple of this.
       min_channels: every group keeps at least this many channels.
@@ -121,8 +123,9 @@ class FPGMPruning(*callback_bases()):
 
     Raises:
       TypeError: if an argument has the wrong type (e.g. ``round_to`` not an int).
-      ValueError: for an unknown ``mode`` or ``criterion``, a ratio outside ``[0, 1)``,
-        ``round_to < 1`` or ``min_channels < 1``.
+      ValueError: for an unknown ``mode`` or ``criterion``, a ratio outside ``[0, 1)``
+        (``per_layer``: ``[0, 1]``), ``round_to < 1`` or ``min_channels < 1``; in
+        ``on_train_begin``, a ``per_layer`` ratio of 1.0 for a group that cannot be removed.
 
     Example:
       >>> import numpy as np
@@ -208,6 +211,9 @@ class FPGMPruning(*callback_bases()):
         state = self._state
         if state is None or state.graph.model is not model:
             graph = ChannelGraph(model)
+            cuts = {name: 1.0 for name, value in (self.per_layer or {}).items() if value == 1.0}
+            if cuts:  # a group that cannot be removed fails now, not at the last update
+                select_masks(graph, per_layer=cuts, exclude=self.exclude)
             state = self._state = _PruningState(graph, graph_macs(graph), self._fit_schedule())
         state.schedule = self._fit_schedule()
         state.first_batch, state.known_step = True, None  # BackupAndRestore may restore the step

@@ -86,13 +86,18 @@ def rebuild(model: Any, masks: Masks) -> Any:
         computed on.
       masks: :class:`~tfcompress.pruning.Masks`.
 
+    Groups the masks cut to zero channels remove their residual branch: its layers are
+    gone and its ``Add`` becomes a :class:`~tfcompress.layers.ChannelBias` of the same name
+    (see :mod:`tfcompress.pruning.depth`).
+
     Returns:
       A model of the same flavour and class, with the same layer, input and output names
-      and the same input and output shapes.
+      (but those of removed branches) and the same input and output shapes.
 
     Raises:
       TypeError: if ``model`` is not a Keras model or ``masks`` not a ``Masks``.
-      ValueError: if the masks do not match the model, naming the mismatch.
+      ValueError: if the masks do not match the model, naming the mismatch, or a removed
+        branch does not output one constant per channel.
 
     Example:
       >>> from tfcompress.models import residual_cnn
