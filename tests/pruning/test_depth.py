@@ -5,6 +5,7 @@ import pytest
 from _exactness import build_application, check_pruned, randomize, relative_error
 
 from tfcompress._keras import TF_KERAS, keras, keras3
+from tfcompress.convert import to_keras3, to_tf_keras
 from tfcompress.export import to_tflite, verify
 from tfcompress.layers import CHANNEL_BIAS, channel_bias_class
 from tfcompress.models import compile_classifier, residual_cnn
@@ -96,6 +97,8 @@ def test_residual_cnn_cut_is_exact(flavour):
     assert type(add) is CHANNEL_BIAS[flavour.name]
     assert add.bias.shape == (len(masks.kept["stem_conv"]),) and np.abs(add.bias).min() > 0
     assert stats["error"] <= 1e-5
+    again = check_pruned(slim, 0.5, tflite=False)  # the ChannelBias prunes with its stream
+    assert again["pruned_groups"] == 3
 
 
 def test_nested_and_partial_cuts_are_exact(flavour):
@@ -223,6 +226,14 @@ def test_channel_bias_config_and_keras_file(flavour, tmp_path):
     assert type(loaded.get_layer("shift")) is cls
     ones = np.ones((1, 3, 2), "float32")
     np.testing.assert_array_equal(np.asarray(loaded(ones)), np.tile([[[2.5, -1.0]]], (1, 3, 1)))
+
+
+def test_convert_gives_the_other_kerases_channel_bias(flavour):
+    slim, x = _depth_pruned(flavour), _images()
+    other = (to_keras3 if flavour is TF_KERAS else to_tf_keras)(slim)
+    twin = CHANNEL_BIAS["keras3" if flavour is TF_KERAS else "tf_keras"]
+    assert type(other.get_layer("block1_add")) is twin
+    assert relative_error(np.asarray(slim(x)), np.asarray(other(x))) <= 1e-5
 
 
 def _depth_pruned(flavour):

@@ -231,7 +231,7 @@ _MALFORMED_MASKS = [
     ("id missing", {"size": 4}, r"'id' must be a string"),
     ("kept floats", {"id": "g", "size": 4, "kept": [0.0, 1.5]}, r"'kept' must be a list of int"),
     ("kept nested", {"id": "g", "size": 4, "kept": [[0]]}, r"'kept' must be a list of int"),
-    ("kept empty", {"id": "g", "size": 4, "kept": []}, r"at least one"),
+    ("kept out of range", {"id": "g", "size": 4, "kept": [1, 4]}, r"in 0\.\.3"),
     ("kept unsorted", {"id": "g", "size": 4, "kept": [2, 1]}, r"sorted, unique"),
     ("layers", {"id": "g", "size": 4, "layers": "conv"}, r"'layers' must be a list"),
     ("barriers", {"id": "g", "size": 4, "barriers": [["a"]]}, r"\[layer, reason\] pairs"),
