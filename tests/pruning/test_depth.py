@@ -66,6 +66,15 @@ def _fork(K):
     return K.Model(x, K.layers.Dense(3, name="head")(K.layers.Flatten()(out)))
 
 
+def _grouped(K):
+    """A ResNeXt-like block: 1x1 -> BN -> ReLU -> 3x3 conv in 4 groups -> 1x1 -> add."""
+    x = K.Input((6, 6, 8))
+    h = K.layers.ReLU()(K.layers.BatchNormalization()(_conv(K, 8, 1, "c1")(x)))
+    h = K.layers.ReLU()(_conv(K, 8, 3, "c2", groups=4)(h))
+    y = K.layers.Add(name="add")([x, _conv(K, 8, 1, "c3")(h)])
+    return K.Model(x, K.layers.Dense(3, name="head")(K.layers.Flatten()(y)))
+
+
 # ----- which groups are removable -----------------------------------------------------------
 def test_residual_cnn_has_one_removable_branch(flavour):
     branches = removable_branches(ChannelGraph(residual_cnn(width=8, flavour=flavour.name)))
@@ -109,6 +118,15 @@ def test_nested_and_partial_cuts_are_exact(flavour):
     names = {layer.name for layer in keep["slim"].layers}
     assert {"a1", "a2", "o1", "i1", "i2", "inner", "o2"}.isdisjoint(names)
     assert {"b1", "b2", "pair", "outer"} <= names
+
+
+def test_a_cut_before_a_grouped_convolution_is_exact(flavour):
+    model = _grouped(flavour.module)
+    assert ChannelGraph(model).group("c1").blocks == 4  # the rebuild keeps 1 per block first
+    keep = {}
+    check_pruned(model, 0.5, per_layer={"c1": 1.0}, keep=keep,
+                 x=_images(side=6, channels=8), tflite=False)
+    assert {"c1", "c2", "c3"}.isdisjoint(layer.name for layer in keep["slim"].layers)
 
 
 def test_small_mobilenetv2_all_blocks_cut_is_exact(flavour):

@@ -178,16 +178,19 @@ def find_branches(model: Any, groups: Mapping[str, Any], records: Mapping[str, A
     spaces_of: Dict[str, Set[int]] = {}
     for space, gid in space_group.items():
         spaces_of.setdefault(gid, set()).add(space)
+    by_layer: Dict[str, List[Any]] = {}
+    for group in groups.values():
+        for key in group.layers if group.prunable else ():
+            by_layer.setdefault(key, []).append(group)
     found: Dict[str, Branch] = {}
     for merge in network.merges():
         for side in (0, 1):
             members = network.branch(merge, side)
             keys = _keys(network, members, records)
-            if not keys:
-                continue
             names = set(keys)
-            for group in groups.values():
-                if not group.prunable or not set(group.layers) <= names:
+            candidates = {g.id: g for key in keys for g in by_layer.get(key, ())}
+            for group in candidates.values():
+                if not set(group.layers) <= names:
                     continue
                 if group.id in found and len(found[group.id].layers) <= len(keys):
                     continue

@@ -97,10 +97,14 @@ def removed_layers(graph: ChannelGraph, masks: Optional[Masks]) -> Set[str]:
     return {key for branch in cut_branches(graph, masks).values() for key in branch.layers}
 
 
-def one_channel(masks: Masks) -> Masks:
-    """``masks`` with every cut group keeping its channel 0 (which the rebuild zeroes):
-    the intermediate model whose branch outputs give the constants."""
-    kept = {gid: (idx if len(idx) else np.zeros(1, np.int64)) for gid, idx in masks.kept.items()}
+def one_channel(graph: ChannelGraph, masks: Masks) -> Masks:
+    """``masks`` with every cut group keeping one channel (one per block of a grouped
+    convolution), which the rebuild zeroes: the intermediate model whose branch outputs
+    give the constants."""
+    kept = dict(masks.kept)
+    for gid in masks.cut:
+        group = graph.group(gid)
+        kept[gid] = np.arange(group.blocks) * (group.size // group.blocks)
     return Masks(kept, masks.sizes, masks.layers, masks.barriers, masks.probed)
 
 

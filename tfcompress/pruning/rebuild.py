@@ -112,7 +112,7 @@ def rebuild(model: Any, masks: Masks) -> Any:
     kept = graph.kept_fn(masks)
     branches, zeroed = depth.cut_branches(graph, masks), None
     if branches:  # first a model with each cut group at one zeroed channel
-        kept = graph.kept_fn(depth.one_channel(masks))
+        kept = graph.kept_fn(depth.one_channel(graph, masks))
         zeroed = variable_masks(graph, depth.cut_only(masks))
     config = copy.deepcopy(model.get_config())
     positions = _edit_configs(graph, kept, config)
