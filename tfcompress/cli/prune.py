@@ -31,9 +31,19 @@ from tfcompress.cli.table import format_table
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=existing_path,
                         help=".keras, .h5 (tf_keras or Keras 3) or tf_keras SavedModel folder")
-    parser.add_argument(
-        "--ratio", type=ratio, required=True, help="fraction of each group's channels to remove"
+    amount = parser.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--ratio", type=ratio, help="fraction of each group's channels to remove")
+    amount.add_argument(
+        "--target-latency", type=ratio, metavar="FRACTION",
+        help="fraction of the model's latency to keep on --runtime (e.g. 0.5: 2x faster); "
+        "per-group widths (and residual branches) chosen from measured latency tables",
     )
+    parser.add_argument(
+        "--runtime", default="litert-int8", choices=("litert-int8", "litert-float32"),
+        help="runtime the latency is measured on (default litert-int8)",
+    )
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="interpreter threads for latency (default 1)")
     # Checked by the pruning API against its criteria registry (importing it here would
     # load TensorFlow before `--help` can answer).
     parser.add_argument(
@@ -76,7 +86,14 @@ def _check_output(model, output: pathlib.Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tfcompress.export import is_qat_model, load_model, save_model
-    from tfcompress.pruning import ChannelGraph, fpgm_masks, graph_macs, graph_params, rebuild
+    from tfcompress.pruning import (
+        ChannelGraph,
+        graph_macs,
+        graph_params,
+        latency_plan,
+        rebuild,
+        select_masks,
+    )
 
     model = load_model(args.model)
     if is_qat_model(model):
@@ -90,10 +107,16 @@ def run(args: argparse.Namespace) -> int:
     options = {"criterion": args.criterion, "exclude": args.exclude}
     if args.round_to is not None:
         options["round_to"] = args.round_to
-    masks = fpgm_masks(model, args.ratio, **options)
+    graph, plan = ChannelGraph(model), None
+    if args.target_latency is not None:
+        plan = latency_plan(graph, args.target_latency, args.runtime, args.threads,
+                            progress=True, **options)
+        masks = select_masks(graph, per_layer=plan.ratios(), criterion=args.criterion)
+    else:
+        masks = select_masks(graph, args.ratio, **options)
     slim = rebuild(model, masks)
     output = save_model(slim, output)
-    before, after = ChannelGraph(model), ChannelGraph(slim)
+    before, after = graph, ChannelGraph(slim)
     groups = [
         [group.id, group.size, len(masks.kept.get(group.id, range(group.size)))]
         for group in before.groups
@@ -109,7 +132,25 @@ def run(args: argparse.Namespace) -> int:
     ]
     print(format_table(["", "before", "after", "kept"], totals))
     print(f"pruned {masks.pruned_ratio:.1%} of the prunable channels; wrote {output}")
+    if plan is not None:
+        _print_latency(plan, model, load_model(output))
     return 0
+
+
+def _print_latency(plan, model, slim) -> None:
+    """Predicted and measured latency of the slim file (timed together with the model)."""
+    from tfcompress.latency import measure_models
+
+    slim_ms, full_ms = measure_models([slim, model], plan.runtime, plan.threads)
+    rows = [["predicted", f"{plan.full_ms:.3f}", f"{plan.predicted_ms:.3f}",
+             f"{plan.predicted_kept:.3f}"],
+            ["measured", f"{full_ms:.3f}", f"{slim_ms:.3f}", f"{slim_ms / full_ms:.3f}"]]
+    print()
+    print(format_table([f"latency ({plan.runtime}, {plan.threads} thread(s))", "model ms",
+                        "slim ms", "kept"], rows))
+    measured = slim_ms / full_ms
+    print(f"target {plan.target:.3f}: measured {measured:.3f}, predicted "
+          f"{plan.predicted_kept:.3f} (prediction error {plan.predicted_kept / measured - 1:+.1%})")
 
 
 COMMAND = Command(

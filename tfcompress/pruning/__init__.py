@@ -6,6 +6,8 @@
 * :func:`rebuild` removes them: a dense, smaller model with exactly the same outputs.
 * :func:`count_macs` / :func:`count_params` measure the result.
 * :class:`FPGMPruning` prunes during ``fit`` on a schedule; :func:`sensitivity` scans groups.
+* ``fpgm_masks(model, target_latency=0.5, runtime="litert-int8")`` prunes for a measured
+  latency instead of a ratio (:func:`latency_plan` gives the predicted/measured numbers).
 * :func:`removable_branches`: groups a ``per_layer`` ratio of 1.0 may cut, removing their
   residual branch in the rebuild (depth pruning, :mod:`tfcompress.pruning.depth`).
 
@@ -22,6 +24,7 @@ Example:
 """
 
 from tfcompress.pruning.apply import apply_masks, zero_pruned
+from tfcompress.pruning.budget import LatencyPlan
 from tfcompress.pruning.callback import FPGMPruning
 from tfcompress.pruning.counting import (
     count_macs,
@@ -34,6 +37,7 @@ from tfcompress.pruning.criteria import (
     CRITERIA,
     fpgm_masks,
     keep_count,
+    latency_plan,
     resolve_criterion,
     select_masks,
 )
@@ -50,6 +54,6 @@ __all__ = [
     "zero_pruned", "rebuild", "count_macs", "count_params", "graph_macs", "graph_params",
     "uncounted_layers", "CRITERIA", "resolve_criterion", "keep_count", "HANDLERS",
     "ChannelHandler", "handler_for", "register_handler", "FPGMPruning", "PruningSchedule",
-    "ConstantRatio", "PolynomialRatio", "Sensitivity", "sensitivity", "Branch",
-    "removable_branches",
+    "ConstantRatio", "PolynomialRatio", "Sensitivity", "sensitivity", "LatencyPlan",
+    "latency_plan", "Branch", "removable_branches",
 ]

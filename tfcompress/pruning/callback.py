@@ -22,8 +22,9 @@ from tfcompress._keras import (
     serializable,
 )
 from tfcompress._validate import check_int, check_names, check_ratio, check_ratio_map
+from tfcompress.latency.runtime import Runtime
 from tfcompress.pruning.counting import graph_macs
-from tfcompress.pruning.criteria import resolve_criterion, select_masks
+from tfcompress.pruning.criteria import check_cuts, latency_plan, resolve_criterion, select_masks
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.schedules import ConstantRatio, PruningSchedule
@@ -38,9 +39,8 @@ _DEFAULT_FREQUENCY = 100  # steps between updates when a float schedule meets an
 
 @dataclasses.dataclass
 class _PruningState:
-    """What :class:`FPGMPruning` holds for the model it prunes: made by ``on_train_begin`` for
-    a model it has not seen, reused by later ``fit`` calls on the same model. Each mask update
-    (or resume) sets ``masks``, ``update_step`` and ``metrics``."""
+    """What :class:`FPGMPruning` holds for a model: made by ``on_train_begin``, reused by
+    later ``fit`` calls; mask updates (and resumes) set ``masks``, ``update_step``, ``metrics``."""
 
     graph: ChannelGraph  # the model's channel groups
     dense_macs: int  # MACs of the unpruned model, the denominator of macs_ratio
@@ -53,6 +53,7 @@ class _PruningState:
     batches: int = 0  # on_train_batch_end calls: the step of a model without optimizer
     first_batch: bool = True  # from on_train_begin to the first on_train_batch_begin
     known_step: Optional[int] = None  # read by the last zeroing, until the next batch begins
+    latency_ratios: Optional[Dict[str, float]] = None  # of the latency plan (target_latency)
 
 
 @serializable()
@@ -109,10 +110,8 @@ class FPGMPruning(*callback_bases()):
       criterion: how filters are ranked within a group: ``"fpgm"``, ``"l1"``, ``"l2"`` or a
         function ``filters -> scores``.
       mode: ``"soft"`` or ``"hard"`` (see above).
-      per_layer: layer name -> ratio overriding ``schedule``'s ratio for that layer's group.
-        The ratios ramp with the schedule, in proportion to ``ratio / schedule.final_ratio``.
-        A ratio of 1.0 (reached when the schedule does) cuts a group inside a residual
-        branch, which ``rebuild`` then removes (:mod:`tfcompress.pruning.depth`).
+      per_layer: layer name -> ratio overriding ``schedule``'s for that layer's group, ramping
+        with it (times ``ratio / schedule.final_ratio``); 1.0 cuts a residual branch group.
       exclude: names of layers whose channels are never pruned.
       round_to: kept channels per group are rounded up to a multiple of this.
       min_channels: every group keeps at least this many channels.
@@ -120,12 +119,14 @@ class FPGMPruning(*callback_bases()):
         ``fit`` continues with them; the file is deleted when training ends normally.
       verbose: ``1`` reports each mask update as Keras callbacks do: on stdout, or to this
         module's logger (INFO) after ``keras.utils.disable_interactive_logging()``.
+      target_latency, runtime, threads: prune for this fraction of the model's latency
+        instead (see ``fpgm_masks``): ratios planned when training begins, ramping with
+        ``schedule`` like ``per_layer`` (a float schedule: in full from the start).
 
     Raises:
       TypeError: if an argument has the wrong type (e.g. ``round_to`` not an int).
-      ValueError: for an unknown ``mode`` or ``criterion``, a ratio outside ``[0, 1)``
-        (``per_layer``: ``[0, 1]``), ``round_to < 1`` or ``min_channels < 1``; in
-        ``on_train_begin``, a ``per_layer`` ratio of 1.0 for a group that cannot be removed.
+      ValueError: for an unknown ``mode`` or ``criterion``, a ratio outside ``[0, 1)`` (but
+        ``per_layer``'s 1.0), ``round_to < 1``, ``min_channels < 1``; a 1.0 that cannot cut.
 
     Example:
       >>> import numpy as np
@@ -157,6 +158,9 @@ class FPGMPruning(*callback_bases()):
         min_channels: int = 1,
         backup_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
         verbose: int = 0,
+        target_latency: Optional[float] = None,
+        runtime: str = "litert-int8",
+        threads: int = 1,
     ):
         super().__init__()
         if isinstance(schedule, bool) or not isinstance(schedule, (numbers.Real, PruningSchedule)):
@@ -180,6 +184,9 @@ class FPGMPruning(*callback_bases()):
         self.min_channels = check_int(min_channels, "min_channels", minimum=1)
         self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
         self.verbose = check_int(verbose, "verbose", minimum=0)
+        self.target_latency, self.runtime, self.threads = target_latency, runtime, threads
+        if target_latency is not None:
+            Runtime.resolve(runtime, threads)  # fails now, not at the first batch
         self._score = zero_filters_first(resolve_criterion(criterion))
         self._supports_tf_logs = True  # lets the batch-log values reach every epoch callback
         self._state: Optional[_PruningState] = None
@@ -211,10 +218,10 @@ class FPGMPruning(*callback_bases()):
         state = self._state
         if state is None or state.graph.model is not model:
             graph = ChannelGraph(model)
-            cuts = {name: 1.0 for name, value in (self.per_layer or {}).items() if value == 1.0}
-            if cuts:  # a group that cannot be removed fails now, not at the last update
-                select_masks(graph, per_layer=cuts, exclude=self.exclude)
+            check_cuts(graph, self.per_layer, self.exclude)  # now, not at the last update
             state = self._state = _PruningState(graph, graph_macs(graph), self._fit_schedule())
+            if self.target_latency is not None:
+                state.latency_ratios = self._plan_latency(graph)
         state.schedule = self._fit_schedule()
         state.first_batch, state.known_step = True, None  # BackupAndRestore may restore the step
         if state.zeroing is not None and state.zeroing.step is not self._step_variable():
@@ -283,11 +290,20 @@ class FPGMPruning(*callback_bases()):
             return self._state.batches
         return int(read_value(variable))  # a MirroredVariable too (int() fails on it)
 
+    def _plan_latency(self, graph: ChannelGraph) -> Dict[str, float]:
+        plan = latency_plan(graph, self.target_latency, self.runtime, self.threads,
+                            criterion=self.criterion, exclude=self.exclude,
+                            round_to=self.round_to, min_channels=self.min_channels)
+        self._report(f"FPGMPruning: latency plan: {plan.summary()}")
+        return plan.ratios()
+
     def _select(self, ratio: float) -> Masks:
         final, per_layer = self._state.schedule.final_ratio, None
-        if self.per_layer:  # ramps with the schedule, never above the value given
+        given = self.per_layer if self.target_latency is None else self._state.latency_ratios
+        if given is not None:  # ramps with the schedule, never above the value given
             scale = ratio / final if final else 1.0
-            per_layer = {name: min(value * scale, value) for name, value in self.per_layer.items()}
+            per_layer = {name: min(value * scale, value) for name, value in given.items()}
+            ratio = ratio if self.target_latency is None else None
         return select_masks(self._state.graph, ratio, criterion=self._score, per_layer=per_layer,
                             exclude=self.exclude, round_to=self.round_to,
                             min_channels=self.min_channels)
@@ -372,7 +388,8 @@ class FPGMPruning(*callback_bases()):
         return {"schedule": schedule, "criterion": self.criterion, "mode": self.mode,
                 "per_layer": self.per_layer, "exclude": self.exclude, "round_to": self.round_to,
                 "min_channels": self.min_channels, "backup_dir": self.backup_dir,
-                "verbose": self.verbose}
+                "verbose": self.verbose, "target_latency": self.target_latency,
+                "runtime": self.runtime, "threads": self.threads}
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "FPGMPruning":

@@ -12,21 +12,24 @@ regrown: selection never freezes on filters that are already zero.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 
 from tfcompress._validate import check_int, check_names, check_ratio, check_ratio_map
+from tfcompress.pruning.budget import LatencyPlan, plan_latency, removable_layers
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.masks import Masks, preview_names
 
 __all__ = [
     "CRITERIA", "fpgm", "l1_norm", "l2_norm", "resolve_criterion", "keep_count", "select_masks",
-    "fpgm_masks",
+    "fpgm_masks", "latency_plan", "check_cuts",
 ]
 
 Criterion = Callable[[np.ndarray], np.ndarray]
+_LOG = logging.getLogger("tfcompress.pruning")
 
 
 def fpgm(filters: np.ndarray) -> np.ndarray:
@@ -224,6 +227,21 @@ def select_masks(
     return masks
 
 
+def check_cuts(graph: ChannelGraph, per_layer: Optional[Mapping[str, float]],
+               exclude: Optional[Iterable[str]] = None) -> None:
+    """Raises the ValueError ``select_masks`` would raise for the ``per_layer`` ratios of 1.0
+    that name a group no residual branch removal allows (``FPGMPruning`` checks them when
+    training begins, before its schedule ramps them up to 1.0).
+
+    Example:
+      >>> from tfcompress.models import residual_cnn
+      >>> check_cuts(ChannelGraph(residual_cnn(width=8)), {"block1a_conv": 1.0})
+    """
+    cuts = {name: 1.0 for name, value in (per_layer or {}).items() if value == 1.0}
+    if cuts:
+        select_masks(graph, per_layer=cuts, exclude=exclude)
+
+
 def _cut(graph: ChannelGraph, gid: str) -> np.ndarray:
     """No kept channel: ``gid``'s residual branch goes (a ``per_layer`` ratio of 1)."""
     if gid not in graph.branches:
@@ -243,16 +261,26 @@ def fpgm_masks(
     exclude: Optional[Iterable[str]] = None,
     round_to: int = 1,
     min_channels: int = 1,
+    target_latency: Optional[float] = None,
+    runtime: str = "litert-int8",
+    threads: int = 1,
+    sensitivity: Any = None,
+    check_latency: bool = False,
 ) -> Masks:
-    """One-shot structured pruning masks for a tf_keras model.
+    """One-shot structured pruning masks, by ratio or for a latency target.
 
     Traces ``model`` into channel groups, scores each prunable group with ``criterion`` and
-    keeps its best ``ceil((1 - ratio) * size)`` channels (see :func:`keep_count`).
+    keeps its best ``ceil((1 - ratio) * size)`` channels (see :func:`keep_count`). With
+    ``target_latency``, the kept count of every group is chosen instead so that the slim
+    model's latency on ``runtime``, predicted from measured latency tables, is at most
+    ``target_latency`` times the model's (see :mod:`tfcompress.pruning.budget`); whole
+    residual branches may be removed.
 
     Args:
-      model: a built Functional or Sequential tf_keras model.
+      model: a built Functional or Sequential model (tf_keras or Keras 3).
       ratio: fraction of each group's channels to prune, in [0, 1). Optional when
-        ``per_layer`` is given: then only the groups ``per_layer`` names are pruned.
+        ``per_layer`` or ``target_latency`` is given: then only the groups ``per_layer``
+        names (or the allocation chooses) are pruned.
       criterion: ``"fpgm"`` (distance to the other filters), ``"l1"``, ``"l2"``, or a
         function ``filters (n, features) -> scores (n,)`` (lowest pruned first).
       per_layer: ``{layer name or group id: ratio}`` overriding ``ratio`` for the groups
@@ -263,18 +291,31 @@ def fpgm_masks(
         branch (see :mod:`tfcompress.pruning.depth`).
       exclude: layer names (or group ids) left exactly as they are: every group they touch,
         input channels included, is never pruned.
-      round_to: kept counts are rounded up to a multiple of this (hardware-friendly widths).
+      round_to: kept counts are rounded up to a multiple of this (hardware-friendly widths;
+        with ``target_latency``, the default 1 means the multiple the runtime prefers).
       min_channels: every group keeps at least this many channels.
+      target_latency: fraction of the model's latency to keep, in (0, 1], e.g. 0.5 for a
+        2x faster model; the model needs a fixed input shape. Tables are measured once per
+        runtime and machine and cached (``$TFCOMPRESS_CACHE_DIR``, else
+        ``~/.cache/tfcompress``).
+      runtime: ``"litert-int8"`` or ``"litert-float32"`` (LiteRT with XNNPACK).
+      threads: interpreter threads the latency is measured with.
+      sensitivity: a :func:`~tfcompress.pruning.sensitivity` scan: with ``target_latency``,
+        its measured metric drops are the loss the allocation minimises.
+      check_latency: with ``target_latency``, also export and time the slim model and,
+        if it measures above the target, allocate again (at most twice).
 
     Returns:
       :class:`~tfcompress.pruning.Masks`.
 
     Raises:
-      TypeError: if ``model`` is not a tf_keras model, a ratio is not a number, neither
-        ``ratio`` nor ``per_layer`` is given, or ``criterion`` is neither a name nor callable.
+      TypeError: if ``model`` is not a Keras model, a ratio is not a number, none of
+        ``ratio``/``per_layer``/``target_latency`` is given, or ``criterion`` is neither a
+        name nor callable.
       ValueError: for a ratio outside [0, 1) (``per_layer``: [0, 1], 1 only for residual
         branch groups), an unknown criterion, unknown names in ``per_layer``/``exclude``,
-        or ``round_to``/``min_channels`` below 1.
+        ``round_to``/``min_channels`` below 1, or a latency target outside (0, 1] or out
+        of reach.
 
     Example:
       >>> from tfcompress.models import residual_cnn
@@ -282,5 +323,41 @@ def fpgm_masks(
       >>> round(masks.pruned_ratio, 2)
       0.5
     """
-    return select_masks(ChannelGraph(model), ratio, criterion=criterion, per_layer=per_layer,
-                        exclude=exclude, round_to=round_to, min_channels=min_channels)
+    graph = ChannelGraph(model)
+    if target_latency is None:
+        return select_masks(graph, ratio, criterion=criterion, per_layer=per_layer,
+                            exclude=exclude, round_to=round_to, min_channels=min_channels)
+    if ratio is not None or per_layer is not None:
+        raise TypeError("`target_latency` chooses every group's kept channels; pass it without "
+                        "`ratio` and `per_layer` (use `exclude` to keep layers whole).")
+    plan = latency_plan(graph, target_latency, runtime, threads, criterion=criterion,
+                        exclude=exclude, round_to=round_to, min_channels=min_channels,
+                        sensitivity=sensitivity, check_latency=check_latency)
+    _LOG.info("fpgm_masks(target_latency=%s): %s", target_latency, plan.summary())
+    return select_masks(graph, per_layer=plan.ratios(), criterion=criterion,
+                        min_channels=min_channels)
+
+
+def latency_plan(graph: ChannelGraph, target_latency: float, runtime: str = "litert-int8",
+                 threads: int = 1, *, criterion: Union[str, Criterion] = "fpgm",
+                 exclude: Optional[Iterable[str]] = None, round_to: int = 1,
+                 min_channels: int = 1, sensitivity: Any = None, check_latency: bool = False,
+                 progress: bool = False) -> LatencyPlan:
+    """The :class:`~tfcompress.pruning.budget.LatencyPlan` behind
+    ``fpgm_masks(target_latency=...)``: kept counts, predicted (and with
+    ``check_latency``, measured) latency. ``select_masks(graph,
+    per_layer=plan.ratios(), criterion=criterion)`` gives its masks.
+    """
+    score = resolve_criterion(criterion)
+    round_to = check_int(round_to, "round_to", minimum=1)
+    min_channels = check_int(min_channels, "min_channels", minimum=1)
+    excluded = {gid for ids in _resolve_groups(
+        graph, check_names(exclude, "exclude") or (), "exclude", True).values() for gid in ids}
+
+    def select(ratios: Dict[str, float]) -> Masks:
+        return select_masks(graph, per_layer=ratios, criterion=score, min_channels=min_channels)
+
+    return plan_latency(graph, target_latency, runtime, threads, score=score, scan=sensitivity,
+                        exclude=excluded, round_to=round_to, min_channels=min_channels,
+                        branches=removable_layers(graph),
+                        select=select if check_latency else None, progress=progress)

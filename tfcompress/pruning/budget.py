@@ -1,0 +1,328 @@
+"""Keep counts under a latency budget: NetAdapt/HALP-style allocation on measured tables.
+
+:func:`plan_latency` measures the model on the runtime (once; cached), builds its latency
+model (:class:`~tfcompress.pruning.latency_cost.LatencyCost`), and allocates per-group kept
+counts greedily: starting from the full model, it repeatedly takes the one step down a
+group's ladder of counts that saves the most predicted milliseconds per unit of predicted
+loss, until the predicted latency is at most ``target * full``; then it gives back the steps
+the budget does not need. A ladder holds multiples of the channel count the runtime's
+kernels prefer (learned by :func:`~tfcompress.latency.tiles.preferred_multiples`) and, for a
+group heading a removable residual branch, 0: the whole branch goes (depth pruning).
+
+The predicted loss of keeping ``k`` of a group's channels is, by default, the square of the
+share of the group's criterion scores that the pruned channels hold (so redundant groups
+go first and no group is emptied lightly); with a sensitivity scan, the scan's measured
+metric drop at that ratio (interpolated, extrapolated linearly to 1.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import tempfile
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+
+import numpy as np
+
+from tfcompress.latency.runtime import Runtime
+from tfcompress.latency.table import LatencyTable
+from tfcompress.latency.tiles import preferred_multiples
+from tfcompress.latency.whole import export_for, measure_models, static_input_shape
+from tfcompress.pruning.graph import ChannelGraph
+from tfcompress.pruning.latency_cost import LatencyCost
+from tfcompress.pruning.masks import Masks
+from tfcompress.pruning.rebuild import rebuild
+
+__all__ = ["LatencyPlan", "plan_latency", "allocate", "group_multiple", "removable_layers"]
+
+_LOG = logging.getLogger("tfcompress.pruning")
+Loss = Callable[[int], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyPlan:
+    """Kept counts chosen for a latency target, with the predicted (and, if checked,
+    measured) latency of the slim model.
+
+    Attributes:
+      counts: ``{group id: kept channels}`` of every prunable group (0: branch removed).
+      sizes: ``{group id: channels}``.
+      runtime, threads: what was measured.
+      target: the latency kept asked for.
+      full_ms: measured latency of the unpruned model.
+      predicted_ms: the latency model's prediction for the slim model.
+      measured_ms, measured_full_ms: the slim and full models timed together (None if
+        not checked).
+      removed: the layers of removed residual branches.
+    """
+
+    counts: Dict[str, int]
+    sizes: Dict[str, int]
+    runtime: str
+    threads: int
+    target: float
+    full_ms: float
+    predicted_ms: float
+    measured_ms: Optional[float] = None
+    measured_full_ms: Optional[float] = None
+    removed: Tuple[str, ...] = ()
+
+    @property
+    def predicted_kept(self) -> float:
+        """Predicted slim / full latency."""
+        return self.predicted_ms / self.full_ms
+
+    @property
+    def measured_kept(self) -> Optional[float]:
+        """Measured slim / full latency (timed together), or None."""
+        if self.measured_ms is None or not self.measured_full_ms:
+            return None
+        return self.measured_ms / self.measured_full_ms
+
+    @property
+    def prediction_error(self) -> Optional[float]:
+        """``predicted_kept / measured_kept - 1`` (None if not measured)."""
+        measured = self.measured_kept
+        return None if measured is None else self.predicted_kept / measured - 1.0
+
+    def ratios(self) -> Dict[str, float]:
+        """``{group id: ratio}`` for ``fpgm_masks(per_layer=...)`` (1.0: branch removed)."""
+        return {g: 1.0 - c / self.sizes[g] for g, c in self.counts.items()
+                if c < self.sizes[g]}
+
+    def summary(self) -> str:
+        """One line: target, predicted and measured latency kept."""
+        text = (f"{self.runtime} x{self.threads}: target {self.target:.3f}, predicted "
+                f"{self.predicted_kept:.3f} ({self.predicted_ms:.3f} of {self.full_ms:.3f} ms)")
+        if self.measured_kept is not None:
+            text += (f", measured {self.measured_kept:.3f} ({self.measured_ms:.3f} of "
+                     f"{self.measured_full_ms:.3f} ms), prediction error "
+                     f"{self.prediction_error:+.1%}")
+        return text
+
+
+def group_multiple(size: int, multiples: Mapping[str, int]) -> int:
+    """The channel multiple a group of ``size`` channels is allocated in: the largest tile
+    the runtime's kernels prefer, at most a quarter of the group (a power of two)."""
+    tile = max(multiples.values(), default=1)
+    cap = 2 ** int(math.log2(max(1, size // 4))) if size >= 4 else 1
+    return max(1, min(tile, cap))
+
+
+def _ladder(size: int, multiple: int, minimum: int, removable: bool, steps: int = 32
+            ) -> List[int]:
+    step = multiple * max(1, math.ceil(size / multiple / steps))
+    start = max(step, math.ceil(minimum / step) * step)
+    ladder = list(range(start, size, step)) + [size]
+    return ([0] if removable else []) + ladder
+
+
+def _score_loss(scores: np.ndarray) -> Loss:
+    s = np.sort(np.clip(np.nan_to_num(np.asarray(scores, np.float64)), 0, None))
+    total = s.sum()
+    mass = np.concatenate([[0.0], np.cumsum(s) / total]) if total > 0 else \
+        np.linspace(0.0, 1.0, len(s) + 1)
+    size = len(s)
+    return lambda k: float(mass[size - k] ** 2)
+
+
+def _scan_loss(size: int, kept: Iterable[int], drops: Iterable[float]) -> Loss:
+    ratios = [0.0] + [1.0 - k / size for k in kept]
+    values = [0.0] + [max(0.0, float(d)) for d in drops]
+    if ratios[-1] < 1.0 and len(ratios) > 1:
+        slope = (values[-1] - values[-2]) / max(ratios[-1] - ratios[-2], 1e-9)
+        ratios.append(1.0)
+        values.append(max(values[-1], values[-1] + slope * (1.0 - ratios[-2])))
+    return lambda k: float(np.interp(1.0 - k / size, ratios, values)) + 1e-6 * (1 - k / size) ** 2
+
+
+@dataclasses.dataclass
+class _State:
+    counts: Dict[str, int]
+    position: Dict[str, int]
+    removed: Set[str]
+
+
+def allocate(cost: LatencyCost, full_ms: float, kept: float, ladders: Mapping[str, List[int]],
+             losses: Mapping[str, Loss], branches: Mapping[str, Tuple[str, ...]]
+             ) -> Tuple[Dict[str, int], Set[str]]:
+    """Greedy kept counts whose predicted latency is at most ``kept * full_ms``; returns
+    the counts and the removed layers.
+
+    Raises:
+      ValueError: if every ladder's bottom together does not get there.
+    """
+    budget_ms = full_ms * (1.0 - kept)
+    state = _State({g: l[-1] for g, l in ladders.items()},
+                   {g: len(l) - 1 for g, l in ladders.items()}, set())
+    saved = 0.0
+
+    def trial(gid: str, position: int) -> Tuple[float, float, Dict[str, int], Set[str]]:
+        count = ladders[gid][position]
+        counts = dict(state.counts, **{gid: count})
+        removed = state.removed | set(branches.get(gid, ())) if count == 0 else state.removed
+        units = cost.units_of([gid])
+        gain = cost.saving(counts, removed, units) - cost.saving(state.counts, state.removed,
+                                                                 units)
+        return gain, losses[gid](count) - losses[gid](state.counts[gid]), counts, removed
+
+    while saved < budget_ms - 1e-12:
+        best = None
+        for gid in ladders:
+            if state.position[gid] == 0 or any(k in state.removed for k in branches.get(gid, ())):
+                continue
+            gain, dloss, counts, removed = trial(gid, state.position[gid] - 1)
+            if gain <= 0:
+                continue
+            value = gain / max(dloss, 1e-12)
+            if best is None or value > best[0]:
+                best = (value, gid, gain, counts, removed)
+        if best is None:
+            raise ValueError(
+                f"A latency target of {kept:.3f} cannot be reached: pruning every group as far "
+                f"as allowed is predicted to keep {1 - saved / full_ms:.3f} of the latency "
+                f"({full_ms - saved:.4f} of {full_ms:.4f} ms); the rest is work pruning cannot "
+                "shrink. Raise `target_latency`, or lower `min_channels` / `exclude`.")
+        _, gid, gain, state.counts, state.removed = best
+        state.position[gid] -= 1
+        saved += gain
+    return state.counts, state.removed
+
+
+def _losses(graph: ChannelGraph, groups: Iterable[Any], score: Callable, scan: Any
+            ) -> Dict[str, Loss]:
+    losses = {}
+    for group in groups:
+        if scan is not None:
+            entry = next((g for g in scan.groups if g.id == group.id), None)
+            if entry is None:
+                continue
+            losses[group.id] = _scan_loss(group.size, entry.kept, entry.drops)
+        else:
+            losses[group.id] = _score_loss(score(graph.filters(group)))
+    return losses
+
+
+def removable_layers(graph: ChannelGraph) -> Dict[str, Tuple[str, ...]]:
+    """``{group id: layers removed with it}`` for the groups whose whole residual branch
+    may be removed (see :mod:`tfcompress.pruning.depth`)."""
+    return {}
+
+
+def _full_ms(model: Any, table: LatencyTable) -> float:
+    """The unpruned model's measured latency, cached in the table by architecture."""
+    key = "model:" + hashlib.sha256(model.to_json().encode()).hexdigest()[:24]
+    cached = table.get_extra(key)
+    if cached:
+        return float(cached)
+    [ms] = measure_models([model], table.runtime)
+    table.set_extra(key, ms)
+    return ms
+
+
+def _ladders(graph: ChannelGraph, losses: Mapping[str, Loss], multiples: Mapping[str, int],
+             round_to: int, min_channels: int, branches: Mapping[str, Any]
+             ) -> Dict[str, List[int]]:
+    ladders = {}
+    for group in graph.groups:
+        if group.id not in losses:
+            continue
+        multiple = round_to if round_to > 1 else group_multiple(group.size, multiples)
+        multiple = multiple * group.blocks // math.gcd(multiple, group.blocks)
+        ladders[group.id] = _ladder(group.size, min(multiple, group.size), min_channels,
+                                    group.id in branches)
+    return ladders
+
+
+def plan_latency(
+    graph: ChannelGraph,
+    target_latency: float,
+    runtime: Any = "litert-int8",
+    threads: int = 1,
+    *,
+    score: Callable[[np.ndarray], np.ndarray],
+    scan: Any = None,
+    exclude: Iterable[str] = (),
+    round_to: int = 1,
+    min_channels: int = 1,
+    branches: Optional[Mapping[str, Tuple[str, ...]]] = None,
+    table: Optional[LatencyTable] = None,
+    select: Optional[Callable[[Dict[str, float]], Masks]] = None,
+    progress: bool = False,
+) -> LatencyPlan:
+    """Kept counts whose predicted latency kept is at most ``target_latency``.
+
+    Args:
+      graph: the traced model (fixed input shape).
+      target_latency: latency of the slim model / latency of the model, in (0, 1].
+      runtime, threads: the runtime measured (see :class:`~tfcompress.latency.Runtime`).
+      score: the criterion (scores the default loss).
+      scan: a sensitivity scan whose drops are the loss (unscanned groups stay whole).
+      exclude: group ids left whole.
+      round_to: allocate in multiples of this instead of the learned multiple (if > 1).
+      min_channels: fewest channels a group keeps unless its branch is removed.
+      branches: ``{group id: layers removed}`` of the removable residual branches.
+      table: the latency table (default: the runtime's cached one).
+      select: ``ratios -> Masks``; when given, the plan is checked: the slim model
+        (rebuilt from those masks) and the model are exported and timed together and, if
+        the slim one measures above the target, the plan is allocated again for a
+        proportionally lower predicted target (at most twice).
+      progress: show progress bars while measuring.
+
+    Raises:
+      ValueError: for a target outside (0, 1], a model without a fixed input shape, or a
+        target the ladders cannot reach.
+    """
+    if isinstance(target_latency, bool) or not isinstance(target_latency, (int, float)) or \
+            not 0 < target_latency <= 1:
+        raise ValueError(f"`target_latency` must be the fraction of the latency to keep, in "
+                         f"(0, 1], e.g. 0.5; got {target_latency!r}.")
+    static_input_shape(graph.model)
+    table = table or LatencyTable(Runtime.resolve(runtime, threads))
+    branches = dict(branches or {})
+    multiples = preferred_multiples(table, progress)
+    excluded = set(exclude)
+    groups = [g for g in graph.groups if g.prunable and g.id not in excluded]
+    losses = _losses(graph, groups, score, scan)
+    ladders = _ladders(graph, losses, multiples, round_to, min_channels, branches)
+    cost = LatencyCost(graph, table, {g: max(1, ladders[g][-1] - ladders[g][-2])
+                                      for g in ladders if len(ladders[g]) > 1}, progress)
+    full = _full_ms(graph.model, table)
+    sizes = {g.id: g.size for g in groups}
+    with tempfile.TemporaryDirectory() as folder:
+        measure = None if select is None else _slim_timer(graph, table, select, folder)
+        return _allocate_checked(cost, full, float(target_latency), ladders, losses, branches,
+                                 sizes, table.runtime, measure)
+
+
+def _slim_timer(graph: ChannelGraph, table: LatencyTable, select: Callable, folder: str
+                ) -> Callable[[Dict[str, float]], Tuple[float, float]]:
+    """``ratios -> (slim ms, full ms)``: the rebuilt slim model and the model timed together."""
+    full_path = export_for(graph.model, table.runtime, f"{folder}/full.tflite")
+
+    def measure(ratios: Dict[str, float]) -> Tuple[float, float]:
+        slim = rebuild(graph.model, select(ratios))
+        slim_ms, full_ms = measure_models([slim, full_path], table.runtime)
+        return slim_ms, full_ms
+
+    return measure
+
+
+def _allocate_checked(cost: LatencyCost, full: float, target: float, ladders, losses, branches,
+                      sizes: Dict[str, int], runtime: Runtime, measure) -> LatencyPlan:
+    goal, plan = target, None
+    for _ in range(3):
+        counts, removed = allocate(cost, full, goal, ladders, losses, branches)
+        plan = LatencyPlan(counts, sizes, runtime.name, runtime.threads, target, full,
+                           full - cost.saving(counts, removed), removed=tuple(sorted(removed)))
+        if measure is None:
+            return plan
+        slim_ms, full_ms = measure(plan.ratios())
+        plan = dataclasses.replace(plan, measured_ms=slim_ms, measured_full_ms=full_ms)
+        _LOG.info("Latency plan: %s", plan.summary())
+        if plan.measured_kept <= target * 1.02:
+            break
+        goal *= target / plan.measured_kept
+    return plan
