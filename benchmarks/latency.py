@@ -1,35 +1,31 @@
-"""Does the speedup match the MACs? FPGM-pruned ImageNet models on LiteRT/XNNPACK.
+"""Ask for a speed-up, get it: latency-targeted pruning measured on LiteRT (1 thread).
 
 Run from the repository root::
 
-    python benchmarks/latency.py           # MobileNetV2 (160 px) and ResNet50 (128 px), ~15 min
-    python benchmarks/latency.py --quick   # one small MobileNetV2, one ratio (smoke test)
-    python benchmarks/latency.py --workdir /tmp/latency  # keep the files; a rerun only re-times
-    python benchmarks/latency.py --quick --models MobileNetV2 --ratios 0.3 0.5
+    python benchmarks/latency.py            # MobileNetV2 160 px, ResNet50 128 px, digits; ~30 min
+    python benchmarks/latency.py --quick    # MobileNetV2 96 px, int8, target 0.5, one seed
+    python benchmarks/latency.py --skip-digits --models MobileNetV2 --dtypes int8
 
-A ``.tflite`` file found in ``--workdir`` is reused only when the JSON sidecar beside it
-(``<file>.json``) holds the same fingerprint as the file this run would export: model,
-input size, ratio, ``round_to``, dtype, tfcompress and TensorFlow versions, SHA-256 of the
-exported model's weights (and of the int8 calibration data) and of the masks' kept indices.
-Otherwise the file is exported again. The section says how many files were reused.
+Part 1, ImageNet architectures (``weights=None``, random BatchNorm statistics): for each
+runtime (``litert-float32``, ``litert-int8``) and target (0.7, 0.5, 0.35),
+``latency_plan`` allocates kept counts (and residual branches) from the measured latency
+tables; the plan's prediction is taken as it is (no measured correction), so the error
+column is the latency model's. For comparison, the uniform-ratio FPGM model of equal
+latency: the ratio whose predicted latency equals the targeted model's, corrected once by
+measurement. Every file of a model and dtype (original, targeted, uniform) is timed in the
+same interleaved rounds: medians and minima.
 
-For each model (``weights=None`` with random BatchNorm statistics, so the filters differ and
-int8 calibration sees realistic ranges): FPGM masks at ratios 0.3/0.5/0.7 with
-``round_to`` 1 and 8, :func:`~tfcompress.pruning.rebuild`, export to float32 and int8
-TFLite (calibrated on random data), then the LiteRT latency of batch 1 on 1 thread: median
-of interleaved rounds, every variant of one model and dtype in the same rounds
-(:func:`tfcompress.export.litert.compare_latency`).
+Part 2, digits (3 seeds): a residual CNN trained on digits at 32 px, then the latency-
+targeted slim model and the uniform-ratio slim model of equal measured latency, each
+fine-tuned with the same recipe; test accuracy of both.
 
-It prints one table and rewrites the ``latency`` section of ``benchmarks/RESULTS.md``:
-MACs kept vs latency kept, their ratio (goal: latency kept / MACs kept <= 1.15 at ratio
-0.5) and the ``round_to`` comparison (is a multiple of 8 faster than exact counts?).
+It prints the tables and rewrites the ``latency_targets`` section of
+``benchmarks/RESULTS.md`` (not with --quick or a subset).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import pathlib
 import statistics
@@ -42,267 +38,295 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from _results import stamp, write_section  # noqa: E402
 
-from tfcompress import __version__, export  # noqa: E402
+from tfcompress import export  # noqa: E402
 from tfcompress._keras import keras  # noqa: E402
-from tfcompress.pruning import count_macs, fpgm_masks, rebuild  # noqa: E402
+from tfcompress.datasets import load_digits  # noqa: E402
+from tfcompress.latency import measure_models  # noqa: E402
+from tfcompress.latency.whole import export_for  # noqa: E402
+from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
+from tfcompress.pruning import (  # noqa: E402
+    ChannelGraph,
+    count_macs,
+    keep_count,
+    latency_plan,
+    rebuild,
+    select_masks,
+)
+from tfcompress.pruning.latency_cost import latency_model  # noqa: E402
 
-RATIOS = (0.3, 0.5, 0.7)
-ROUND_TO = (1, 8)
-DTYPES = ("float32", "int8")
-GOAL = 1.15
-FULL = [("MobileNetV2", "MobileNetV2", 160), ("ResNet50", "ResNet50", 128)]
-QUICK = [("MobileNetV2", "MobileNetV2", 96)]
-FILES = {"reused": 0, "exported": 0}  # .tflite files this run reused from --workdir / exported
+TARGETS = (0.7, 0.5, 0.35)
+RUNTIMES = {"float32": "litert-float32", "int8": "litert-int8"}
+FULL = [("MobileNetV2", 160), ("ResNet50", 128)]
+QUICK = [("MobileNetV2", 96)]
+GOAL = 1.05
+DIGITS = {"size": 32, "width": 32, "epochs": 12, "finetune": 6, "target": 0.5,
+          "runtime": "litert-int8"}
 
 
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def randomize_batchnorm(model, rng):
-    """Random BN statistics: untrained ``weights=None`` models otherwise have identical,
-    all-ones scales, which makes every filter ranking and int8 range degenerate."""
-    for layer in model.layers:
+def build(name, size):
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # untrained BN: identical filters would make ranking moot
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
             layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n),
                                rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)])
-
-
-def build(constructor, size, rng):
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(0)  # the same weights on every run, so --workdir files match
-    model = getattr(keras.applications, constructor)(
-        weights=None, input_shape=(size, size, 3), classes=1000)
-    randomize_batchnorm(model, rng)
     return model
 
 
-def _sha256(arrays):
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+def uniform_counts(graph, ratio, tiles):
+    """One ratio for every group, kept counts rounded up to the runtime's tile (as the
+    targeted allocation's are: a count between two tiles costs the next tile)."""
+    return {g.id: min(g.size, -(-keep_count(g.size, ratio) // tiles[g.id]) * tiles[g.id])
+            for g in graph.groups if g.prunable}
 
 
-def fingerprint(model, variant, dtype, masks=None, calibration=None):
-    """What a .tflite file was exported from: equal fingerprints, interchangeable files."""
-    kept = {} if masks is None else {g: [int(i) for i in idx] for g, idx in masks.kept.items()}
-    return {
-        **variant, "dtype": dtype, "tfcompress": __version__, "tensorflow": tf.__version__,
-        "weights_sha256": _sha256(model.get_weights()),
-        "masks_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest(),
-        "calibration_sha256": None if dtype == "float32" else _sha256([calibration]),
-    }
+def uniform_masks(graph, ratio, tiles):
+    counts = uniform_counts(graph, ratio, tiles)
+    return select_masks(graph, per_layer={g: 1 - c / graph.group(g).size
+                                          for g, c in counts.items()})
 
 
-def _reusable(path, print_):
-    sidecar = path.with_name(path.name + ".json")
-    return path.exists() and sidecar.exists() and json.loads(sidecar.read_text()) == print_
+class Variant:
+    def __init__(self, label, model, slim, masks, predicted, removed=0):
+        self.label, self.slim, self.masks = label, slim, masks
+        self.macs = count_macs(slim) / count_macs(model)
+        self.predicted, self.removed = predicted, removed
 
 
-def export_all(model, folder, variant, calibration, masks=None):
-    """Float32 and int8 files of ``model``; a file in ``folder`` whose sidecar fingerprint
-    matches is reused, any other is (re-)exported and its sidecar written."""
-    stem = "{model}_base".format(**variant) if masks is None else (
-        "{model}_r{round_to}_{ratio}".format(**variant))
-    paths = {}
-    for dtype in DTYPES:
-        path = paths[dtype] = folder / f"{stem}_{dtype}.tflite"
-        print_ = fingerprint(model, variant, dtype, masks, calibration)
-        if _reusable(path, print_):
-            FILES["reused"] += 1
-            continue
-        path.with_name(path.name + ".json").unlink(missing_ok=True)
-        if dtype == "float32":
-            export.to_tflite(model, path, quantize=None)
-        else:
-            export.to_tflite(model, path, quantize="int8", representative_data=calibration)
-        path.with_name(path.name + ".json").write_text(json.dumps(print_, indent=1))
-        FILES["exported"] += 1
-    return paths
+def uniform_candidates(graph, lm, kept, count=4):
+    """The ``count`` uniform ratios (0.01 apart, one per distinct set of kept counts) whose
+    predicted latency kept is nearest ``kept``."""
+    configs = {}
+    for ratio in np.round(np.arange(0.0, 0.96, 0.01), 2):
+        configs.setdefault(tuple(sorted(uniform_counts(graph, ratio, lm.cost.tiles).items())),
+                           float(ratio))
+    predicted = {r: lm.predict_ms(dict(c)) / lm.full_ms for c, r in configs.items()}
+    return sorted(sorted(predicted, key=lambda r: abs(predicted[r] - kept))[:count]), predicted
 
 
-def measure(name, constructor, size, ratios, runs, folder, rng):
-    """Rows of (model, dtype, round_to, ratio, macs_kept, base_ms, ms) for one architecture."""
+def equal_latency_uniform(model, graph, lm, targeted, runtime, folder):
+    """The least-pruned uniform-ratio model measuring at most the targeted model's latency
+    (+2 %), among the candidates predicted nearest it (else the closest measured)."""
+    full_ms, t_ms = measure_models([model, targeted.path], runtime, rounds=15)
+    ratios, predicted = uniform_candidates(graph, lm, t_ms / full_ms)
+    slims = [rebuild(model, uniform_masks(graph, r, lm.cost.tiles)) for r in ratios]
+    paths = [export_for(s, runtime, folder / f"u{targeted.target}_{r}.tflite")
+             for s, r in zip(slims, ratios)]
+    times = measure_models([targeted.path] + paths, runtime, rounds=21)
+    relative = [u / times[0] for u in times[1:]]
+    fitting = [i for i, x in enumerate(relative) if x <= 1.02]
+    i = fitting[0] if fitting else int(np.argmin([abs(x - 1) for x in relative]))
+    variant = Variant(f"uniform r={ratios[i]:.2f}", model, slims[i], None, predicted[ratios[i]])
+    variant.path = paths[i]
+    return variant
+
+
+def imagenet_rows(name, size, dtype, targets, runs, folder):
+    runtime = RUNTIMES[dtype]
+    model = build(name, size)
+    graph = ChannelGraph(model)
     start = time.perf_counter()
-    model = build(constructor, size, rng)
-    base_macs = count_macs(model)
-    calibration = rng.standard_normal((2, size, size, 3)).astype("float32")
-    base = {"model": name, "constructor": constructor, "size": size}
-    variants = {("-", 0.0): (1.0, export_all(model, folder, base, calibration))}
-    for round_to in ROUND_TO:
-        for ratio in ratios:
-            masks = fpgm_masks(model, ratio, round_to=round_to)
-            slim = rebuild(model, masks)
-            variant = dict(base, ratio=ratio, round_to=round_to)
-            variants[(round_to, ratio)] = (count_macs(slim) / base_macs, export_all(
-                slim, folder, variant, calibration, masks))
-            del slim
-            print(f"  {name}: round_to={round_to} ratio={ratio} ready "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-    x = rng.standard_normal((1, size, size, 3)).astype("float32")
-    rows = []
-    for dtype in DTYPES:
-        keys = list(variants)
-        timings = export.litert.compare_latency(
-            [variants[k][1][dtype] for k in keys], x, threads=1, runs=runs, warmup=3,
-            progress=True)
-        base_ms = timings[0].median_ms
-        for (round_to, ratio), timing in zip(keys, timings):
-            rows.append((name, dtype, round_to, ratio, variants[(round_to, ratio)][0], base_ms,
-                         timing.median_ms, timings[0].min_ms, timing.min_ms))
-    print(f"  {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
-    return rows, base_macs
+    lm = latency_model(graph, runtime, progress=True)
+    table_s = time.perf_counter() - start
+    variants = []
+    for target in targets:
+        plan = latency_plan(graph, target, runtime)
+        masks = select_masks(graph, per_layer=plan.ratios())
+        slim = rebuild(model, masks)
+        targeted = Variant("targeted", model, slim, masks, plan.predicted_kept,
+                           len([g for g, c in plan.counts.items() if c == 0]))
+        targeted.target = target
+        targeted.path = export_for(slim, runtime, folder / f"targeted_{target}.tflite")
+        uniform = equal_latency_uniform(model, graph, lm, targeted, runtime, folder)
+        variants.append((target, targeted, uniform))
+        print(f"  {name} {dtype} target {target}: ready", flush=True)
+    paths = [export_for(model, runtime, folder / "full.tflite")]
+    paths += [v.path for _, t, u in variants for v in (t, u)]
+    x = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)
+    timings = export.litert.compare_latency(paths, x, threads=1, runs=runs, warmup=3)
+    full = timings[0]
+    rows, k = [], 1
+    for target, targeted, uniform in variants:
+        for variant in (targeted, uniform):
+            t = timings[k]
+            k += 1
+            median, low = t.median_ms / full.median_ms, t.min_ms / full.min_ms
+            rows.append({"model": f"{name} {size}px", "dtype": dtype, "target": target,
+                         "method": variant.label, "macs": variant.macs,
+                         "predicted": variant.predicted, "median": median, "min": low,
+                         "error": variant.predicted / median - 1, "removed": variant.removed,
+                         "full_ms": full.median_ms, "table_s": table_s})
+    return rows
 
 
-def round_to_pairs(rows):
-    """(model, dtype, ratio, median latency 8/1, min latency 8/1, MACs 8/1) per ratio."""
-    by_key = {(m, d, r, ratio): (ms, low, mk) for m, d, r, ratio, mk, _, ms, _, low in rows}
-    pairs = []
-    for (m, d, r, ratio), (ms, low, mk) in by_key.items():
-        if r == 8:
-            ms1, low1, mk1 = by_key[(m, d, 1, ratio)]
-            pairs.append((m, d, ratio, ms / ms1, low / low1, mk / mk1))
-    return pairs
+def digits_seed(seed, data, target):
+    (x, y), (xt, yt) = data
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = compile_classifier(residual_cnn((DIGITS["size"],) * 2 + (1,), width=DIGITS["width"]))
+    model.fit(x, y, batch_size=32, epochs=DIGITS["epochs"], verbose=0)
+    graph = ChannelGraph(model)
+    runtime = DIGITS["runtime"]
+    lm = latency_model(graph, runtime)
+    plan = latency_plan(graph, target, runtime)
+    targeted = Variant("targeted", model, rebuild(model, select_masks(
+        graph, per_layer=plan.ratios())), None, plan.predicted_kept)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = pathlib.Path(folder)
+        targeted.target = target
+        targeted.path = export_for(targeted.slim, runtime, folder / "t.tflite")
+        uniform = equal_latency_uniform(model, graph, lm, targeted, runtime, folder)
+        full_ms, t_ms, u_ms = measure_models([model, targeted.path, uniform.path], runtime,
+                                             rounds=31)
+    result = {"seed": seed, "full_ms": full_ms}
+    for key, variant, ms in (("targeted", targeted, t_ms), ("uniform", uniform, u_ms)):
+        slim = compile_classifier(variant.slim)
+        keras.utils.set_random_seed(seed + 100)
+        slim.fit(x, y, batch_size=32, epochs=DIGITS["finetune"], verbose=0)
+        result[key] = {"accuracy": float(slim.evaluate(xt, yt, verbose=0)[1]),
+                       "kept": ms / full_ms, "macs": variant.macs, "label": variant.label}
+    print(f"  digits seed {seed}: {result}", flush=True)
+    return result
+
+
+def imagenet_markdown(rows):
+    body = table(
+        ["model", "dtype", "target", "method", "MACs kept", "predicted kept",
+         "measured kept (median)", "(min)", "prediction error", "branches removed"],
+        [[r["model"], r["dtype"], r["target"], r["method"], f"{r['macs']:.3f}",
+          f"{r['predicted']:.3f}", f"**{r['median']:.3f}**", f"{r['min']:.3f}",
+          f"{r['error']:+.1%}", r["removed"] if r["method"] == "targeted" else "-"]
+         for r in rows])
+    goals = []
+    for r in (r for r in rows if r["method"] == "targeted"):
+        met = r["median"] <= r["target"] * GOAL and r["min"] <= r["target"] * GOAL
+        goals.append(f"- {r['model']} {r['dtype']} target {r['target']}: measured "
+                     f"{r['median']:.3f} (median) / {r['min']:.3f} (min) vs limit "
+                     f"{r['target'] * GOAL:.3f}: **{'met' if met else 'not met'}**")
+    errors = []
+    for key in dict.fromkeys((r["model"], r["dtype"]) for r in rows):
+        errs = [abs(r["error"]) for r in rows if (r["model"], r["dtype"]) == key]
+        errors.append(f"- {key[0]} {key[1]}: mean |error| {statistics.mean(errs):.1%}, max "
+                      f"{max(errs):.1%} over {len(errs)} slim models: "
+                      f"**{'met' if max(errs) <= 0.10 else 'not met'}** (goal <= 10%)")
+    same = [(t, u) for t, u in zip(rows[::2], rows[1::2])]
+    richer = sum(t["macs"] > u["macs"] for t, u in same)
+    return "\n".join([body, "", "Goal: measured latency kept <= target x 1.05:", *goals, "",
+                      "Latency-model prediction error (predicted / measured median - 1):",
+                      *errors, "",
+                      f"At equal measured latency the targeted model keeps more MACs than the "
+                      f"uniform-ratio model in {richer} of {len(same)} cases (MAC ratios "
+                      + ", ".join(f"{t['macs'] / u['macs']:.2f}x" for t, u in same) + ")."])
+
+
+def digits_markdown(results):
+    rows = [[r["seed"], f"{r['targeted']['accuracy']:.2%}", f"{r['targeted']['kept']:.3f}",
+             f"{r['targeted']['macs']:.3f}", r["uniform"]["label"],
+             f"{r['uniform']['accuracy']:.2%}", f"{r['uniform']['kept']:.3f}",
+             f"{r['uniform']['macs']:.3f}"] for r in results]
+    acc = {k: [r[k]["accuracy"] for r in results] for k in ("targeted", "uniform")}
+    mean = {k: statistics.mean(v) for k, v in acc.items()}
+    std = {k: statistics.pstdev(v) for k, v in acc.items()}
+    wins = sum(t >= u for t, u in zip(acc["targeted"], acc["uniform"]))
+    verdict = "met" if mean["targeted"] >= mean["uniform"] else "not met"
+    return "\n".join([
+        table(["seed", "targeted acc", "targeted latency kept", "targeted MACs kept",
+               "uniform", "uniform acc", "uniform latency kept", "uniform MACs kept"], rows),
+        "",
+        f"Mean test accuracy: targeted {mean['targeted']:.2%} ± {std['targeted']:.2%}, "
+        f"uniform {mean['uniform']:.2%} ± {std['uniform']:.2%}; targeted >= uniform in "
+        f"{wins} of {len(results)} seeds. Goal (targeted at least as accurate on average): "
+        f"**{verdict}**."])
+
+
+def report(rows, digits, runs, elapsed):
+    parts = [
+        "## Latency-targeted pruning on LiteRT (`benchmarks/latency.py`)",
+        "",
+        f"{stamp()}. Total run time {elapsed / 60:.1f} min. LiteRT (XNNPACK) batch 1, **1 "
+        "thread**. Latency tables (micro-benchmarks of each layer unit over a grid of kept "
+        "counts, learned channel tiles) measured by this run into a fresh cache. `targeted`: "
+        "`latency_plan(graph, target, runtime)` as predicted (no measured correction); "
+        "`uniform`: FPGM at one ratio for every group (kept counts rounded up to the "
+        "runtime's channel tile, as the targeted ones are), the least-pruned of the 4 "
+        "ratios predicted nearest the targeted model's measured latency that measures at "
+        "most 2% slower than it (else the closest). Every file of a model and dtype is "
+        f"timed in the same {runs} interleaved rounds; kept = slim / original of medians (of "
+        "minima). `weights=None` models with random BatchNorm statistics; int8 files are "
+        "calibrated on random data (ranges do not change which kernels run).",
+        "",
+    ]
+    if rows:
+        parts += [imagenet_markdown(rows), ""]
+    if digits:
+        parts += [
+            f"### Digits: targeted vs uniform at equal measured latency ({len(digits)} seeds)",
+            "",
+            f"`residual_cnn(width={DIGITS['width']})` on digits at {DIGITS['size']} px "
+            f"(1347 train / 450 test images), trained {DIGITS['epochs']} epochs (Adam 1e-3, "
+            f"batch 32); target {DIGITS['target']} on `{DIGITS['runtime']}`; each slim model "
+            f"then fine-tuned {DIGITS['finetune']} epochs with the same recipe and seed; Keras "
+            "float test accuracy.",
+            "",
+            digits_markdown(digits),
+        ]
+    return "\n".join(parts)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small input (96 px), ratio 0.5, few runs; RESULTS.md untouched")
-    parser.add_argument("--models", nargs="+", choices=[c[0] for c in FULL], default=None,
-                        help="a subset of the models (RESULTS.md untouched)")
-    parser.add_argument("--ratios", nargs="+", type=float, default=None,
-                        help="a subset of the ratios (RESULTS.md untouched)")
-    parser.add_argument("--runs", type=int, default=None, help="timed rounds per dtype")
-    parser.add_argument("--workdir", type=pathlib.Path, default=None,
-                        help="keep the .tflite files (and their fingerprint sidecars) here; a "
-                             "rerun re-times the files whose fingerprint still matches "
-                             "instead of exporting them; default: a temporary folder")
+    parser.add_argument("--quick", action="store_true", help="smoke test; RESULTS.md untouched")
+    parser.add_argument("--models", nargs="+", choices=[m for m, _ in FULL], default=None)
+    parser.add_argument("--dtypes", nargs="+", choices=list(RUNTIMES), default=None)
+    parser.add_argument("--targets", nargs="+", type=float, default=None)
+    parser.add_argument("--seeds", type=int, default=3, help="digits seeds (default 3)")
+    parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--skip-imagenet", action="store_true")
+    parser.add_argument("--runs", type=int, default=41, help="timed rounds per model and dtype")
     args = parser.parse_args(argv)
-    configs, ratios = (QUICK, (0.5,)) if args.quick else (FULL, RATIOS)
-    args.partial = bool(args.quick or args.models or args.ratios)
-    args.configs = [c for c in configs if not args.models or c[0] in args.models]
-    args.ratios = tuple(args.ratios or ratios)
-    args.runs = args.runs or (5 if args.quick else 61)
+    args.partial = bool(args.quick or args.models or args.dtypes or args.targets
+                        or args.skip_digits or args.skip_imagenet or args.seeds != 3)
+    args.configs = [c for c in (QUICK if args.quick else FULL)
+                    if not args.models or c[0] in args.models]
+    args.dtypes = args.dtypes or (["int8"] if args.quick else list(RUNTIMES))
+    args.targets = tuple(args.targets or ((0.5,) if args.quick else TARGETS))
+    args.seeds = 1 if args.quick else args.seeds
+    args.runs = 7 if args.quick else args.runs
     return args
-
-
-def rows_table(rows):
-    header = ["model", "dtype", "round_to", "ratio", "MACs kept", "median ms", "min ms",
-              "latency kept", "latency kept / MACs kept", "same, from min"]
-    cells = []
-    for name, dtype, round_to, ratio, macs_kept, base_ms, ms, base_min, min_ms in rows:
-        kept = ms / base_ms
-        cells.append([name, dtype, round_to, ratio if round_to != "-" else "-",
-                      f"{macs_kept:.3f}", f"{ms:.2f}", f"{min_ms:.2f}", f"{kept:.3f}",
-                      "-" if round_to == "-" else f"**{kept / macs_kept:.2f}**",
-                      "-" if round_to == "-" else f"{min_ms / base_min / macs_kept:.2f}"])
-    return table(header, cells)
-
-
-def goal_lines(rows):
-    """One line per model/dtype/round_to at ratio 0.5: is the goal met, from this run's rows."""
-    def status(value):
-        return "met" if value <= GOAL else "not met"
-
-    at_half = [(n, d, r, (ms / b) / mk, (low / base_low) / mk)
-               for n, d, r, ratio, mk, b, ms, base_low, low in rows if ratio == 0.5]
-    return [f"- {n} {d} round_to={r}: latency kept / MACs kept = {med:.2f} from medians "
-            f"(**{status(med)}**), {low:.2f} from minima (**{status(low)}**)"
-            for n, d, r, med, low in at_half] or ["- ratio 0.5 not measured in this run"]
-
-
-def conclusion(pairs):
-    """The round_to verdict, computed from this run's (8 vs 1) pairs."""
-    if not pairs:
-        return "no comparison made."
-    mean_median = statistics.geometric_mean([p[3] for p in pairs])
-    mean_min = statistics.geometric_mean([p[4] for p in pairs])
-    faster = sum(p[4] < 1.0 for p in pairs)
-    verdict = (f"at equal ratio, round_to=8 keeps {statistics.mean(p[5] for p in pairs):.2f}x "
-               f"the MACs of round_to=1 but its latency is {mean_median:.3f}x (geometric mean "
-               f"of medians) / {mean_min:.3f}x (of minima); it was faster in {faster} of "
-               f"{len(pairs)} comparisons by the minimum. ")
-    if max(abs(mean_median - 1), abs(mean_min - 1)) < 0.03:
-        return verdict + ("Same latency within noise: multiples of 8 are not faster on "
-                          "XNNPACK, but the channels they keep beyond the ratio cost no "
-                          "latency either.")
-    if mean_median < 1 and mean_min < 1:
-        return verdict + ("Multiples of 8 are faster on XNNPACK: `round_to=8` is the better "
-                          "default.")
-    if mean_median > 1 and mean_min > 1:
-        return verdict + ("Multiples of 8 are slower here (they keep more MACs): prefer "
-                          "`round_to=1`.")
-    return verdict + "Median and minimum disagree: inconclusive on this shared machine."
-
-
-def report(rows, macs, runs, elapsed):
-    """The RESULTS.md section, every number and verdict from this run."""
-    pairs = round_to_pairs(rows)
-    pair_table = table(
-        ["model", "dtype", "ratio", "MACs 8/1", "latency 8/1 (median)", "latency 8/1 (min)"],
-        [[m, d, ratio, f"{mk:.3f}", f"{med:.3f}", f"{low:.3f}"]
-         for m, d, ratio, med, low, mk in pairs])
-    macs_line = ", ".join(f"{n} {m / 1e6:.0f} M" for n, m in macs.items())
-    files = (f"{FILES['exported']} .tflite files exported by this run, {FILES['reused']} reused "
-             "from --workdir (same fingerprint: model, ratio, round_to, dtype, versions, "
-             "weights, masks and calibration data hashes)")
-    return "\n".join([
-        "## Latency kept vs MACs kept (`benchmarks/latency.py`)",
-        "",
-        f"`keras.applications` models with `weights=None` and random BatchNorm statistics "
-        f"({macs_line} MACs), FPGM one-shot masks, `rebuild`, TFLite float32 and int8 (random "
-        "calibration data), LiteRT batch 1 on **1 thread** (XNNPACK delegate by default). "
-        f"Median of {runs} interleaved rounds per model and dtype (all variants timed in the "
-        "same rounds, order rotated). The machine is shared with other jobs (2 cores, other "
-        "processes running), so single numbers jitter by several percent; interleaving and "
-        "medians keep the comparisons fair; the last column uses the minimum over rounds, the "
-        f"least contention-sensitive statistic. {stamp()}. Total run time "
-        f"{elapsed / 60:.1f} min; {files}.",
-        "",
-        rows_table(rows),
-        "",
-        "Goal at ratio 0.5 (the unpruned model's median suffers most from the other jobs: "
-        "when the two statistics disagree, trust the minima):",
-        *goal_lines(rows),
-        "",
-        "`round_to` (multiples of 8 vs exact channel counts, same ratio):",
-        "",
-        pair_table,
-        "",
-        f"**Conclusion:** {conclusion(pairs)}",
-    ])
 
 
 def main(argv=None):
     args = parse_args(argv)
-    rng = np.random.default_rng(0)
     started = time.perf_counter()
-    rows, macs = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.workdir or pathlib.Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, constructor, size in args.configs:
-            model_rows, macs[name] = measure(name, constructor, size, args.ratios, args.runs,
-                                             folder, rng)
-            rows += model_rows
-    markdown = report(rows, macs, args.runs, time.perf_counter() - started)
+    cache = tempfile.mkdtemp(prefix="tfcompress-latency-")
+    os.environ["TFCOMPRESS_CACHE_DIR"] = cache  # a fresh cache: tables measured by this run
+    rows, digits = [], []
+    if not args.skip_imagenet:
+        for name, size in args.configs:
+            for dtype in args.dtypes:
+                with tempfile.TemporaryDirectory() as folder:
+                    rows += imagenet_rows(name, size, dtype, args.targets, args.runs,
+                                          pathlib.Path(folder))
+    if not args.skip_digits:
+        data = load_digits(size=DIGITS["size"])
+        digits = [digits_seed(seed, data, DIGITS["target"]) for seed in range(args.seeds)]
+    markdown = report(rows, digits, args.runs, time.perf_counter() - started)
     print()
     print(markdown)
     if args.partial:
-        print("\n(--quick, --models or --ratios: RESULTS.md not written)")
+        print("\n(--quick or a subset: RESULTS.md not written)")
     else:
-        print(f"\nwrote {write_section('latency', markdown)}")
-    return FILES
+        print(f"\nwrote {write_section('latency_targets', markdown)}")
 
 
 if __name__ == "__main__":

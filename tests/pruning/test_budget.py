@@ -19,8 +19,8 @@ from tfcompress.pruning import (
     rebuild,
     select_masks,
 )
-from tfcompress.pruning.budget import allocate, group_multiple
-from tfcompress.pruning.latency_cost import LatencyCost, cost_units, micro_unit
+from tfcompress.pruning.budget import allocate
+from tfcompress.pruning.latency_cost import LatencyCost, cost_units, group_multiple, micro_unit
 
 UNITS = [
     (("stem_conv", "stem_bn", "stem_relu"), ("stem_conv",)),

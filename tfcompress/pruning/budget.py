@@ -18,7 +18,6 @@ metric drop at that ratio (interpolated, extrapolated linearly to 1.0).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import tempfile
@@ -26,16 +25,14 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, 
 
 import numpy as np
 
-from tfcompress.latency.runtime import Runtime
 from tfcompress.latency.table import LatencyTable
-from tfcompress.latency.tiles import preferred_multiples
-from tfcompress.latency.whole import export_for, measure_models, static_input_shape
+from tfcompress.latency.whole import export_for, measure_models
 from tfcompress.pruning.graph import ChannelGraph
-from tfcompress.pruning.latency_cost import LatencyCost
+from tfcompress.pruning.latency_cost import LatencyCost, LatencyModel, latency_model
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.rebuild import rebuild
 
-__all__ = ["LatencyPlan", "plan_latency", "allocate", "group_multiple", "removable_layers"]
+__all__ = ["LatencyPlan", "plan_latency", "allocate", "removable_layers"]
 
 _LOG = logging.getLogger("tfcompress.pruning")
 Loss = Callable[[int], float]
@@ -103,17 +100,9 @@ class LatencyPlan:
         return text
 
 
-def group_multiple(size: int, multiples: Mapping[str, int]) -> int:
-    """The channel multiple a group of ``size`` channels is allocated in: the largest tile
-    the runtime's kernels prefer, at most a quarter of the group (a power of two)."""
-    tile = max(multiples.values(), default=1)
-    cap = 2 ** int(math.log2(max(1, size // 4))) if size >= 4 else 1
-    return max(1, min(tile, cap))
-
-
-def _ladder(size: int, multiple: int, minimum: int, removable: bool, steps: int = 32
-            ) -> List[int]:
-    step = multiple * max(1, math.ceil(size / multiple / steps))
+def _ladder(size: int, step: int, minimum: int, removable: bool) -> List[int]:
+    """Kept counts a group may take: multiples of ``step`` from ``minimum`` up, ``size``,
+    and 0 when its residual branch can be removed."""
     start = max(step, math.ceil(minimum / step) * step)
     ladder = list(range(start, size, step)) + [size]
     return ([0] if removable else []) + ladder
@@ -211,29 +200,10 @@ def removable_layers(graph: ChannelGraph) -> Dict[str, Tuple[str, ...]]:
     return {}
 
 
-def _full_ms(model: Any, table: LatencyTable) -> float:
-    """The unpruned model's measured latency, cached in the table by architecture."""
-    key = "model:" + hashlib.sha256(model.to_json().encode()).hexdigest()[:24]
-    cached = table.get_extra(key)
-    if cached:
-        return float(cached)
-    [ms] = measure_models([model], table.runtime)
-    table.set_extra(key, ms)
-    return ms
-
-
-def _ladders(graph: ChannelGraph, losses: Mapping[str, Loss], multiples: Mapping[str, int],
-             round_to: int, min_channels: int, branches: Mapping[str, Any]
-             ) -> Dict[str, List[int]]:
-    ladders = {}
-    for group in graph.groups:
-        if group.id not in losses:
-            continue
-        multiple = round_to if round_to > 1 else group_multiple(group.size, multiples)
-        multiple = multiple * group.blocks // math.gcd(multiple, group.blocks)
-        ladders[group.id] = _ladder(group.size, min(multiple, group.size), min_channels,
-                                    group.id in branches)
-    return ladders
+def _ladders(graph: ChannelGraph, losses: Mapping[str, Loss], steps: Mapping[str, int],
+             min_channels: int, branches: Mapping[str, Any]) -> Dict[str, List[int]]:
+    return {g.id: _ladder(g.size, steps[g.id], min_channels, g.id in branches)
+            for g in graph.groups if g.id in losses}
 
 
 def plan_latency(
@@ -279,22 +249,17 @@ def plan_latency(
             not 0 < target_latency <= 1:
         raise ValueError(f"`target_latency` must be the fraction of the latency to keep, in "
                          f"(0, 1], e.g. 0.5; got {target_latency!r}.")
-    static_input_shape(graph.model)
-    table = table or LatencyTable(Runtime.resolve(runtime, threads))
+    model = latency_model(graph, runtime, threads, round_to=round_to, table=table,
+                          progress=progress)
     branches = dict(branches or {})
-    multiples = preferred_multiples(table, progress)
     excluded = set(exclude)
     groups = [g for g in graph.groups if g.prunable and g.id not in excluded]
     losses = _losses(graph, groups, score, scan)
-    ladders = _ladders(graph, losses, multiples, round_to, min_channels, branches)
-    cost = LatencyCost(graph, table, {g: max(1, ladders[g][-1] - ladders[g][-2])
-                                      for g in ladders if len(ladders[g]) > 1}, progress)
-    full = _full_ms(graph.model, table)
-    sizes = {g.id: g.size for g in groups}
+    ladders = _ladders(graph, losses, model.steps, min_channels, branches)
     with tempfile.TemporaryDirectory() as folder:
-        measure = None if select is None else _slim_timer(graph, table, select, folder)
-        return _allocate_checked(cost, full, float(target_latency), ladders, losses, branches,
-                                 sizes, table.runtime, measure)
+        measure = None if select is None else _slim_timer(graph, model.table, select, folder)
+        return _allocate_checked(model, float(target_latency), ladders, losses, branches,
+                                 {g.id: g.size for g in groups}, measure)
 
 
 def _slim_timer(graph: ChannelGraph, table: LatencyTable, select: Callable, folder: str
@@ -310,13 +275,13 @@ def _slim_timer(graph: ChannelGraph, table: LatencyTable, select: Callable, fold
     return measure
 
 
-def _allocate_checked(cost: LatencyCost, full: float, target: float, ladders, losses, branches,
-                      sizes: Dict[str, int], runtime: Runtime, measure) -> LatencyPlan:
-    goal, plan = target, None
+def _allocate_checked(model: LatencyModel, target: float, ladders, losses, branches,
+                      sizes: Dict[str, int], measure) -> LatencyPlan:
+    goal, plan, runtime = target, None, model.table.runtime
     for _ in range(3):
-        counts, removed = allocate(cost, full, goal, ladders, losses, branches)
-        plan = LatencyPlan(counts, sizes, runtime.name, runtime.threads, target, full,
-                           full - cost.saving(counts, removed), removed=tuple(sorted(removed)))
+        counts, removed = allocate(model.cost, model.full_ms, goal, ladders, losses, branches)
+        plan = LatencyPlan(counts, sizes, runtime.name, runtime.threads, target, model.full_ms,
+                           model.predict_ms(counts, removed), removed=tuple(sorted(removed)))
         if measure is None:
             return plan
         slim_ms, full_ms = measure(plan.ratios())

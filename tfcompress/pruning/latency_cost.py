@@ -18,20 +18,28 @@ removed residual branch saves all its time.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
+import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from tfcompress._keras import graph_nodes, is_input_layer
 from tfcompress.latency.micro import Unit, make_unit
+from tfcompress.latency.runtime import Runtime
 from tfcompress.latency.table import LatencyTable
+from tfcompress.latency.tiles import preferred_multiples
+from tfcompress.latency.whole import measure_models, static_input_shape
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import BarrierHandler
 from tfcompress.pruning.trace import LayerRecord
 
-__all__ = ["CostUnit", "cost_units", "LatencyCost", "measurement_levels"]
+__all__ = [
+    "CostUnit", "cost_units", "LatencyCost", "measurement_levels", "LatencyModel",
+    "latency_model", "group_multiple",
+]
 
 _LOG = logging.getLogger("tfcompress.pruning")
 _UNBUILDABLE = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
@@ -166,13 +174,16 @@ class LatencyCost:
       graph: the traced model.
       table: where micro-benchmarks are looked up (and measured when missing).
       multiples: ``{group id: channel multiple}`` the grid is rounded to (default 1).
+      tiles: ``{group id: tile}``: a count is rounded up to a multiple of its group's tile
+        before interpolating, since the runtime's kernels compute whole tiles (default 1).
       progress: show a progress bar while measuring.
     """
 
     def __init__(self, graph: ChannelGraph, table: LatencyTable,
-                 multiples: Optional[Mapping[str, int]] = None, progress: bool = False):
+                 multiples: Optional[Mapping[str, int]] = None, progress: bool = False,
+                 tiles: Optional[Mapping[str, int]] = None):
         self.graph, self.table = graph, table
-        multiples = multiples or {}
+        multiples, self.tiles = multiples or {}, dict(tiles or {})
         self.units: List[CostUnit] = []
         self.unmeasured: List[Tuple[str, str]] = []
         self.levels = {g.id: measurement_levels(g.size, multiples.get(g.id, 1))
@@ -225,6 +236,8 @@ class LatencyCost:
         corners = []
         for gid, axis in zip(unit.groups, axes):
             c = float(counts.get(gid, axis[-1]))
+            tile = self.tiles.get(gid, 1)
+            c = min(float(axis[-1]), math.ceil(c / tile) * tile)
             i = int(np.clip(np.searchsorted(axis, c) - 1, 0, max(len(axis) - 2, 0)))
             if len(axis) == 1:
                 corners.append(((0, 1.0),))
@@ -253,3 +266,80 @@ class LatencyCost:
             gone = any(k in removed for k in self.units[i].keys)
             total += before - (0.0 if gone else self.unit_ms(i, counts))
         return total
+
+
+def group_multiple(size: int, multiples: Mapping[str, int]) -> int:
+    """The channel multiple a group of ``size`` channels is allocated in: the largest tile
+    the runtime's kernels prefer, at most a quarter of the group (a power of two).
+
+    Example:
+      >>> [group_multiple(n, {"out": 16, "in": 8}) for n in (8, 32, 64, 1024)]
+      [2, 8, 16, 16]
+    """
+    tile = max(multiples.values(), default=1)
+    cap = 2 ** int(math.log2(max(1, size // 4))) if size >= 4 else 1
+    return max(1, min(tile, cap))
+
+
+def group_steps(graph: ChannelGraph, multiples: Mapping[str, int], round_to: int = 1,
+                steps: int = 32) -> Dict[str, int]:
+    """``{group id: step}``: kept counts are allocated (and measured) in multiples of the
+    step: ``round_to`` if > 1, else the learned tile, made a multiple of the group's blocks
+    and coarse enough that a group has at most ``steps`` of them."""
+    result = {}
+    for group in graph.groups:
+        if group.prunable:
+            multiple = round_to if round_to > 1 else group_multiple(group.size, multiples)
+            multiple = min(multiple * group.blocks // math.gcd(multiple, group.blocks),
+                           group.size)
+            result[group.id] = multiple * max(1, math.ceil(group.size / multiple / steps))
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyModel:
+    """A model's measured latency and its latency model on one runtime.
+
+    Attributes:
+      cost: the measured, interpolated units.
+      full_ms: the unpruned model, measured whole.
+      steps: ``{group id: channel step}`` the model was measured for.
+      table: the latency table it reads.
+    """
+
+    cost: LatencyCost
+    full_ms: float
+    steps: Dict[str, int]
+    table: LatencyTable
+
+    def predict_ms(self, counts: Mapping[str, int], removed: Set[str] = frozenset()) -> float:
+        """Predicted milliseconds with ``counts`` kept channels and ``removed`` layers gone."""
+        return self.full_ms - self.cost.saving(counts, removed)
+
+
+def _full_ms(model: Any, table: LatencyTable) -> float:
+    """The unpruned model's measured latency, cached in the table by architecture."""
+    key = "model:" + hashlib.sha256(model.to_json().encode()).hexdigest()[:24]
+    cached = table.get_extra(key)
+    if cached:
+        return float(cached)
+    [ms] = measure_models([model], table.runtime, rounds=31)
+    table.set_extra(key, ms)
+    return ms
+
+
+def latency_model(graph: ChannelGraph, runtime: Any = "litert-int8", threads: int = 1, *,
+                  round_to: int = 1, table: Optional[LatencyTable] = None,
+                  progress: bool = False) -> LatencyModel:
+    """Measures (or reads from the cache) what predicting ``graph``'s latency needs.
+
+    Raises:
+      ValueError: for an unknown runtime or a model without a fixed input shape.
+    """
+    static_input_shape(graph.model)
+    table = table or LatencyTable(Runtime.resolve(runtime, threads))
+    multiples = preferred_multiples(table, progress)
+    steps = group_steps(graph, multiples, round_to)
+    tiles = {g.id: group_multiple(g.size, multiples) for g in graph.groups if g.prunable}
+    cost = LatencyCost(graph, table, steps, progress, tiles)
+    return LatencyModel(cost, _full_ms(graph.model, table), steps, table)
