@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping, Optional, Set
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -43,8 +43,8 @@ from tfcompress.pruning.branches import Branch
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.masks import Masks
 
-__all__ = ["Branch", "removable_branches", "cut_branches", "removed_layers", "one_channel",
-           "cut_only", "remove_branches"]
+__all__ = ["Branch", "removable_branches", "cut_branches", "one_channel", "cut_only",
+           "remove_branches"]
 
 #: How far (relative to its size) a branch output may vary over positions and still count as
 #: one constant (float32 rounding of identical computations).
@@ -90,11 +90,6 @@ def cut_branches(graph: ChannelGraph, masks: Optional[Masks]) -> Dict[str, Branc
         if branch.merge not in inside:
             active.setdefault(branch.merge, branch)
     return active
-
-
-def removed_layers(graph: ChannelGraph, masks: Optional[Masks]) -> Set[str]:
-    """The keys of the layers the rebuild removes with the branches of ``masks``."""
-    return {key for branch in cut_branches(graph, masks).values() for key in branch.layers}
 
 
 def one_channel(graph: ChannelGraph, masks: Masks) -> Masks:
