@@ -36,7 +36,8 @@ __all__ = [
     "keras", "keras3", "Flavour", "TF_KERAS", "KERAS3", "FLAVOURS", "flavour_of", "check_model",
     "is_keras3_object", "require_graph_model", "existing_classes", "layer_classes", "is_model",
     "is_sequential", "is_input_layer", "Node", "graph_nodes", "input_names", "output_names",
-    "read_value", "model_from_config", "registered_name", "serializable", "Callback",
+    "read_value", "model_from_config", "registered_name", "serializable", "serialize_layer",
+    "keep_one_input", "Callback",
     "callback_bases", "backend", "require_tensorflow_backend", "bidirectional_shares_units",
 ]
 
@@ -311,11 +312,59 @@ def registered_name(cls: type) -> str:
 
 
 def serializable(package: str = "tfcompress") -> Callable[[T], T]:
-    """Registers a class as serializable in both Kerases (``package>ClassName``)."""
+    """Registers a class as serializable (``package>ClassName``): a layer in its own Keras
+    only (so each flavour can have its own class of one name), anything else in both.
+
+    Example:
+      >>> Twice = serializable("doctest")(type("Twice", (keras3.layers.Layer,), {}))
+      >>> keras3.saving.get_registered_object("doctest>Twice") is Twice
+      True
+      >>> keras.utils.get_registered_object("doctest>Twice") is None
+      True
+    """
     def register(cls: T) -> T:
-        cls = keras.utils.register_keras_serializable(package=package)(cls)
-        return keras3.saving.register_keras_serializable(package=package)(cls)
+        if not issubclass(cls, keras3.layers.Layer):
+            cls = keras.utils.register_keras_serializable(package=package)(cls)
+        if not issubclass(cls, keras.layers.Layer):
+            cls = keras3.saving.register_keras_serializable(package=package)(cls)
+        return cls
     return register
+
+
+def serialize_layer(layer: Any) -> Dict[str, Any]:
+    """A layer's ``{"class_name": ..., "config": ...}`` entry in its flavour's format (what a
+    Functional config holds, minus ``name`` and ``inbound_nodes``)."""
+    return flavour_of(layer).module.layers.serialize(layer)
+
+
+def keep_one_input(entry: Dict[str, Any], index: int) -> Dict[str, Any]:
+    """A copy of a Functional config's layer ``entry`` (a merge layer called once on a list
+    of tensors) whose call takes only its ``index``-th input, as a single tensor.
+
+    tf_keras lists a call's inputs as ``[[name, node, tensor, kwargs], ...]``, Keras 3 as
+    ``{"args": [[tensor, ...]], "kwargs": {}}``.
+
+    Raises:
+      ValueError: if the layer is called more than once or not on a list.
+
+    Example:
+      >>> entry = {"name": "add", "inbound_nodes": [[["a", 0, 0, {}], ["b", 0, 0, {}]]]}
+      >>> keep_one_input(entry, 1)["inbound_nodes"]
+      [[['b', 0, 0, {}]]]
+    """
+    nodes = entry.get("inbound_nodes", [])
+    if len(nodes) != 1:
+        raise ValueError(f"Layer {entry.get('name')!r} is called {len(nodes)} times; "
+                         "expected one call.")
+    node = nodes[0]
+    if isinstance(node, dict):  # Keras 3
+        args = node.get("args", [])
+        if len(args) != 1 or not isinstance(args[0], list):
+            raise ValueError(f"Layer {entry.get('name')!r} is not called on a list of tensors.")
+        node = dict(node, args=[args[0][index]])
+    else:
+        node = [node[index]]
+    return dict(entry, inbound_nodes=[node])
 
 
 class Callback(keras.callbacks.Callback, keras3.callbacks.Callback):

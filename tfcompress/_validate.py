@@ -28,21 +28,26 @@ __all__ = [
 ]
 
 
-def check_ratio(value: Any, name: str) -> float:
-    """A pruning ratio: a real number in ``[0, 1)``.
+def check_ratio(value: Any, name: str, allow_one: bool = False) -> float:
+    """A pruning ratio: a real number in ``[0, 1)`` (``[0, 1]`` with ``allow_one``: a
+    per-layer ratio of 1 removes a residual branch, see ``tfcompress.pruning.depth``).
 
     Raises:
       TypeError: for a non-number (a string, a bool, None).
       ValueError: for a number outside ``[0, 1)`` (NaN included).
     """
-    what = f"`{name}` must be a float in [0, 1) (the fraction of channels to remove)"
+    interval = "[0, 1]" if allow_one else "[0, 1)"
+    what = f"`{name}` must be a float in {interval} (the fraction of channels to remove)"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what}, got {value!r} ({type(value).__name__}). "
                         f"Pass e.g. `{name}=0.5`.")
     value = float(value)
-    if math.isnan(value) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{what}, got {value}. A ratio of 1 would remove every channel; "
-                         "use e.g. 0.5 to remove half of them.")
+    below_one = value <= 1.0 if allow_one else value < 1.0
+    if math.isnan(value) or value < 0.0 or not below_one:
+        raise ValueError(f"{what}, got {value}. " + (
+            "Use e.g. 0.5 to remove half of the channels." if allow_one else
+            "A ratio of 1 would remove every channel; use e.g. 0.5 to remove half of them "
+            "(a per-layer ratio of 1 removes a residual branch)."))
     return value
 
 
@@ -112,11 +117,12 @@ def check_names(names: Any, name: str) -> Optional[List[str]]:
 
 
 def check_ratio_map(ratios: Any, name: str) -> Optional[dict]:
-    """``{layer name: ratio}`` (or None), every ratio checked by :func:`check_ratio`.
+    """``{layer name: ratio}`` (or None), every ratio checked by :func:`check_ratio`, 1.0
+    allowed (it cuts a whole group: only residual branch groups take it).
 
     Raises:
       TypeError: if ``ratios`` is not a mapping, a key is not a string or a ratio not a number.
-      ValueError: for a ratio outside ``[0, 1)``.
+      ValueError: for a ratio outside ``[0, 1]``.
     """
     if ratios is None:
         return None
@@ -124,7 +130,8 @@ def check_ratio_map(ratios: Any, name: str) -> Optional[dict]:
         raise TypeError(f"`{name}` must map layer names to ratios, got {ratios!r}. "
                         "Pass e.g. `{'block2a_conv': 0.7}`.")
     check_names(list(ratios), name)
-    return {key: check_ratio(value, f"{name}[{key!r}]") for key, value in ratios.items()}
+    return {key: check_ratio(value, f"{name}[{key!r}]", allow_one=True)
+            for key, value in ratios.items()}
 
 
 _LOW_PRECISION = ("float16", "bfloat16")

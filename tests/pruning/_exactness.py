@@ -104,16 +104,18 @@ def tflite_run(model, x: np.ndarray) -> np.ndarray:
 def check_pruned(model, ratio: float = 0.3, tflite: bool = True,
                  seed: int = 0, expect_change: bool = True,
                  criterion: str = "fpgm", x: Optional[np.ndarray] = None,
-                 keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Masks ``model`` at ``ratio``, rebuilds it and asserts the contract; returns stats
-    (``x``: the input batch, default 2 uniform [-1, 1) samples; ``keep``: a dict that
-    receives the ``graph``, ``masks`` and ``slim`` model)."""
+                 keep: Optional[Dict[str, Any]] = None,
+                 per_layer: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+    """Masks ``model`` at ``ratio`` (and ``per_layer``: 1.0 cuts a residual branch),
+    rebuilds it and asserts the contract; returns stats (``x``: the input batch, default 2
+    uniform [-1, 1) samples; ``keep``: a dict that receives the ``graph``, ``masks`` and
+    ``slim`` model)."""
     randomize(model, seed)
     if x is None:
         x = np.random.default_rng(seed).uniform(-1, 1, (2,) + tuple(model.input_shape[1:]))
         x = x.astype(np.float32)
     graph = ChannelGraph(model)
-    masks = select_masks(graph, ratio, criterion=criterion)
+    masks = select_masks(graph, ratio, criterion=criterion, per_layer=per_layer)
     macs, params = graph_macs(graph), graph_params(graph)
     assert params == model.count_params()
     slim = rebuild(model, masks)

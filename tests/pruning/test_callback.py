@@ -350,7 +350,7 @@ def test_config_round_trip():
         ({"schedule": 0.5, "round_to": 0}, ValueError, "`round_to` must be an integer >= 1"),
         ({"schedule": 0.5, "min_channels": 1.5}, TypeError, "got 1.5"),
         ({"schedule": 0.5, "per_layer": [("conv1", 0.5)]}, TypeError, "layer names to ratios"),
-        ({"schedule": 0.5, "per_layer": {"conv1": 1.0}}, ValueError, "got 1.0"),
+        ({"schedule": 0.5, "per_layer": {"conv1": 1.5}}, ValueError, "got 1.5"),
         ({"schedule": 0.5, "exclude": [1, 2]}, TypeError, "string names, got 1"),
         ({"schedule": 0.5, "backup_dir": 3}, TypeError, "got 3"),
         ({"schedule": 0.5, "verbose": -1}, ValueError, "`verbose` must be an integer >= 0"),

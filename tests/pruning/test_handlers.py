@@ -13,6 +13,7 @@ import tensorflow as tf
 from _exactness import check_pruned
 
 from tfcompress._keras import FLAVOURS, KERAS3, TF_KERAS, flavour_of, keras
+from tfcompress.layers import channel_bias_class
 from tfcompress.pruning import (
     HANDLERS,
     ChannelGraph,
@@ -103,6 +104,7 @@ EXAMPLES = {
     "Rescaling": (lambda K: around(K, 4, K.layers.Rescaling(0.5, offset=0.25)), True),
     "PReLU": (lambda K: around(K, 4, K.layers.PReLU(shared_axes=[1, 2])), True),
     "LayerScale": (lambda K: around(K, 4, _applications(K, "LayerScale")(0.5, 8)), True),
+    "ChannelBias": (lambda K: around(K, 4, channel_bias_class(K)()), True),
     "Activation": (lambda K: around(K, 4, K.layers.Activation("sigmoid")), True),
     "ReLU": (lambda K: around(K, 4, K.layers.ReLU(max_value=6.0)), True),
     "LeakyReLU": (lambda K: around(K, 4, K.layers.LeakyReLU(0.2)), True),

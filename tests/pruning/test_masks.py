@@ -70,7 +70,7 @@ def test_summary_lists_groups_and_barriers(masks):
 
 
 @pytest.mark.parametrize("kept,match", [
-    ({"a": []}, "at least one"), ({"a": [2, 1]}, "sorted"), ({"a": [0, 0]}, "unique"),
+    ({"a": [-1]}, r"0\.\.3"), ({"a": [2, 1]}, "sorted"), ({"a": [0, 0]}, "unique"),
     ({"a": [4]}, r"0\.\.3"), ({"b": [0]}, "no size"),
 ])
 def test_invalid_masks_are_rejected(kept, match):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Dict, Tuple
 
 from tfcompress._keras import Flavour
+from tfcompress.layers import CHANNEL_BIAS
 
 #: Shape arguments a first layer may carry (the converted model's Inputs define the shapes),
 #: and the input shapes tf_keras's MultiHeadAttention records to build itself when loaded.
@@ -208,8 +209,10 @@ def layer_config(layer: Any, source: Flavour, target: Flavour) -> Tuple[type, Di
     if type(layer).__name__ == "Lambda":
         raise Refused("a Lambda layer runs Python code, which cannot be translated; "
                       "replace it with built-in layers")
-    name = built_in_class(layer, source)
-    tgt_cls = target_class(name, target)
+    if type(layer) in CHANNEL_BIAS.values():  # tfcompress's own layer: its twin
+        tgt_cls = CHANNEL_BIAS[target.name]
+    else:
+        tgt_cls = target_class(built_in_class(layer, source), target)
     config = dict(layer.get_config())
     config.pop("trainable", None)  # set on the new layer: not every class takes it
     return tgt_cls, translate_config(type(layer), tgt_cls, config, source, target)

@@ -8,6 +8,8 @@
 * :class:`FPGMPruning` prunes during ``fit`` on a schedule; :func:`sensitivity` scans groups.
 * ``fpgm_masks(model, target_latency=0.5, runtime="litert-int8")`` prunes for a measured
   latency instead of a ratio (:func:`latency_plan` gives the predicted/measured numbers).
+* :func:`removable_branches`: groups a ``per_layer`` ratio of 1.0 may cut, removing their
+  residual branch in the rebuild (depth pruning, :mod:`tfcompress.pruning.depth`).
 
 One trace serves every algorithm: ``graph = ChannelGraph(model)``, then
 ``select_masks(graph, ...)``, ``zero_pruned(graph, masks)``, ``graph_macs(graph, masks)``.
@@ -39,6 +41,7 @@ from tfcompress.pruning.criteria import (
     resolve_criterion,
     select_masks,
 )
+from tfcompress.pruning.depth import Branch, removable_branches
 from tfcompress.pruning.graph import ChannelGraph, Group
 from tfcompress.pruning.handlers import HANDLERS, ChannelHandler, handler_for, register_handler
 from tfcompress.pruning.masks import Masks
@@ -52,5 +55,5 @@ __all__ = [
     "uncounted_layers", "CRITERIA", "resolve_criterion", "keep_count", "HANDLERS",
     "ChannelHandler", "handler_for", "register_handler", "FPGMPruning", "PruningSchedule",
     "ConstantRatio", "PolynomialRatio", "Sensitivity", "sensitivity", "LatencyPlan",
-    "latency_plan",
+    "latency_plan", "Branch", "removable_branches",
 ]

@@ -24,7 +24,7 @@ from tfcompress._keras import (
 from tfcompress._validate import check_int, check_names, check_ratio, check_ratio_map
 from tfcompress.latency.runtime import Runtime
 from tfcompress.pruning.counting import graph_macs
-from tfcompress.pruning.criteria import latency_plan, resolve_criterion, select_masks
+from tfcompress.pruning.criteria import check_cuts, latency_plan, resolve_criterion, select_masks
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.schedules import ConstantRatio, PruningSchedule
@@ -39,9 +39,8 @@ _DEFAULT_FREQUENCY = 100  # steps between updates when a float schedule meets an
 
 @dataclasses.dataclass
 class _PruningState:
-    """What :class:`FPGMPruning` holds for the model it prunes: made by ``on_train_begin`` for
-    a model it has not seen, reused by later ``fit`` calls on the same model. Each mask update
-    (or resume) sets ``masks``, ``update_step`` and ``metrics``."""
+    """What :class:`FPGMPruning` holds for a model: made by ``on_train_begin``, reused by
+    later ``fit`` calls; mask updates (and resumes) set ``masks``, ``update_step``, ``metrics``."""
 
     graph: ChannelGraph  # the model's channel groups
     dense_macs: int  # MACs of the unpruned model, the denominator of macs_ratio
@@ -111,8 +110,8 @@ class FPGMPruning(*callback_bases()):
       criterion: how filters are ranked within a group: ``"fpgm"``, ``"l1"``, ``"l2"`` or a
         function ``filters -> scores``.
       mode: ``"soft"`` or ``"hard"`` (see above).
-      per_layer: layer name -> ratio overriding ``schedule``'s ratio for that layer's group.
-        The ratios ramp with the schedule, in proportion to ``ratio / schedule.final_ratio``.
+      per_layer: layer name -> ratio overriding ``schedule``'s for that layer's group, ramping
+        with it (times ``ratio / schedule.final_ratio``); 1.0 cuts a residual branch group.
       exclude: names of layers whose channels are never pruned.
       round_to: kept channels per group are rounded up to a multiple of this.
       min_channels: every group keeps at least this many channels.
@@ -126,8 +125,8 @@ class FPGMPruning(*callback_bases()):
 
     Raises:
       TypeError: if an argument has the wrong type (e.g. ``round_to`` not an int).
-      ValueError: for an unknown ``mode`` or ``criterion``, a ratio outside ``[0, 1)``,
-        ``round_to < 1`` or ``min_channels < 1``.
+      ValueError: for an unknown ``mode`` or ``criterion``, a ratio outside ``[0, 1)`` (but
+        ``per_layer``'s 1.0), ``round_to < 1``, ``min_channels < 1``; a 1.0 that cannot cut.
 
     Example:
       >>> import numpy as np
@@ -219,6 +218,7 @@ class FPGMPruning(*callback_bases()):
         state = self._state
         if state is None or state.graph.model is not model:
             graph = ChannelGraph(model)
+            check_cuts(graph, self.per_layer, self.exclude)  # now, not at the last update
             state = self._state = _PruningState(graph, graph_macs(graph), self._fit_schedule())
             if self.target_latency is not None:
                 state.latency_ratios = self._plan_latency(graph)

@@ -4,7 +4,8 @@ MACs count the multiply-accumulates of convolutions (all kinds) and Dense layers
 example; element-wise layers are not counted. Unknown (None) spatial dimensions count as 1,
 so for models with a variable input size the numbers are per unit of those dimensions.
 Counts after pruning are computed from the masks alone, without rebuilding, and match the
-rebuilt model exactly.
+rebuilt model exactly: the layers of a removed residual branch count 0, the ``ChannelBias``
+replacing its ``Add`` one parameter per channel (see :mod:`tfcompress.pruning.depth`).
 
 Layers no handler understands (custom layers, Lambda, unknown TF ops) may compute anything:
 they are not counted, and :func:`uncounted_layers` names them (``count_macs`` logs them).
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, List, Optional, Tuple
+from typing import Any, Collection, List, Mapping, Optional, Set, Tuple
 
 from tfcompress._keras import is_input_layer, require_graph_model
+from tfcompress.pruning.depth import cut_branches
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import BarrierHandler
 from tfcompress.pruning.layout import KeptFn
@@ -27,10 +29,14 @@ __all__ = ["count_macs", "count_params", "graph_macs", "graph_params", "uncounte
 _LOG = logging.getLogger("tfcompress.pruning")
 
 
-def _macs(graph: ChannelGraph, kept: KeptFn) -> Tuple[int, List[Tuple[str, str]]]:
-    """Total MACs and ``(layer, reason)`` for the layers that could not be counted."""
+def _macs(graph: ChannelGraph, kept: KeptFn, removed: Collection[str] = ()
+          ) -> Tuple[int, List[Tuple[str, str]]]:
+    """Total MACs (but of the ``removed`` layers) and ``(layer, reason)`` for the layers
+    that could not be counted."""
     total, failed = 0, []
     for key, record in graph.records.items():
+        if key in removed:
+            continue
         if isinstance(record.handler, BarrierHandler):
             if not is_input_layer(record.layer):
                 failed.append((key, record.barrier or record.probe or "no channel handler"))
@@ -69,14 +75,25 @@ def graph_macs(graph: ChannelGraph, masks: Optional[Masks] = None) -> int:
     Raises:
       TypeError, ValueError: if ``masks`` does not match the graph.
     """
-    return _macs(graph, graph.kept_fn(masks))[0]
+    branches = cut_branches(graph, masks)
+    return _macs(graph, graph.kept_fn(masks), _removed(branches))[0]
+
+
+def _removed(branches: Mapping[str, Any]) -> Set[str]:
+    return {key for branch in branches.values() for key in branch.layers}
 
 
 def graph_params(graph: ChannelGraph, masks: Optional[Masks] = None) -> int:
     """Parameters of ``graph.model`` (of the rebuilt model, given ``masks``)."""
     kept = graph.kept_fn(masks)
+    branches = cut_branches(graph, masks)
+    removed = _removed(branches)
     total = 0
-    for record in graph.records.values():
+    for merge in branches:  # a ChannelBias: one bias per channel
+        total += len(graph.records[merge].calls[0].outputs[0].positions(kept))
+    for key, record in graph.records.items():
+        if key in removed or key in branches:
+            continue
         layer, handler = record.layer, record.handler
         shapes = [tuple(w.shape) for w in getattr(layer, "weights", ())]  # keras.ops: none
         if record.barrier is None and handler.weights and masks is not None:

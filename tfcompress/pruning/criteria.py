@@ -25,7 +25,7 @@ from tfcompress.pruning.masks import Masks, preview_names
 
 __all__ = [
     "CRITERIA", "fpgm", "l1_norm", "l2_norm", "resolve_criterion", "keep_count", "select_masks",
-    "fpgm_masks", "latency_plan",
+    "fpgm_masks", "latency_plan", "check_cuts",
 ]
 
 Criterion = Callable[[np.ndarray], np.ndarray]
@@ -212,14 +212,44 @@ def select_masks(
     for gid, group_ratio in _group_ratios(graph, ratio, per_layer).items():
         group = graph.group(gid)
         keep = keep_count(group.size, group_ratio, round_to, min_channels, group.blocks)
-        if gid in excluded or keep >= group.size:
+        if group_ratio >= 1.0 and gid not in excluded:
+            kept[gid] = _cut(graph, gid)
+        elif gid in excluded or keep >= group.size:
             kept[gid] = np.arange(group.size)
-            continue
-        scores = np.asarray(score(graph.filters(group)), np.float64).reshape(group.size)
-        kept[gid] = _keep_best(scores, keep, group.blocks)
-    return Masks(kept, sizes={g.id: g.size for g in graph.groups},
-                 layers={g.id: g.layers for g in graph.groups}, barriers=graph.barriers,
-                 probed=graph.probed)
+        else:
+            scores = np.asarray(score(graph.filters(group)), np.float64).reshape(group.size)
+            kept[gid] = _keep_best(scores, keep, group.blocks)
+    masks = Masks(kept, sizes={g.id: g.size for g in graph.groups},
+                  layers={g.id: g.layers for g in graph.groups}, barriers=graph.barriers,
+                  probed=graph.probed)
+    if masks.cut:
+        graph.check_masks(masks)  # e.g. both inputs of one Add cut
+    return masks
+
+
+def check_cuts(graph: ChannelGraph, per_layer: Optional[Mapping[str, float]],
+               exclude: Optional[Iterable[str]] = None) -> None:
+    """Raises the ValueError ``select_masks`` would raise for the ``per_layer`` ratios of 1.0
+    that name a group no residual branch removal allows (``FPGMPruning`` checks them when
+    training begins, before its schedule ramps them up to 1.0).
+
+    Example:
+      >>> from tfcompress.models import residual_cnn
+      >>> check_cuts(ChannelGraph(residual_cnn(width=8)), {"block1a_conv": 1.0})
+    """
+    cuts = {name: 1.0 for name, value in (per_layer or {}).items() if value == 1.0}
+    if cuts:
+        select_masks(graph, per_layer=cuts, exclude=exclude)
+
+
+def _cut(graph: ChannelGraph, gid: str) -> np.ndarray:
+    """No kept channel: ``gid``'s residual branch goes (a ``per_layer`` ratio of 1)."""
+    if gid not in graph.branches:
+        raise ValueError(
+            f"`per_layer` asks to prune all channels (ratio 1.0) of group {gid!r}, which is "
+            "not inside a residual branch; only residual branch groups can be removed "
+            f"(this model's: {preview_names(graph.branches, 4)}). Use a ratio below 1.")
+    return np.zeros(0, np.int64)
 
 
 def fpgm_masks(
@@ -256,7 +286,9 @@ def fpgm_masks(
       per_layer: ``{layer name or group id: ratio}`` overriding ``ratio`` for the groups
         those layers produce (a layer that produces none, e.g. a BatchNormalization, names
         its own group; a group named several times takes the largest ratio); the keys of
-        ``Sensitivity.ratios_for`` work as they are.
+        ``Sensitivity.ratios_for`` work as they are. A ratio of exactly 1.0 cuts a group
+        inside a residual branch (``ChannelGraph.branches``): ``rebuild`` removes the
+        branch (see :mod:`tfcompress.pruning.depth`).
       exclude: layer names (or group ids) left exactly as they are: every group they touch,
         input channels included, is never pruned.
       round_to: kept counts are rounded up to a multiple of this (hardware-friendly widths;
@@ -280,9 +312,10 @@ def fpgm_masks(
       TypeError: if ``model`` is not a Keras model, a ratio is not a number, none of
         ``ratio``/``per_layer``/``target_latency`` is given, or ``criterion`` is neither a
         name nor callable.
-      ValueError: for a ratio outside [0, 1), an unknown criterion, unknown names in
-        ``per_layer``/``exclude``, ``round_to``/``min_channels`` below 1, or a latency target
-        outside (0, 1] or out of reach.
+      ValueError: for a ratio outside [0, 1) (``per_layer``: [0, 1], 1 only for residual
+        branch groups), an unknown criterion, unknown names in ``per_layer``/``exclude``,
+        ``round_to``/``min_channels`` below 1, or a latency target outside (0, 1] or out
+        of reach.
 
     Example:
       >>> from tfcompress.models import residual_cnn

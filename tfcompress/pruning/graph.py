@@ -10,16 +10,19 @@ so one trace can serve all of them.
 
 from __future__ import annotations
 
+import functools
+import types
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from tfcompress._keras import require_graph_model
+from tfcompress.pruning.branches import Branch, find_branches
 from tfcompress.pruning.layout import KeptFn, Layout
 from tfcompress.pruning.masks import Masks, check_masks, preview_names
 from tfcompress.pruning.trace import Barrier, Group, LayerRecord, trace
 
-__all__ = ["ChannelGraph", "Group", "LayerRecord"]
+__all__ = ["ChannelGraph", "Group", "LayerRecord", "Branch"]
 
 
 class ChannelGraph:
@@ -83,6 +86,13 @@ class ChannelGraph:
         ``"probed: mixes channels -> barrier"`` (see ``handlers.probe``)."""
         return {key: r.probe for key, r in self._trace.records.items() if r.probe}
 
+    @functools.cached_property
+    def branches(self) -> Mapping[str, Branch]:
+        """``{group id: Branch}`` of the groups that can be cut to zero channels: cutting one
+        removes a residual branch (see :mod:`tfcompress.pruning.depth`). Computed once."""
+        return types.MappingProxyType(find_branches(
+            self._model, self._trace.groups, self._trace.records, self._trace.space_group))
+
     def group(self, group_id: str) -> Group:
         """The group named ``group_id``.
 
@@ -117,9 +127,10 @@ class ChannelGraph:
 
         Raises:
           TypeError: if ``masks`` is not a :class:`Masks`.
-          ValueError: naming the first mismatch (unknown group, wrong size, bad indices).
+          ValueError: naming the first mismatch (unknown group, wrong size, bad indices, a
+            group cut to zero channels that is not in :attr:`branches`).
         """
-        check_masks(masks, self._model.name, self._trace.groups)
+        check_masks(masks, self._model.name, self._trace.groups, lambda: self.branches)
 
     def kept_fn(self, masks: Optional[Masks]) -> KeptFn:
         """Maps a space id to its kept channel indices (None: all kept), after validating

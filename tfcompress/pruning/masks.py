@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,7 +21,8 @@ class Masks(JsonDocument):
     keep the same channels of the same groups of the same sizes.
 
     Args:
-      kept: ``{group id: kept channel indices}`` (sorted, unique, non-empty).
+      kept: ``{group id: kept channel indices}`` (sorted, unique); empty cuts the whole
+        group, which only residual branch groups allow (``ChannelGraph.branches``).
       sizes: ``{group id: number of channels}`` for every group (prunable or not).
       layers: ``{group id: names of the layers the group involves}`` (for reports).
       barriers: ``{group id: [(layer, reason), ...]}`` for groups that cannot be pruned.
@@ -29,8 +30,8 @@ class Masks(JsonDocument):
         them (``ChannelGraph.probed``), for reports.
 
     Raises:
-      ValueError: if a kept group has no size, or its indices are empty, unsorted, repeated
-        or out of range.
+      ValueError: if a kept group has no size, or its indices are unsorted, repeated or
+        out of range.
 
     Example:
       >>> masks = Masks({"conv": [0, 2]}, sizes={"conv": 4})
@@ -66,9 +67,9 @@ class Masks(JsonDocument):
                                  f"channel indices, got {idx!r}.")
             idx = raw.astype(np.int64)
             size = self.sizes[gid]
-            if len(idx) == 0 or idx.min() < 0 or idx.max() >= size or np.any(np.diff(idx) <= 0):
+            if len(idx) and (idx.min() < 0 or idx.max() >= size or np.any(np.diff(idx) <= 0)):
                 raise ValueError(f"Kept indices of group {gid!r} must be sorted, unique and in "
-                                 f"0..{size - 1}, with at least one; got {idx.tolist()}.")
+                                 f"0..{size - 1}; got {idx.tolist()}.")
             self.kept[gid] = idx
 
     # ----- statistics ---------------------------------------------------------------------
@@ -78,6 +79,11 @@ class Masks(JsonDocument):
         total = sum(self.sizes[g] for g in self.kept)
         removed = sum(self.sizes[g] - len(idx) for g, idx in self.kept.items())
         return removed / total if total else 0.0
+
+    @property
+    def cut(self) -> Tuple[str, ...]:
+        """The groups cut to zero channels (their residual branches are removed)."""
+        return tuple(gid for gid, idx in self.kept.items() if len(idx) == 0)
 
     def pruned(self, group_id: str) -> np.ndarray:
         """Indices of the pruned channels of ``group_id`` (empty if it is not masked)."""
@@ -143,6 +149,7 @@ class Masks(JsonDocument):
             shown = ", ".join(layers[:max_layers]) + (
                 f" +{len(layers) - max_layers}" if len(layers) > max_layers else "")
             kept = f"{len(self.kept[gid])}/{size}" if gid in self.kept else f"-/{size}"
+            kept += " (branch removed)" if gid in self.cut else ""
             blocked = "; ".join(f"{layer} ({reason})"
                                 for layer, reason in self.barriers.get(gid, ()))
             rows.append((gid, shown, kept, blocked))
@@ -197,13 +204,17 @@ def _check_group_entry(number: int, group: Any) -> None:
         fail(f"'barriers' must be a list of [layer, reason] pairs, got {barriers!r}")
 
 
-def check_masks(masks: Any, model_name: str, groups: Mapping[str, Any]) -> None:
-    """Raises if ``masks`` do not fit the channel ``groups`` of model ``model_name``.
+def check_masks(masks: Any, model_name: str, groups: Mapping[str, Any],
+                removable: Callable[[], Mapping[str, Any]] = dict) -> None:
+    """Raises if ``masks`` do not fit the channel ``groups`` of model ``model_name``;
+    ``removable()`` gives the groups that may be cut to zero channels (``{id: Branch}``,
+    asked for only when the masks cut a group).
 
     Raises:
       TypeError: if ``masks`` is not a :class:`Masks`.
       ValueError: naming the first mismatch (unknown group, wrong size, bad indices, unequal
-        blocks of a grouped convolution, a pruned group that cannot be pruned).
+        blocks of a grouped convolution, a pruned group that cannot be pruned, a cut group
+        that is no residual branch).
     """
     if not isinstance(masks, Masks):
         raise TypeError(f"`masks` must be a tfcompress.pruning.Masks, got "
@@ -227,7 +238,7 @@ def check_masks(masks: Any, model_name: str, groups: Mapping[str, Any]) -> None:
             raise ValueError(f"Masks prune group {gid!r}, which cannot be pruned in model "
                              f"{model_name!r} (blocked by {list(group.barriers)}).")
         if len(idx) == 0:
-            raise ValueError(f"Masks keep no channel of group {gid!r}; keep at least one.")
+            continue
         bad = idx[(idx < 0) | (idx >= group.size)]
         if len(bad):
             raise ValueError(f"Masks keep channel {int(bad[0])} of group {gid!r}, out of "
@@ -240,6 +251,26 @@ def check_masks(masks: Any, model_name: str, groups: Mapping[str, Any]) -> None:
                 raise ValueError(f"Group {gid!r} feeds a grouped convolution with "
                                  f"{group.blocks} groups: masks must keep the same number "
                                  f"of channels in each block, got {counts.tolist()}.")
+    if masks.cut:
+        _check_cuts(masks.cut, model_name, removable())
+
+
+def _check_cuts(cut: Sequence[str], model_name: str, removable: Mapping[str, Any]) -> None:
+    """Raises unless every group in ``cut`` is removable, and no ``Add`` loses both inputs."""
+    for gid in cut:
+        if gid not in removable:
+            raise ValueError(
+                f"Masks keep no channel of group {gid!r} of model {model_name!r}: only groups "
+                "inside a residual branch (one that ends in an Add) can be removed, and this "
+                f"is not one. Keep at least one channel; removable groups: "
+                f"{preview_names(removable, 4)}.")
+    sides: Dict[str, Tuple[int, str]] = {}
+    for gid in cut:
+        branch = removable[gid]
+        side, other = sides.setdefault(branch.merge, (branch.branch_input, gid))
+        if side != branch.branch_input:
+            raise ValueError(f"Masks cut groups {other!r} and {gid!r}, which remove both inputs "
+                             f"of {branch.merge!r}; keep at least one channel of one of them.")
 
 
 def preview_names(names: Iterable[str], limit: int = 8) -> str:

@@ -3,13 +3,14 @@
 The model's config (nested models included) is edited layer by layer by the handlers
 (``filters``/``units``/... set to the kept counts), a new model is created from it, and every
 layer receives its original weights sliced to the kept channels. Layer, input and output
-names are unchanged; only channel counts shrink.
+names are unchanged; only channel counts shrink, and residual branches whose groups are cut
+to zero channels are removed (:mod:`tfcompress.pruning.depth`).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -20,10 +21,12 @@ from tfcompress._keras import (
     registered_name,
     require_graph_model,
 )
+from tfcompress.pruning import depth
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.handlers import IN
 from tfcompress.pruning.layout import KeptFn
 from tfcompress.pruning.masks import Masks
+from tfcompress.pruning.zeroing import variable_masks
 
 __all__ = ["rebuild"]
 
@@ -83,13 +86,18 @@ def rebuild(model: Any, masks: Masks) -> Any:
         computed on.
       masks: :class:`~tfcompress.pruning.Masks`.
 
+    Groups the masks cut to zero channels remove their residual branch: its layers are
+    gone and its ``Add`` becomes a :class:`~tfcompress.layers.ChannelBias` of the same name
+    (see :mod:`tfcompress.pruning.depth`).
+
     Returns:
       A model of the same flavour and class, with the same layer, input and output names
-      and the same input and output shapes.
+      (but those of removed branches) and the same input and output shapes.
 
     Raises:
       TypeError: if ``model`` is not a Keras model or ``masks`` not a ``Masks``.
-      ValueError: if the masks do not match the model, naming the mismatch.
+      ValueError: if the masks do not match the model, naming the mismatch, or a removed
+        branch does not output one constant per channel.
 
     Example:
       >>> from tfcompress.models import residual_cnn
@@ -102,10 +110,17 @@ def rebuild(model: Any, masks: Masks) -> Any:
     require_graph_model(model)
     graph = ChannelGraph(model)
     kept = graph.kept_fn(masks)
+    branches, zeroed = depth.cut_branches(graph, masks), None
+    if branches:  # first a model with each cut group at one zeroed channel
+        kept = graph.kept_fn(depth.one_channel(graph, masks))
+        zeroed = variable_masks(graph, depth.cut_only(masks))
     config = copy.deepcopy(model.get_config())
     positions = _edit_configs(graph, kept, config)
-    slim = model_from_config(model, config, _custom_objects(model))
-    _copy_weights(graph, model, slim, positions)
+    custom_objects = _custom_objects(model)
+    slim = model_from_config(model, config, custom_objects)
+    _copy_weights(graph, model, slim, positions, zeroed)
+    if branches:
+        slim = depth.remove_branches(slim, branches, custom_objects)
     return slim
 
 
@@ -135,20 +150,24 @@ def _edit_configs(graph: ChannelGraph, kept: KeptFn, config: Dict[str, Any]
 
 
 def _copy_weights(graph: ChannelGraph, model: Any, slim: Any,
-                  positions: Mapping[str, Dict[str, Any]]) -> None:
+                  positions: Mapping[str, Dict[str, Any]],
+                  zeroed: Optional[Mapping[int, Tuple[Any, np.ndarray]]] = None) -> None:
     """Gives every layer of ``slim`` its original weights, sliced where channels were
-    removed (unchanged weights are assigned variable to variable)."""
+    removed (unchanged weights are assigned variable to variable), multiplied first by the
+    0/1 masks of ``zeroed`` (``{id(variable): (variable, mask)}``)."""
     new_layers = dict(_leaf_layers(slim))
     pairs: List[Tuple[Any, Any]] = []
+    zeroed = zeroed or {}
     for key, layer in _leaf_layers(model):
         target = new_layers[key]
-        weights: List[Any] = list(layer.weights)  # unchanged: assigned variable to variable
+        weights: List[Any] = [w.numpy() * zeroed[id(w)][1] if id(w) in zeroed else w
+                              for w in layer.weights]  # unchanged: variable to variable
         record = graph.records.get(key)
         if key in positions:
             handler = record.handler
             for attr, i in handler.weight_index(layer).items():
-                weights[i] = handler.slice_weight(layer, attr, weights[i].numpy(),
-                                                  positions[key])
+                value = weights[i] if isinstance(weights[i], np.ndarray) else weights[i].numpy()
+                weights[i] = handler.slice_weight(layer, attr, value, positions[key])
         if len(weights) != len(target.weights):
             target.set_weights([np.asarray(w) for w in weights])  # Keras' message names it
         pairs.extend(zip(target.weights, weights))

@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras, keras3, layer_classes
+from tfcompress.layers import CHANNEL_BIAS
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact import PACTQuantizer, validate_bits
 from tfcompress.quantization.weights import ChannelWeightQuantizer
@@ -98,7 +99,8 @@ LAYER_RULES: Tuple[LayerRule, ...] = (
     # Per-tensor: TFLite stores FULLY_CONNECTED weights transposed and its converter rejects
     # per-channel QAT ranges there ("tfl.transpose op has mismatched quantized axes").
     LayerRule(_both("Dense"), (("kernel", "per_tensor"),), "activation"),
-    LayerRule(_ACTIVATIONS + _MERGE + _POOL_AVG + _both(
+    # ChannelBias (x + c, a residual Add whose branch depth pruning removed): like Add.
+    LayerRule(_ACTIVATIONS + _MERGE + _POOL_AVG + tuple(CHANNEL_BIAS.values()) + _both(
         "BatchNormalization", "UpSampling1D", "UpSampling2D", "UpSampling3D")),
     # TFLite gives softmax its own fixed output range; quantizing it would only add error.
     LayerRule(_both("Softmax"), (), "none"),

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from tfcompress._keras import existing_classes, layer_classes
+from tfcompress.layers import CHANNEL_BIAS
 from tfcompress.pruning.handlers.base import (
     OUT,
     Call,
@@ -28,7 +29,7 @@ from tfcompress.pruning.layout import Layout
 
 __all__ = [
     "BatchNormHandler", "LayerNormHandler", "GroupNormHandler", "NormalizationHandler",
-    "RescalingHandler", "ChannelScaleHandler",
+    "RescalingHandler", "ChannelScaleHandler", "ChannelBiasHandler",
 ]
 
 
@@ -173,3 +174,11 @@ class ChannelScaleHandler(CoupledHandler):
     weights = {"gamma": WeightSpec({0: OUT}, zero=OUT)}
     makes_clean = True
     size_key = "projection_dim"
+
+
+@register_handler(*CHANNEL_BIAS.values())
+class ChannelBiasHandler(CoupledHandler):
+    """tfcompress's ``ChannelBias`` (``x + bias``, what a residual ``Add`` becomes when depth
+    pruning removes its branch): a pruned channel's bias is zeroed, so it stays 0."""
+
+    weights = {"bias": WeightSpec({0: OUT}, zero=OUT)}
