@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    python benchmarks/latency_vs_macs.py           # MobileNetV2 (160 px) and ResNet50 (128 px), ~15 min
-    python benchmarks/latency_vs_macs.py --quick   # one small MobileNetV2, one ratio (smoke test)
-    python benchmarks/latency_vs_macs.py --workdir /tmp/latency  # keep the files; a rerun only re-times
+    python benchmarks/latency_vs_macs.py          # MobileNetV2 160 px, ResNet50 128 px, ~15 min
+    python benchmarks/latency_vs_macs.py --quick  # one small MobileNetV2, one ratio (smoke test)
+    python benchmarks/latency_vs_macs.py --workdir /tmp/latency  # keep files; reruns re-time
     python benchmarks/latency_vs_macs.py --quick --models MobileNetV2 --ratios 0.3 0.5
 
 A ``.tflite`` file found in ``--workdir`` is reused only when the JSON sidecar beside it

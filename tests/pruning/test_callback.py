@@ -328,7 +328,8 @@ def test_config_round_trip():
     config = pruning.get_config()
     assert {key: value for key, value in config.items() if key != "schedule"} == {
         "criterion": "l2", "mode": "hard", "per_layer": {"conv1": 0.25}, "exclude": ["conv2"],
-        "round_to": 2, "min_channels": 1, "backup_dir": "/tmp/backup", "verbose": 1}
+        "round_to": 2, "min_channels": 1, "backup_dir": "/tmp/backup", "verbose": 1,
+        "target_latency": None, "runtime": "litert-int8", "threads": 1}
     assert config["schedule"]["config"] == {"initial_ratio": 0.0, "final_ratio": 0.5,
                                             "begin_step": 0, "end_step": 100, "power": 3,
                                             "frequency": 100}

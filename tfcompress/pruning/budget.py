@@ -13,6 +13,12 @@ The predicted loss of keeping ``k`` of a group's channels is, by default, the sq
 share of the group's criterion scores that the pruned channels hold (so redundant groups
 go first and no group is emptied lightly); with a sensitivity scan, the scan's measured
 metric drop at that ratio (interpolated, extrapolated linearly to 1.0).
+
+Example:
+  >>> plan = LatencyPlan({"conv": 8, "head": 16}, {"conv": 32, "head": 16}, "litert-int8", 1,
+  ...                    target=0.5, full_ms=2.0, predicted_ms=0.9)
+  >>> plan.ratios(), plan.predicted_kept
+  ({'conv': 0.75}, 0.45)
 """
 
 from __future__ import annotations
@@ -174,7 +180,8 @@ def allocate(cost: LatencyCost, full_ms: float, kept: float, ladders: Mapping[st
                 f"A latency target of {kept:.3f} cannot be reached: pruning every group as far "
                 f"as allowed is predicted to keep {1 - scale * saved / full_ms:.3f} of the "
                 f"latency ({full_ms - scale * saved:.4f} of {full_ms:.4f} ms); the rest is work "
-                "pruning cannot shrink. Raise `target_latency`, or lower `min_channels` / `exclude`.")
+                "pruning cannot shrink. Raise `target_latency`, or lower `min_channels` / "
+                "`exclude`.")
         _, gid, gain, state.counts, state.removed = best
         state.position[gid] -= 1
         saved += gain
@@ -198,7 +205,7 @@ def _losses(graph: ChannelGraph, groups: Iterable[Any], score: Callable, scan: A
 def removable_layers(graph: ChannelGraph) -> Dict[str, Tuple[str, ...]]:
     """``{group id: layers removed with it}`` for the groups whose whole residual branch
     may be removed (see :mod:`tfcompress.pruning.depth`)."""
-    return {}
+    return {gid: branch.layers for gid, branch in graph.branches.items()}
 
 
 def _ladders(graph: ChannelGraph, losses: Mapping[str, Loss], steps: Mapping[str, int],

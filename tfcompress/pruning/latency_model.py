@@ -8,6 +8,17 @@ and timed together with the model, and the ratio of its measured to its predicte
 scales every later prediction. Isolated micro-benchmarks miss what a whole graph shares
 (cache reuse, per-op setup), which this one factor absorbs; the calibration point is
 cached with the table, like the model's latency.
+
+Example:
+  >>> import tempfile
+  >>> from tfcompress._keras import keras
+  >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, name="hidden"),
+  ...                           keras.layers.Dense(10)])
+  >>> table = LatencyTable("litert-float32", path=tempfile.mkdtemp() + "/table.json")
+  >>> table.set_extra("multiples", {"out": 8, "in": 8, "depthwise": 8})  # skips the sweeps
+  >>> predictor = latency_model(ChannelGraph(model), table=table)
+  >>> predictor.steps, predictor.predict_ms({"hidden": 64}) < predictor.full_ms
+  ({'hidden': 8}, True)
 """
 
 from __future__ import annotations
@@ -91,7 +102,8 @@ def latency_model(graph: ChannelGraph, runtime: Any = "litert-int8", threads: in
       ValueError: for an unknown runtime or a model without a fixed input shape.
     """
     static_input_shape(graph.model)
-    table = table or LatencyTable(Runtime.resolve(runtime, threads))
+    if table is None:
+        table = LatencyTable(Runtime.resolve(runtime, threads))
     multiples = preferred_multiples(table, progress)
     steps = group_steps(graph, multiples, round_to)
     tiles = {g.id: group_multiple(g.size, multiples) for g in graph.groups if g.prunable}
