@@ -179,3 +179,23 @@ def test_cli_prunes_for_a_latency_target_and_prints_predicted_and_measured(tmp_p
     assert float(predicted.split()[-1]) <= 0.8  # the plan's promise; measured is reported
     assert 0 < float(measured.split()[-1]) < 1.5
     assert "prediction error" in out
+
+
+@pytest.mark.usefixtures("latency_cache")
+def test_sensitivity_drops_steer_the_allocation_away_from_a_sensitive_group():
+    from tfcompress.pruning.sensitivity_result import GroupSensitivity, SensitivityResult
+
+    model = residual_cnn((48, 48, 3), width=32)
+    graph = ChannelGraph(model)
+    groups = [g for g in graph.groups if g.prunable]
+
+    def scan(sensitive):  # a hand-made scan: one group loses 0.5 at any ratio, others 0.001
+        rows = [GroupSensitivity(g.id, g.name, g.size, g.layers, (g.id,), kept=(g.size // 2,),
+                                 drops=(0.5 if g.id == sensitive else 0.001,),
+                                 macs_saved=(1,)) for g in groups]
+        return SensitivityResult(1.0, (0.5,), rows, total_macs=100)
+
+    for sensitive in ("block2a_conv", "block2b_conv"):
+        plan = latency_plan(graph, 0.8, "litert-float32", sensitivity=scan(sensitive))
+        assert plan.counts[sensitive] == plan.sizes[sensitive]
+        assert plan.predicted_kept <= 0.8

@@ -276,3 +276,17 @@ def test_quantize_model_on_a_depth_pruned_model(flavour, tmp_path):
     assert "quant_block1_add" in {layer.name for layer in qat.layers}
     report = verify(qat, to_tflite(qat, tmp_path / "q.tflite"), x)
     assert report.kind == "int8" and report.op_counts["ADD"] == 1
+
+
+@pytest.mark.parametrize("name, side", [("MobileNetV2", 64), ("ResNet50", 32)])
+def test_tflite_of_depth_pruned_applications_verifies(name, side, tmp_path):
+    model = build_application(name, side, K=keras)
+    removable = sorted(removable_branches(ChannelGraph(model)))
+    slim = rebuild(model, select_masks(ChannelGraph(model), 0.3,
+                                       per_layer=dict.fromkeys(removable[::2], 1.0)))
+    x = _images(side=side, channels=3)
+    report = verify(slim, to_tflite(slim, tmp_path / "f.tflite", None), x)
+    assert report.kind == "float32"
+    cut = sum(type(layer) is CHANNEL_BIAS["tf_keras"] for layer in slim.layers)
+    assert cut == len({removable_branches(ChannelGraph(model))[g].merge
+                       for g in removable[::2]}) > 0
