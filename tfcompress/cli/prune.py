@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="interpreter threads for latency (default 1)")
+    parser.add_argument("--check-latency", action="store_true",
+                        help="with --target-latency: time the slim model while planning and "
+                        "plan again if it measures above the target")
     # Checked by the pruning API against its criteria registry (importing it here would
     # load TensorFlow before `--help` can answer).
     parser.add_argument(
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     graph, plan = ChannelGraph(model), None
     if args.target_latency is not None:
         plan = latency_plan(graph, args.target_latency, args.runtime, args.threads,
-                            progress=True, **options)
+                            check_latency=args.check_latency, progress=True, **options)
         masks = select_masks(graph, per_layer=plan.ratios(), criterion=args.criterion)
     else:
         masks = select_masks(graph, args.ratio, **options)
