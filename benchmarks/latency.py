@@ -13,7 +13,7 @@ tables; the plan's prediction is taken as it is (no measured correction), so the
 column is the latency model's. For comparison, the uniform-ratio FPGM model of equal
 latency: the ratio whose predicted latency equals the targeted model's, corrected once by
 measurement. Every file of a model and dtype (original, targeted, uniform) is timed in the
-same interleaved rounds, and again paired with the original alone: medians and minima.
+same interleaved rounds: medians and minima.
 
 Part 2, digits (3 seeds): a residual CNN trained on digits at 32 px, then the latency-
 targeted slim model and the uniform-ratio slim model of equal measured latency, each
@@ -172,13 +172,9 @@ def imagenet_rows(name, size, dtype, targets, runs, folder):
             t = timings[k]
             k += 1
             median, low = t.median_ms / full.median_ms, t.min_ms / full.min_ms
-            base, slim = export.litert.compare_latency([paths[0], variant.path], x, threads=1,
-                                                       runs=runs, warmup=3)
             rows.append({"model": f"{name} {size}px", "dtype": dtype, "target": target,
                          "method": variant.label, "macs": variant.macs,
                          "predicted": variant.predicted, "median": median, "min": low,
-                         "pair": slim.median_ms / base.median_ms,
-                         "pair_min": slim.min_ms / base.min_ms,
                          "error": variant.predicted / median - 1, "removed": variant.removed,
                          "full_ms": full.median_ms, "table_s": table_s})
     return rows
@@ -214,51 +210,36 @@ def digits_seed(seed, data, target):
     return result
 
 
-def _goals(rows, median, low):
-    lines = []
-    for method in ("targeted", "targeted + check"):
-        lines.append(f"`{method}`:")
-        for r in (r for r in rows if r["method"] == method):
-            met = r[median] <= r["target"] * GOAL and r[low] <= r["target"] * GOAL
-            lines.append(f"- {r['model']} {r['dtype']} target {r['target']}: measured "
-                         f"{r[median]:.3f} (median) / {r[low]:.3f} (min) vs limit "
-                         f"{r['target'] * GOAL:.3f}: **{'met' if met else 'not met'}**")
-    return lines
-
-
-def _errors(rows, median):
-    lines = []
-    for key in dict.fromkeys((r["model"], r["dtype"]) for r in rows):
-        errs = [abs(r["predicted"] / r[median] - 1) for r in rows
-                if (r["model"], r["dtype"]) == key]
-        lines.append(f"- {key[0]} {key[1]}: mean |error| {statistics.mean(errs):.1%}, max "
-                     f"{max(errs):.1%} over {len(errs)} slim models: "
-                     f"**{'met' if max(errs) <= 0.10 else 'not met'}** (goal <= 10%)")
-    return lines
-
-
 def imagenet_markdown(rows):
     body = table(
         ["model", "dtype", "target", "method", "MACs kept", "predicted kept",
-         "all files interleaved: median", "(min)", "paired with the original: median",
-         "(min)", "prediction error (all / paired)", "branches removed"],
+         "measured kept (median)", "(min)", "prediction error", "branches removed"],
         [[r["model"], r["dtype"], r["target"], r["method"], f"{r['macs']:.3f}",
           f"{r['predicted']:.3f}", f"**{r['median']:.3f}**", f"{r['min']:.3f}",
-          f"**{r['pair']:.3f}**", f"{r['pair_min']:.3f}",
-          f"{r['predicted'] / r['median'] - 1:+.1%} / {r['predicted'] / r['pair'] - 1:+.1%}",
-          "-" if r["method"].startswith("uniform") else r["removed"]] for r in rows])
+          f"{r['error']:+.1%}", "-" if r["method"].startswith("uniform") else r["removed"]]
+         for r in rows])
+    goals = []
+    for method in ("targeted", "targeted + check"):
+        goals.append(f"`{method}`:")
+        for r in (r for r in rows if r["method"] == method):
+            met = r["median"] <= r["target"] * GOAL and r["min"] <= r["target"] * GOAL
+            goals.append(f"- {r['model']} {r['dtype']} target {r['target']}: measured "
+                         f"{r['median']:.3f} (median) / {r['min']:.3f} (min) vs limit "
+                         f"{r['target'] * GOAL:.3f}: **{'met' if met else 'not met'}**")
+    errors = []
+    for key in dict.fromkeys((r["model"], r["dtype"]) for r in rows):
+        errs = [abs(r["error"]) for r in rows if (r["model"], r["dtype"]) == key]
+        errors.append(f"- {key[0]} {key[1]}: mean |error| {statistics.mean(errs):.1%}, max "
+                      f"{max(errs):.1%} over {len(errs)} slim models: "
+                      f"**{'met' if max(errs) <= 0.10 else 'not met'}** (goal <= 10%)")
     same = list(zip(rows[::3], rows[2::3]))  # targeted (as predicted) and its uniform twin
     richer = sum(t["macs"] > u["macs"] for t, u in same)
     return "\n".join([
-        body, "",
-        "Goal: measured latency kept <= target x 1.05 (median and min), all files "
-        "interleaved:", *_goals(rows, "median", "min"), "",
-        "The same, each file timed paired with the original:", *_goals(rows, "pair", "pair_min"),
-        "", "Latency-model prediction error (predicted / measured median - 1, every row), all "
-        "files interleaved:", *_errors(rows, "median"), "", "Paired with the original:",
-        *_errors(rows, "pair"), "",
-        f"Targeted vs uniform (as predicted vs its uniform twin): the targeted model keeps "
-        f"more MACs in {richer} of {len(same)} cases (MAC ratios "
+        body, "", "Goal: measured latency kept <= target x 1.05 (median and min):", *goals, "",
+        "Latency-model prediction error (predicted / measured median - 1, every row):",
+        *errors, "",
+        f"Targeted vs uniform (as predicted vs its equal-latency uniform twin): the targeted "
+        f"model keeps more MACs in {richer} of {len(same)} cases (MAC ratios "
         + ", ".join(f"{t['macs'] / u['macs']:.2f}x" for t, u in same) + "; latency ratios "
         + ", ".join(f"{t['median'] / u['median']:.2f}x" for t, u in same) + ")."])
 
@@ -294,12 +275,9 @@ def report(rows, digits, runs, elapsed):
         "`uniform`: FPGM at one ratio for every group (kept counts rounded up to the "
         "runtime's channel tile, as the targeted ones are), the least-pruned of the 4 "
         "ratios predicted nearest the targeted model's prediction that measures at most 2% "
-        "slower than it (else the closest). Two protocols, each with medians and minima "
-        f"over {runs} interleaved rounds (kept = slim / original): *all files interleaved* "
-        "(the original and the 9 slim files of a model and dtype in the same rounds: each "
-        "invoke follows other models, caches cold) and *paired with the original* (one slim "
-        "file and the original alternating: closer to an app invoking one model "
-        "repeatedly). `weights=None` models with random BatchNorm statistics; int8 files are "
+        "slower than it (else the closest). Every file of a model and dtype is "
+        f"timed in the same {runs} interleaved rounds; kept = slim / original of medians (of "
+        "minima). `weights=None` models with random BatchNorm statistics; int8 files are "
         "calibrated on random data (ranges do not change which kernels run).",
         "",
     ]
