@@ -12,13 +12,6 @@ reads.
 Pruning for a latency target is ``fpgm_masks(model, target_latency=0.5,
 runtime="litert-int8")`` (:mod:`tfcompress.pruning.budget` holds the allocation).
 
-Example:
-  >>> from tfcompress._keras import keras
-  >>> wide, narrow = (keras.Sequential([keras.Input((64,)), keras.layers.Dense(n)])
-  ...                 for n in (512, 8))
-  >>> slow, fast = measure_models([wide, narrow], "litert-float32", rounds=5)
-  >>> fast < slow
-  True
 """
 
 from tfcompress.latency.micro import Unit, make_unit

@@ -203,6 +203,7 @@ class LatencyCost:
             self.units.append(unit)
             self._axes.append(axes)
             self._values.append(np.maximum(np.asarray(values) - overhead, 0.0).reshape(shape))
+        self._full_ms: Optional[List[float]] = None
         self._by_group: Dict[str, List[int]] = {}
         for i, unit in enumerate(self.units):
             for gid in unit.groups:
@@ -255,12 +256,12 @@ class LatencyCost:
                indices: Optional[Sequence[int]] = None) -> float:
         """Predicted milliseconds saved by keeping ``counts`` channels (groups left out keep
         all), the layers in ``removed`` being gone, over units ``indices`` (default all)."""
-        full: Dict[str, int] = {}
+        if self._full_ms is None:  # every unit at full width, computed once
+            self._full_ms = [self.unit_ms(i, {}) for i in range(len(self.units))]
         total = 0.0
         for i in (range(len(self.units)) if indices is None else indices):
-            before = self.unit_ms(i, full)
             gone = any(k in removed for k in self.units[i].keys)
-            total += before - (0.0 if gone else self.unit_ms(i, counts))
+            total += self._full_ms[i] - (0.0 if gone else self.unit_ms(i, counts))
         return total
 
 
