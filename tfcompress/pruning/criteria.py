@@ -157,6 +157,12 @@ def _resolve_groups(graph: ChannelGraph, names: Iterable[str], argument: str,
     return resolved
 
 
+def _excluded_groups(graph: ChannelGraph, exclude: Optional[Iterable[str]]) -> set:
+    """Ids of every group the ``exclude`` names touch (input channels included)."""
+    return {gid for ids in _resolve_groups(
+        graph, check_names(exclude, "exclude") or (), "exclude", True).values() for gid in ids}
+
+
 def _group_ratios(graph: ChannelGraph, ratio: Optional[float],
                   per_layer: Optional[Dict[str, float]]) -> Dict[str, float]:
     """The ratio of every prunable group: the largest ``per_layer`` ratio among the names
@@ -206,8 +212,7 @@ def select_masks(
     round_to = check_int(round_to, "round_to", minimum=1)
     min_channels = check_int(min_channels, "min_channels", minimum=1)
     per_layer = check_ratio_map(per_layer, "per_layer")
-    excluded = {gid for ids in _resolve_groups(
-        graph, check_names(exclude, "exclude") or (), "exclude", True).values() for gid in ids}
+    excluded = _excluded_groups(graph, exclude)
     kept: Dict[str, np.ndarray] = {}
     for gid, group_ratio in _group_ratios(graph, ratio, per_layer).items():
         group = graph.group(gid)
@@ -351,8 +356,7 @@ def latency_plan(graph: ChannelGraph, target_latency: float, runtime: str = "lit
     score = resolve_criterion(criterion)
     round_to = check_int(round_to, "round_to", minimum=1)
     min_channels = check_int(min_channels, "min_channels", minimum=1)
-    excluded = {gid for ids in _resolve_groups(
-        graph, check_names(exclude, "exclude") or (), "exclude", True).values() for gid in ids}
+    excluded = _excluded_groups(graph, exclude)
 
     def select(ratios: Dict[str, float]) -> Masks:
         return select_masks(graph, per_layer=ratios, criterion=score, min_channels=min_channels)

@@ -50,27 +50,22 @@ class CostUnit:
     groups: Tuple[str, ...]
 
 
-def _consumers(graph: ChannelGraph) -> Dict[int, List[str]]:
-    """``{id(tensor): [consumer layer name, ...]}`` of the top-level model."""
+def _tensor_links(graph: ChannelGraph) -> Tuple[Dict[int, List[str]], Dict[str, List[int]]]:
+    """``({id(tensor): [consumer layer name, ...]}, {layer name: [id(output tensor), ...]})``
+    of the top-level model, from one walk of its graph."""
     consumers: Dict[int, List[str]] = {}
+    outputs: Dict[str, List[int]] = {}
     for nodes in graph_nodes(graph.model).values():
         for node in nodes:
             for tensor in node.inputs:
                 consumers.setdefault(id(tensor), []).append(node.layer.name)
-    return consumers
+            outputs.setdefault(node.layer.name, []).extend(id(t) for t in node.outputs)
+    return consumers, outputs
 
 
 def _mixes(record: LayerRecord) -> bool:
     call = record.calls[0]
     return [lay.spaces for lay in call.inputs[:1]] != [lay.spaces for lay in call.outputs[:1]]
-
-
-def _output_ids(graph: ChannelGraph) -> Dict[str, List[int]]:
-    outputs: Dict[str, List[int]] = {}
-    for nodes in graph_nodes(graph.model).values():
-        for node in nodes:
-            outputs.setdefault(node.layer.name, []).extend(id(t) for t in node.outputs)
-    return outputs
 
 
 def _chain(graph: ChannelGraph, head: str, consumers, outputs, taken: Set[str]) -> List[str]:
@@ -93,7 +88,7 @@ def _chain(graph: ChannelGraph, head: str, consumers, outputs, taken: Set[str]) 
 def cost_units(graph: ChannelGraph) -> List[CostUnit]:
     """The units of ``graph`` that touch a prunable group, in trace order."""
     prunable = {g.id for g in graph.groups if g.prunable}
-    consumers, outputs = _consumers(graph), _output_ids(graph)
+    consumers, outputs = _tensor_links(graph)
     taken: Set[str] = set()
     units = []
     for key, record in graph.records.items():
