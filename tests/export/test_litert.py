@@ -40,9 +40,25 @@ def test_compare_latency_interleaves_every_model(tiny_model, tiny_data, float_fi
     assert single.runs == 3 and single.threads == 2
 
 
+def test_compare_latency_repeat_invokes_back_to_back(float_file, monkeypatch):
+    calls = []
+    original = litert._Runner.invoke
+    monkeypatch.setattr(litert._Runner, "invoke",
+                        lambda self: calls.append(self.path) or original(self))
+    copy = float_file.with_name("copy.tflite")
+    copy.write_bytes(float_file.read_bytes())
+    results = litert.compare_latency([float_file, copy], runs=3, warmup=1, repeat=4)
+    assert len(calls) == 2 * (3 + 1) * 4 and [r.runs for r in results] == [3, 3]
+    # each round runs one model 4 times, then the other 4 times
+    blocks = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert all(len(set(b)) == 1 for b in blocks)
+    assert [b[0] for b in blocks[:4]] == [float_file, copy, copy, float_file]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"runs": 0}, "runs"), ({"warmup": -1}, "warmup"), ({"threads": 0}, "threads")],
+    [({"runs": 0}, "runs"), ({"warmup": -1}, "warmup"), ({"threads": 0}, "threads"),
+     ({"repeat": 0}, "repeat")],
 )
 def test_compare_latency_rejects_bad_arguments(float_file, kwargs, message):
     with pytest.raises(ValueError, match=message):

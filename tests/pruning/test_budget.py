@@ -21,6 +21,7 @@ from tfcompress.pruning import (
 )
 from tfcompress.pruning.budget import allocate
 from tfcompress.pruning.latency_cost import LatencyCost, cost_units, group_multiple, micro_unit
+from tfcompress.pruning.latency_model import Calibration
 
 UNITS = [
     (("stem_conv", "stem_bn", "stem_relu"), ("stem_conv",)),
@@ -117,10 +118,38 @@ def test_allocation_prunes_the_group_whose_channels_cost_less_accuracy():
     assert counts == {"a": 4, "b": 8} and removed == set()
 
 
+def test_allocation_gives_back_the_steps_an_overshooting_step_made_unneeded():
+    cost = LinearCost({"a": 1.0, "b": 1.0}, {"a": 8, "b": 8})
+    ladders = {"a": [4, 8], "b": list(range(1, 9))}
+    losses = {"a": lambda k: 0.1 * (k < 8), "b": lambda k: 0.01 * (8 - k) ** 2}
+    # 4 ms must go. Loss per ms: b's first channel 0.01, a's 4-channel step 0.025, b's
+    # second 0.03: the greedy takes b 8 -> 7, then a 8 -> 4 (5 ms in all), after which
+    # b's channel is no longer needed and comes back.
+    counts, _ = allocate(cost, 20.0, 0.8, ladders, losses, {})
+    assert counts == {"a": 4, "b": 8}
+
+
 def test_allocation_stops_with_a_clear_error_when_the_target_is_out_of_reach():
     cost = LinearCost({"a": 1.0}, {"a": 4})
     with pytest.raises(ValueError, match=r"cannot be reached.*keep 0\.700"):
         allocate(cost, 10.0, 0.5, {"a": [1, 2, 3, 4]}, {"a": lambda k: 1 - k / 4}, {})
+
+
+def test_calibrated_allocation_meets_the_target_after_the_measured_bend():
+    # Measured savings: 1.5x the predicted ones up to 2 ms, then 0.5x (a bend).
+    calibration = Calibration(((2.0, 3.0), (6.0, 5.0)))
+    xs = np.linspace(0, 10, 101)
+    ys = [calibration(x) for x in xs]
+    assert np.all(np.diff(ys) > 0) and calibration(1.0) == pytest.approx(1.5)
+    assert calibration(8.0) == pytest.approx(6.0)  # the last slope (0.5) continues
+    assert [calibration.inverse(y) for y in ys] == pytest.approx(list(xs))
+    # A noisy point cannot fold the map: slopes stay within [0.5, 2].
+    assert Calibration(((1.0, 5.0),))(1.0) == pytest.approx(2.0)
+    cost = LinearCost({"a": 1.0}, {"a": 16})
+    counts, _ = allocate(cost, 20.0, 0.75, {"a": list(range(1, 17))}, {"a": lambda k: 16 - k},
+                         {}, calibration)
+    # 5 ms must be saved: 2 predicted ms give 3, each further predicted ms 0.5: 6 channels.
+    assert counts == {"a": 10}
 
 
 def test_group_multiple_is_the_learned_tile_within_a_quarter_of_the_group():

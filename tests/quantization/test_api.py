@@ -220,23 +220,54 @@ def test_the_exported_qat_model_survives_a_keras_round_trip(int8_export, digits,
 
 def test_4bit_weights_are_on_the_4bit_grid_in_each_int8_channel(int8_export):
     """Narrow-range 4-bit weights take at most 2^4 - 1 = 15 values per output channel, stored
-    in int8 as multiples of 127 // 7 = 18 (see tflite_mode): both worked out by hand."""
+    in int8 as multiples of 127 // 7 = 18 (see tflite_mode): both worked out by hand. The
+    first conv and the final Dense keep 8-bit weights (``first_last_bits=8``): off that grid."""
     _, path = int8_export
     interpreter = Interpreter(model_path=str(path))
     by_name = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
-    checked = 0
-    for op in tflite_ops(path):
-        if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-            continue
+    compute = [op for op in tflite_ops(path)
+               if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    assert len(compute) == 7
+    for position, op in enumerate(compute):  # in execution order: the stem conv first
         kernel = interpreter.get_tensor(by_name[op.inputs[1].name])
         channels = kernel.reshape(-1, kernel.shape[-1]).T if op.name == "DEPTHWISE_CONV_2D" \
             else kernel.reshape(kernel.shape[0], -1)
         assert kernel.dtype == np.int8
-        assert max(len(np.unique(c)) for c in channels) <= 15
-        assert not np.any(kernel.astype(np.int32) % 18), np.unique(kernel)
         assert len(np.unique(kernel)) > 3  # not all zeros
-        checked += 1
-    assert checked == 7
+        on_grid = not np.any(kernel.astype(np.int32) % 18)
+        if position in (0, len(compute) - 1):
+            assert not on_grid and op.name == ("CONV_2D", "FULLY_CONNECTED")[position > 0]
+        else:
+            assert on_grid and max(len(np.unique(c)) for c in channels) <= 15, np.unique(kernel)
+
+
+def _bits(qat, flavour):
+    """``{layer name: (weight bits, activation bits)}`` and the input quantizer's bits."""
+    found, inputs = {}, []
+    for layer in qat.layers:
+        if flavour.is_keras3 and hasattr(layer, "weight_bits"):
+            config = layer.get_config()
+            found[layer.layer.name] = (config["weight_bits"], config["activation_bits"])
+        elif hasattr(layer, "quantize_config"):
+            config = layer.quantize_config
+            found[layer.layer.name] = (config.weight_bits, config.activation_bits)
+        elif layer.name.startswith("quantize_layer"):
+            inputs.append(layer.quantizer.num_bits)
+    return found, inputs
+
+
+@pytest.mark.parametrize("first_last_bits", [8, 6, None])
+def test_first_and_last_layers_keep_their_bits_at_low_bit_widths(flavour, first_last_bits):
+    model = _tiny_model(flavour)  # input -> conv -> BN -> ReLU -> depthwise, add -> GAP -> dense
+    conv, dense, depthwise = (model.layers[i].name for i in (1, -1, 4))
+    qat = quantize_model(model, activation_bits=3, weight_bits=4,
+                         first_last_bits=first_last_bits)
+    found, inputs = _bits(qat, flavour)
+    edge = first_last_bits or 0
+    assert found[conv] == (max(edge, 4), 3)  # its output (the ReLU's input) stays at 3
+    assert found[dense] == (max(edge, 4), max(edge, 3))
+    assert found[depthwise] == (4, 3) and inputs == [max(edge, 3)]
+    assert _bits(quantize_model(model, 8, 8, first_last_bits=first_last_bits), flavour)[1] == [8]
 
 
 def _tiny_model(flavour=TF_KERAS):

@@ -12,7 +12,9 @@ group heading a removable residual branch, 0: the whole branch goes (depth pruni
 The predicted loss of keeping ``k`` of a group's channels is, by default, the square of the
 share of the group's criterion scores that the pruned channels hold (so redundant groups
 go first and no group is emptied lightly); with a sensitivity scan, the scan's measured
-metric drop at that ratio (interpolated, extrapolated linearly to 1.0).
+metric drop at that ratio (interpolated, extrapolated linearly to 1.0). A scan zeroes
+channels without fine-tuning, which says little about a whole branch's removal (the
+shortcut still carries the signal), so with a scan no branch is cut unless it measured one.
 
 Example:
   >>> plan = LatencyPlan({"conv": 8, "head": 16}, {"conv": 32, "head": 16}, "litert-int8", 1,
@@ -35,7 +37,7 @@ from tfcompress.latency.table import LatencyTable
 from tfcompress.latency.whole import export_for, measure_models
 from tfcompress.pruning.graph import ChannelGraph
 from tfcompress.pruning.latency_cost import LatencyCost
-from tfcompress.pruning.latency_model import LatencyModel, latency_model
+from tfcompress.pruning.latency_model import Calibration, LatencyModel, latency_model
 from tfcompress.pruning.masks import Masks
 from tfcompress.pruning.rebuild import rebuild
 
@@ -143,14 +145,14 @@ class _State:
 
 def allocate(cost: LatencyCost, full_ms: float, kept: float, ladders: Mapping[str, List[int]],
              losses: Mapping[str, Loss], branches: Mapping[str, Tuple[str, ...]],
-             scale: float = 1.0) -> Tuple[Dict[str, int], Set[str]]:
-    """Greedy kept counts whose predicted latency (``full_ms - scale * cost.saving``) is
-    at most ``kept * full_ms``; returns the counts and the removed layers.
+             calibration: Calibration = Calibration()) -> Tuple[Dict[str, int], Set[str]]:
+    """Greedy kept counts whose predicted latency (``full_ms - calibration(cost.saving)``)
+    is at most ``kept * full_ms``; returns the counts and the removed layers.
 
     Raises:
       ValueError: if every ladder's bottom together does not get there.
     """
-    budget_ms = full_ms * (1.0 - kept) / scale
+    budget_ms = calibration.inverse(full_ms * (1.0 - kept))
     state = _State({g: l[-1] for g, l in ladders.items()},
                    {g: len(l) - 1 for g, l in ladders.items()}, set())
     saved = 0.0
@@ -158,7 +160,9 @@ def allocate(cost: LatencyCost, full_ms: float, kept: float, ladders: Mapping[st
     def trial(gid: str, position: int) -> Tuple[float, float, Dict[str, int], Set[str]]:
         count = ladders[gid][position]
         counts = dict(state.counts, **{gid: count})
-        removed = state.removed | set(branches.get(gid, ())) if count == 0 else state.removed
+        removed = state.removed - set(branches.get(gid, ()))
+        if count == 0:
+            removed = state.removed | set(branches.get(gid, ()))
         units = cost.units_of([gid])
         gain = cost.saving(counts, removed, units) - cost.saving(state.counts, state.removed,
                                                                  units)
@@ -176,16 +180,37 @@ def allocate(cost: LatencyCost, full_ms: float, kept: float, ladders: Mapping[st
             if best is None or value > best[0]:
                 best = (value, gid, gain, counts, removed)
         if best is None:
+            reached = full_ms - calibration(saved)
             raise ValueError(
                 f"A latency target of {kept:.3f} cannot be reached: pruning every group as far "
-                f"as allowed is predicted to keep {1 - scale * saved / full_ms:.3f} of the "
-                f"latency ({full_ms - scale * saved:.4f} of {full_ms:.4f} ms); the rest is work "
+                f"as allowed is predicted to keep {reached / full_ms:.3f} of the "
+                f"latency ({reached:.4f} of {full_ms:.4f} ms); the rest is work "
                 "pruning cannot shrink. Raise `target_latency`, or lower `min_channels` / "
                 "`exclude`.")
         _, gid, gain, state.counts, state.removed = best
         state.position[gid] -= 1
         saved += gain
+    _give_back(state, ladders, trial, saved - budget_ms)
     return state.counts, state.removed
+
+
+def _give_back(state: _State, ladders: Mapping[str, List[int]], trial: Callable,
+               slack_ms: float) -> None:
+    """Steps back up the ladders while the budget allows (a step down can save more than
+    the budget needed): each time the step that recovers the most predicted loss."""
+    while True:
+        best = None
+        for gid, ladder in ladders.items():
+            if state.position[gid] == len(ladder) - 1:
+                continue
+            gain, dloss, counts, removed = trial(gid, state.position[gid] + 1)
+            if -gain <= slack_ms + 1e-12 and dloss < 0 and (best is None or dloss < best[0]):
+                best = (dloss, gid, gain, counts, removed)
+        if best is None:
+            return
+        _, gid, gain, state.counts, state.removed = best
+        state.position[gid] += 1
+        slack_ms += gain
 
 
 def _losses(graph: ChannelGraph, groups: Iterable[Any], score: Callable, scan: Any
@@ -237,7 +262,8 @@ def plan_latency(
       target_latency: latency of the slim model / latency of the model, in (0, 1].
       runtime, threads: the runtime measured (see :class:`~tfcompress.latency.Runtime`).
       score: the criterion (scores the default loss).
-      scan: a sensitivity scan whose drops are the loss (unscanned groups stay whole).
+      scan: a sensitivity scan whose drops are the loss (unscanned groups stay whole, and
+        a residual branch is removed only if the scan measured its removal).
       exclude: group ids left whole.
       round_to: allocate in multiples of this instead of the learned multiple (if > 1).
       min_channels: fewest channels a group keeps unless its branch is removed.
@@ -264,6 +290,9 @@ def plan_latency(
     excluded = set(exclude)
     groups = [g for g in graph.groups if g.prunable and g.id not in excluded]
     losses = _losses(graph, groups, score, scan)
+    if scan is not None:  # a cut's loss is known only where the scan measured one
+        measured_cuts = {g.id for g in scan.groups if 0 in g.kept}
+        branches = {g: layers for g, layers in branches.items() if g in measured_cuts}
     ladders = _ladders(graph, losses, model.steps, min_channels, branches)
     with tempfile.TemporaryDirectory() as folder:
         measure = None if select is None else _slim_timer(graph, model.table, select, folder)
@@ -289,7 +318,7 @@ def _allocate_checked(model: LatencyModel, target: float, ladders, losses, branc
     goal, plan, runtime = target, None, model.table.runtime
     for _ in range(3):
         counts, removed = allocate(model.cost, model.full_ms, goal, ladders, losses, branches,
-                                   model.scale)
+                                   model.calibration)
         plan = LatencyPlan(counts, sizes, runtime.name, runtime.threads, target, model.full_ms,
                            model.predict_ms(counts, removed), removed=tuple(sorted(removed)))
         if measure is None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import tensorflow_model_optimization as tfmot
 
@@ -15,6 +15,7 @@ from tfcompress.quantization import keras3_api, serialization
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for, supported_types
 from tfcompress.quantization.pact import PACTQuantizer
 from tfcompress.quantization.prepare import prepare_for_qat
+from tfcompress.quantization.recipe import layer_bits
 from tfcompress.quantization.scheme import PACTQuantizeScheme
 from tfcompress.quantization.weights import ChannelWeightQuantizer
 
@@ -86,6 +87,7 @@ def quantize_model(
     *,
     exclude: Sequence[str] = (),
     skip_unsupported: bool = False,
+    first_last_bits: Optional[int] = 8,
     **pact_options,
 ) -> keras.Model:
     """Makes a float model ready for PACT quantization-aware training.
@@ -108,6 +110,9 @@ def quantize_model(
       exclude: names of layers to keep in float.
       skip_unsupported: if True, layers with no quantization rule stay float (TFLite then
         runs them in float between dequantize/quantize ops); if False they raise.
+      first_last_bits: when fewer bits are asked for, the model inputs, the weights of the
+        first and last weighted layers and the outputs of the last ones keep this many
+        (:mod:`tfcompress.quantization.recipe`); ``None`` quantizes them like the rest.
       **pact_options: :class:`PACTQuantizer` options (``mode``, ``alpha_init``, ``beta_init``,
         ``decay``, ``calibration_steps``, ``trainable_range``).
 
@@ -152,20 +157,25 @@ def quantize_model(
     exclude = _check_exclusions(model, exclude, skip_unsupported)
     if _is_keras3(model):
         return keras3_api.quantize_keras3_model(model, activation_bits, weight_bits, exclude,
-                                                pact_options, skip_unsupported)
+                                                pact_options, skip_unsupported, first_last_bits)
     prepared = prepare_for_qat(model)
     keep_float = set(exclude) | {layer.name for layer in prepared.layers
                                  if rule_for(layer) is None}
+    bits, input_bits = layer_bits(prepared, config.weight_bits, config.activation_bits,
+                                  first_last_bits)
 
     def annotate(layer):
         if layer.name in keep_float or isinstance(layer, keras.layers.InputLayer):
             return layer
+        w, a = bits.get(layer.name, (weight_bits, activation_bits))
         return tfmot.quantization.keras.quantize_annotate_layer(
-            layer, PACTQuantizeConfig.from_config(config.get_config()))
+            layer, PACTQuantizeConfig(w, a, **pact_options))
 
     annotated = keras.models.clone_model(prepared, clone_function=annotate)
     annotated.set_weights(prepared.get_weights())
-    scheme = PACTQuantizeScheme(weight_bits, activation_bits, **pact_options)
+    scheme = PACTQuantizeScheme(weight_bits, activation_bits,
+                                input_quantizer=PACTQuantizer(input_bits, **pact_options),
+                                **pact_options)
     return quantize_apply(annotated, scheme)
 
 

@@ -28,13 +28,14 @@ Example:
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict, Iterable, Set, Tuple
+from typing import Any, Dict, Iterable, Optional, Set, Tuple
 
 from tfcompress._keras import Node, graph_nodes, keras3, require_tensorflow_backend
 from tfcompress.quantization.configs import FIXED_RANGE_ACTIVATIONS, rule_for
 from tfcompress.quantization.keras3_graph import Cloner, clone_layer, consumers_of, rebuild
 from tfcompress.quantization.keras3_layers import PACTActivation, PACTQuantizeWrapper, pact_range
 from tfcompress.quantization.prepare import prepare_for_qat
+from tfcompress.quantization.recipe import layer_bits
 from tfcompress.quantization.scheme import fuses_into_producer
 
 __all__ = ["quantize_keras3_model", "clip_ranges_keras3", "CUSTOM_OBJECTS"]
@@ -74,9 +75,11 @@ class _Quantizer:
     """The ``call`` of :func:`rebuild` that wraps each quantized layer."""
 
     def __init__(self, weight_bits: int, activation_bits: int, keep_float: Set[str],
-                 fused: Set[str], options: Dict[str, Any]):
+                 fused: Set[str], options: Dict[str, Any],
+                 bits: Tuple[Dict[str, Tuple[int, int]], int]):
         self.weight_bits, self.activation_bits = weight_bits, activation_bits
         self.keep_float, self.fused, self.options = keep_float, fused, options
+        self.bits, self.input_bits = bits
         self.clone = Cloner()
         self.inputs = 0
         self._wrappers: Dict[int, PACTQuantizeWrapper] = {}
@@ -84,7 +87,7 @@ class _Quantizer:
     def on_input(self, tensor, layer):
         name = "quantize_layer" + (f"_{self.inputs}" if self.inputs else "")
         self.inputs += 1
-        return PACTActivation(self.activation_bits, name=name, **self.options)(tensor)
+        return PACTActivation(self.input_bits, name=name, **self.options)(tensor)
 
     def _quantized(self, layer) -> bool:
         rule = rule_for(layer)
@@ -100,7 +103,9 @@ class _Quantizer:
             post = keras3.activations.serialize(layer.activation)
             inner = clone_layer(layer, activation="linear")
         quantize_output = layer.name not in self.fused and not (fixed and rule.result == "output")
-        return PACTQuantizeWrapper(inner, self.weight_bits, self.activation_bits,
+        weight_bits, activation_bits = self.bits.get(
+            layer.name, (self.weight_bits, self.activation_bits))
+        return PACTQuantizeWrapper(inner, weight_bits, activation_bits,
                                    quantize_output=quantize_output, post_activation=post,
                                    name=f"quant_{layer.name}", **self.options)
 
@@ -133,7 +138,8 @@ def _check_operations(model, skip_unsupported: bool) -> None:
 
 
 def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude: Iterable[str],
-                          options: Dict[str, Any], skip_unsupported: bool = False):
+                          options: Dict[str, Any], skip_unsupported: bool = False,
+                          first_last_bits: Optional[int] = 8):
     """The Keras 3 half of :func:`tfcompress.quantization.quantize_model` (arguments already
     validated there).
 
@@ -147,7 +153,8 @@ def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude
     keep_float = set(exclude) | {layer.name for layer in prepared.layers
                                  if rule_for(layer) is None}
     quantizer = _Quantizer(weight_bits, activation_bits, keep_float,
-                           _fused_producers(prepared, keep_float), dict(options))
+                           _fused_producers(prepared, keep_float), dict(options),
+                           layer_bits(prepared, weight_bits, activation_bits, first_last_bits))
     return rebuild(prepared, quantizer, quantizer.on_input)
 
 
