@@ -12,8 +12,10 @@ epochs and seed), and every accuracy is that of a **LiteRT file**:
 * the TFLite converter's full-int8 post-training quantization of the control;
 * tfmot's default 8-bit QAT;
 * PACT (``quantize_model``) at 8/8, 4/4, 3/3, 2/2 with the defaults, and the ablations of
-  each default: ``first_last_bits=None`` (every layer at the low width) and, at 8/8,
-  ``trainable_range=False`` (the calibrated clip range, never trained).
+  each default below 8 bits: ``first_last_bits=None`` (every layer at the low width) and
+  ``weight_range="max"`` (kernel ranges at the absolute maximum); at 8/8
+  ``trainable_range=False`` (the calibrated clip range, never trained); and at every width
+  the distillation option (the float model's logits as soft targets).
 
 Per row: mean ± std over the seeds, and the mean ± std of the per-seed difference from the
 control (the same seed's float model, so the seed-to-seed spread cancels).
@@ -39,15 +41,25 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from _pact_variants import BATCH, copy_of, fine_tune, tfmot_qat  # noqa: E402
 from _results import stamp, write_section  # noqa: E402
 
-from tfcompress._keras import keras  # noqa: E402
+from tfcompress._keras import flavour_of, keras  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.export import litert, to_tflite  # noqa: E402
 from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
-from tfcompress.quantization import fold_batch_norms, quantize_model  # noqa: E402
+from tfcompress.quantization import (  # noqa: E402
+    distillation_loss,
+    distillation_targets,
+    fold_batch_norms,
+    label_accuracy,
+    quantize_model,
+)
 
 SIZE, WIDTH, TEST_FRACTION, CALIBRATION = 16, 8, 0.75, 256
 CONTROL = "float control"
 PTQ = "converter int8 PTQ of the control"
+
+
+def keras_of(model):
+    return flavour_of(model).module
 
 
 def pact(bits, **options):
@@ -55,18 +67,44 @@ def pact(bits, **options):
 
 
 def variants():
-    """``{row: (make(float model) -> model to fine-tune, how it is exported)}``."""
-    rows = {CONTROL: (copy_of, None),
-            "float control, BatchNorm folded first": (lambda m: fold_batch_norms(copy_of(m)),
-                                                      None),
-            "tfmot 8/8": (lambda m: tfmot_qat(m, 8), "int8")}
+    """``{row: Row}``: how each row's model is made from the float model, trained, exported."""
+    rows = {CONTROL: Row(copy_of),
+            "float control, BatchNorm folded first": Row(lambda m: fold_batch_norms(copy_of(m))),
+            "tfmot 8/8": Row(lambda m: tfmot_qat(m, 8), "int8")}
     for bits in (8, 4, 3, 2):
-        rows[f"PACT {bits}/{bits}"] = (pact(bits), "int8")
-        if bits < 8:
-            rows[f"PACT {bits}/{bits}, first_last_bits=None"] = (
+        rows[f"PACT {bits}/{bits}"] = Row(pact(bits), "int8")
+        if bits == 8:
+            rows["PACT 8/8, output_range=\"track\""] = Row(pact(8, output_range="track"),
+                                                           "int8")
+            rows["PACT 8/8, trainable_range=False"] = Row(pact(8, trainable_range=False), "int8")
+        else:
+            rows[f"PACT {bits}/{bits}, first_last_bits=None"] = Row(
                 pact(bits, first_last_bits=None), "int8")
-    rows["PACT 8/8, trainable_range=False"] = (pact(8, trainable_range=False), "int8")
+            rows[f"PACT {bits}/{bits}, weight_range=\"max\""] = Row(
+                pact(bits, weight_range="max"), "int8")
+        rows[f"PACT {bits}/{bits} + distillation"] = Row(pact(bits), "int8", distill=True)
     return rows
+
+
+class Row:
+    """``make(float model)`` -> the model to fine-tune; ``quantize``: its TFLite export;
+    ``lr_scale`` scales the recipe's learning rate; ``distill`` fine-tunes on the float
+    model's logits too (``distillation_loss``)."""
+
+    def __init__(self, make, quantize=None, lr_scale=1.0, distill=False):
+        self.make, self.quantize, self.lr_scale, self.distill = make, quantize, lr_scale, distill
+
+    def train(self, base, x, y, epochs, lr):
+        model = self.make(base)
+        if not self.distill:
+            return fine_tune(model, x, y, epochs, lr * self.lr_scale)
+        steps = epochs * int(np.ceil(len(x) / BATCH))
+        model.compile(keras_of(model).optimizers.Adam(keras_of(model).optimizers.schedules
+                                                      .CosineDecay(lr * self.lr_scale, steps)),
+                      loss=distillation_loss(), metrics=[label_accuracy])
+        model.fit(x, distillation_targets(base, x, y), batch_size=BATCH, epochs=epochs,
+                  verbose=0)
+        return model
 
 
 def litert_accuracy(model, x, y, folder, quantize=None, calibration=None) -> float:
@@ -75,7 +113,7 @@ def litert_accuracy(model, x, y, folder, quantize=None, calibration=None) -> flo
     return float(np.mean(np.argmax(litert.run(path, x), axis=1) == y))
 
 
-def run_seed(args, data, seed):
+def run_seed(args, data, seed, rows=None):
     (x, y), (xt, yt) = data
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
@@ -84,13 +122,13 @@ def run_seed(args, data, seed):
     result = {}
     with tempfile.TemporaryDirectory() as folder:
         result["float (no fine-tuning)"] = litert_accuracy(base, xt, yt, folder)
-        for name, (make, quantize) in variants().items():
+        for name, row in (rows or variants()).items():
             keras.utils.set_random_seed(seed)
-            model = fine_tune(make(base), x, y, args.qat_epochs, args.lr)
-            result[name] = litert_accuracy(model, xt, yt, folder, quantize)
-            if name == CONTROL:
-                result[PTQ] = litert_accuracy(model, xt, yt, folder, "int8",
-                                              x[:CALIBRATION])
+            model = row.train(base, x, y, args.qat_epochs, args.lr)
+            result[name] = litert_accuracy(model, xt, yt, folder, row.quantize)
+            if row.quantize is None and name.startswith(CONTROL):
+                result[name.replace(CONTROL, PTQ)] = litert_accuracy(
+                    model, xt, yt, folder, "int8", x[:CALIBRATION])
             print(f"  seed {seed} {name}: {result[name]:.4f}", flush=True)
     return result
 
@@ -140,10 +178,24 @@ def verdicts(results):
         lines.append(f"- PACT {bits}/{bits} within {limit} point(s) of the control: "
                      f"{value:.2f} vs {control:.2f} ({value - control:+.2f}): "
                      f"{met(control - value <= limit)}")
-    for bits in (4, 3, 2):
-        on, off = mean[f"PACT {bits}/{bits}"], mean[f"PACT {bits}/{bits}, first_last_bits=None"]
-        lines.append(f"- `first_last_bits=8` (default) vs `None` at {bits}/{bits}: "
-                     f"{on:.2f} vs {off:.2f} ({on - off:+.2f})")
+    for option, default, ablation in (("first_last_bits", "8", "None"),
+                                      ("weight_range", '"mse"', '"max"')):
+        deltas = []
+        for bits in (4, 3, 2):
+            on = mean[f"PACT {bits}/{bits}"]
+            off = mean[f"PACT {bits}/{bits}, {option}={ablation}"]
+            deltas.append(f"{bits}/{bits}: {on:.2f} vs {off:.2f} ({on - off:+.2f})")
+        lines.append(f"- `{option}={default}` (default) vs `{ablation}`: " + "; ".join(deltas))
+    lines.append("- Distillation (option) vs without: " + "; ".join(
+        f"{b}/{b}: {mean[f'PACT {b}/{b} + distillation']:.2f} vs {mean[f'PACT {b}/{b}']:.2f} "
+        f"({mean[f'PACT {b}/{b} + distillation'] - mean[f'PACT {b}/{b}']:+.2f})"
+        for b in (8, 4, 3, 2)))
+    folded = mean["float control, BatchNorm folded first"]
+    frozen = mean["PACT 8/8, trainable_range=False"]
+    lines.append(f"- PACT 8/8 vs the control: {mean['PACT 8/8'] - control:+.2f}; of which "
+                 f"folding the BatchNorms alone (float): {folded - control:+.2f}; tfmot 8/8 "
+                 f"(BatchNorm not folded): {mean['tfmot 8/8'] - control:+.2f}; PACT with the "
+                 f"calibrated range frozen: {frozen - control:+.2f}.")
     return lines
 
 

@@ -256,10 +256,25 @@ def _bits(qat, flavour):
     return found, inputs
 
 
+@pytest.mark.parametrize("output_range", ["track", "pact"])
+def test_the_model_output_range_tracks_its_values_when_asked(flavour, output_range):
+    model = _tiny_model(flavour)
+    qat = quantize_model(model, 8, 8, output_range=output_range)
+    tracking = set()
+    for layer in qat.layers:
+        config = layer.get_config() if flavour.is_keras3 and hasattr(layer, "weight_bits") \
+            else getattr(getattr(layer, "quantize_config", None), "pact_options", {})
+        if config.get("track_range"):
+            tracking.add(layer.layer.name)
+    assert tracking == ({model.layers[-1].name} if output_range == "track" else set())
+    with pytest.raises(ValueError, match="output_range"):
+        quantize_model(model, 8, 8, output_range="clip")
+
+
 @pytest.mark.parametrize("first_last_bits", [8, 6, None])
 def test_first_and_last_layers_keep_their_bits_at_low_bit_widths(flavour, first_last_bits):
     model = _tiny_model(flavour)  # input -> conv -> BN -> ReLU -> depthwise, add -> GAP -> dense
-    conv, dense, depthwise = (model.layers[i].name for i in (1, -1, 4))
+    conv, dense, depthwise, pool = (model.layers[i].name for i in (1, -1, 4, -2))
     qat = quantize_model(model, activation_bits=3, weight_bits=4,
                          first_last_bits=first_last_bits)
     found, inputs = _bits(qat, flavour)
@@ -267,6 +282,7 @@ def test_first_and_last_layers_keep_their_bits_at_low_bit_widths(flavour, first_
     assert found[conv] == (max(edge, 4), 3)  # its output (the ReLU's input) stays at 3
     assert found[dense] == (max(edge, 4), max(edge, 3))
     assert found[depthwise] == (4, 3) and inputs == [max(edge, 3)]
+    assert found[pool] == (4, max(edge, 3))  # the dense layer's input
     assert _bits(quantize_model(model, 8, 8, first_last_bits=first_last_bits), flavour)[1] == [8]
 
 

@@ -195,6 +195,25 @@ def test_frozen_range_is_calibrated_but_never_trained(flavour):
     assert tape.gradient(loss, [weights["alpha"], weights["beta"]]) == [None, None]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_tracked_range_is_the_running_min_and_max_and_never_trained(flavour, mode):
+    forward, weights, layer = _pact(flavour, num_bits=8, mode=mode, track_range=True)
+    assert layer.trainable_weights == []
+    batches = ([[-1.0, 0.5, 3.0]], [[-0.5, 0.0, 2.0]], [[-4.0, 0.0, 5.0]])
+    low, high = 0.0, -np.inf
+    for batch in batches:
+        out = forward(tf.constant(batch), training=True).numpy()
+        low, high = min(low, min(batch[0])), max(high, max(batch[0]))
+        expected_high = max(high, -low) if mode == "symmetric" else high
+        assert float(weights["alpha"]) == pytest.approx(expected_high)
+        if mode == "asymmetric":
+            assert float(weights["beta"]) == pytest.approx(-low)
+        if mode != "relu":  # a value seen in training is never clipped
+            np.testing.assert_allclose(out, batch, atol=(expected_high - low) / 250)
+    forward(tf.constant([[-90.0, 90.0]]), training=False)  # inference does not widen it
+    assert float(weights["alpha"]) == pytest.approx(5.0)
+
+
 def test_keras3_layer_config_round_trip_and_registration():
     layer = PACTActivation(num_bits=3, mode="symmetric", alpha_init=4.0, decay=1e-4,
                            trainable_range=False, name="q")

@@ -12,7 +12,9 @@ The tfmot way (annotate chosen layers)::
         qat = tfmot.quantization.keras.quantize_apply(annotated_model)
 
 Or one call for a whole model, tf_keras or Keras 3:
-``qat = quantize_model(model, activation_bits=4, weight_bits=4)``.
+``qat = quantize_model(model, activation_bits=4, weight_bits=4)``. At 2-4 bits the model's
+edges keep 8 bits (``first_last_bits``, :mod:`~tfcompress.quantization.recipe`), and the
+float model can teach the quantized one (:mod:`~tfcompress.quantization.distill`).
 
 Keras 3 QAT layers (:class:`PACTActivation`, :class:`PACTQuantizeWrapper`) carry the class
 attribute ``tfcompress_qat = True``, by which ``tfcompress.export`` recognises a Keras 3
@@ -22,6 +24,7 @@ quantization-aware model.
 from tfcompress.quantization.api import clip_ranges, quantize_apply, quantize_model, quantize_scope
 from tfcompress.quantization.callbacks import ClipRangeLogger
 from tfcompress.quantization.configs import LAYER_RULES, LayerRule, PACTQuantizeConfig
+from tfcompress.quantization.distill import distillation_loss, distillation_targets, label_accuracy
 from tfcompress.quantization.keras3_layers import PACTActivation, PACTQuantizeWrapper
 from tfcompress.quantization.pact import MODES, PACTQuantizer
 from tfcompress.quantization.prepare import fold_batch_norms, prepare_for_qat, split_separable_convs
@@ -40,7 +43,10 @@ __all__ = [
     "PACTQuantizeWrapper",
     "PACTQuantizer",
     "clip_ranges",
+    "distillation_loss",
+    "distillation_targets",
     "fold_batch_norms",
+    "label_accuracy",
     "prepare_for_qat",
     "quantize_apply",
     "quantize_model",

@@ -40,6 +40,7 @@ from tfcompress._keras import keras, keras3, layer_classes
 from tfcompress.layers import CHANNEL_BIAS
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact import PACTQuantizer, validate_bits
+from tfcompress.quantization.pact_math import check_weight_range
 from tfcompress.quantization.weights import ChannelWeightQuantizer
 
 
@@ -156,6 +157,8 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
       quantize_output: False leaves the result in float; used when the next layer is an
         activation that TFLite fuses into this one (Conv -> ReLU), so only the fused
         result is quantized.
+      weight_range: how each kernel channel's range is chosen, ``"mse"`` (default) or
+        ``"max"`` (see :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
       **pact_options: forwarded to :class:`~tfcompress.quantization.PACTQuantizer`
         (``mode``, ``alpha_init``, ``beta_init``, ``decay``, ``calibration_steps``).
 
@@ -175,8 +178,9 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
     """
 
     def __init__(self, weight_bits: int = 8, activation_bits: int = 8,
-                 quantize_output: bool = True, **pact_options):
+                 quantize_output: bool = True, weight_range: str = "mse", **pact_options):
         self.weight_bits = validate_bits(weight_bits, "weight_bits")
+        self.weight_range = check_weight_range(weight_range)
         self.activation_bits = validate_bits(activation_bits, "activation_bits")
         self.quantize_output = bool(quantize_output)
         self.pact_options = dict(pact_options)
@@ -209,7 +213,8 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
         return name not in FIXED_RANGE_ACTIVATIONS or self._rule(layer).result == "activation"
 
     def get_weights_and_quantizers(self, layer):
-        return [(getattr(layer, attr), ChannelWeightQuantizer(self.weight_bits, layout))
+        return [(getattr(layer, attr),
+                 ChannelWeightQuantizer(self.weight_bits, layout, self.weight_range))
                 for attr, layout in self._rule(layer).weights]
 
     def get_activations_and_quantizers(self, layer):
@@ -238,7 +243,13 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
 
     def get_config(self) -> Dict[str, Any]:
         return {"weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
-                "quantize_output": self.quantize_output, **self.pact_options}
+                "quantize_output": self.quantize_output, "weight_range": self.weight_range,
+                **self.pact_options}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizeConfig":
+        # Saved before `weight_range` existed: those kernels were trained on the maximum.
+        return cls(**{"weight_range": "max", **config})
 
     def with_output(self, quantize_output: bool) -> "PACTQuantizeConfig":
         """A copy of this config with ``quantize_output`` replaced."""

@@ -16,11 +16,11 @@ makes of a tf_keras model, layer for layer:
 
 Example:
   >>> import keras
-  >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+  >>> model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(3, name="fc"),
   ...                           keras.layers.ReLU(name="act")])
   >>> qat = quantize_keras3_model(model, 4, 4, exclude=[], options={"alpha_init": 2.0})
   >>> [layer.name for layer in qat.layers]
-  ['input_layer', 'quantize_layer', 'quant_dense', 'quant_act']
+  ['x', 'quantize_layer', 'quant_fc', 'quant_act']
   >>> sorted(clip_ranges_keras3(qat))
   ['act', 'quantize_layer']
 """
@@ -35,7 +35,7 @@ from tfcompress.quantization.configs import FIXED_RANGE_ACTIVATIONS, rule_for
 from tfcompress.quantization.keras3_graph import Cloner, clone_layer, consumers_of, rebuild
 from tfcompress.quantization.keras3_layers import PACTActivation, PACTQuantizeWrapper, pact_range
 from tfcompress.quantization.prepare import prepare_for_qat
-from tfcompress.quantization.recipe import layer_bits
+from tfcompress.quantization.recipe import layer_bits, tracked_outputs
 from tfcompress.quantization.scheme import fuses_into_producer
 
 __all__ = ["quantize_keras3_model", "clip_ranges_keras3", "CUSTOM_OBJECTS"]
@@ -76,8 +76,10 @@ class _Quantizer:
 
     def __init__(self, weight_bits: int, activation_bits: int, keep_float: Set[str],
                  fused: Set[str], options: Dict[str, Any],
-                 bits: Tuple[Dict[str, Tuple[int, int]], int]):
+                 bits: Tuple[Dict[str, Tuple[int, int]], int], weight_range: str,
+                 tracked: Set[str]):
         self.weight_bits, self.activation_bits = weight_bits, activation_bits
+        self.weight_range, self.tracked = weight_range, tracked
         self.keep_float, self.fused, self.options = keep_float, fused, options
         self.bits, self.input_bits = bits
         self.clone = Cloner()
@@ -105,9 +107,12 @@ class _Quantizer:
         quantize_output = layer.name not in self.fused and not (fixed and rule.result == "output")
         weight_bits, activation_bits = self.bits.get(
             layer.name, (self.weight_bits, self.activation_bits))
+        options = dict(self.options, track_range=True) if layer.name in self.tracked \
+            else self.options
         return PACTQuantizeWrapper(inner, weight_bits, activation_bits,
                                    quantize_output=quantize_output, post_activation=post,
-                                   name=f"quant_{layer.name}", **self.options)
+                                   weight_range=self.weight_range,
+                                   name=f"quant_{layer.name}", **options)
 
     def __call__(self, node: Node, args: tuple, kwargs: dict):
         layer = node.layer
@@ -139,7 +144,8 @@ def _check_operations(model, skip_unsupported: bool) -> None:
 
 def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude: Iterable[str],
                           options: Dict[str, Any], skip_unsupported: bool = False,
-                          first_last_bits: Optional[int] = 8):
+                          first_last_bits: Optional[int] = 8, weight_range: str = "mse",
+                          output_range: str = "pact"):
     """The Keras 3 half of :func:`tfcompress.quantization.quantize_model` (arguments already
     validated there).
 
@@ -154,7 +160,8 @@ def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude
                                  if rule_for(layer) is None}
     quantizer = _Quantizer(weight_bits, activation_bits, keep_float,
                            _fused_producers(prepared, keep_float), dict(options),
-                           layer_bits(prepared, weight_bits, activation_bits, first_last_bits))
+                           layer_bits(prepared, weight_bits, activation_bits, first_last_bits),
+                           weight_range, tracked_outputs(prepared, output_range))
     return rebuild(prepared, quantizer, quantizer.on_input)
 
 

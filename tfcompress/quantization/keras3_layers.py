@@ -33,7 +33,12 @@ from tfcompress.quantization.configs import (
     supported_types,
 )
 from tfcompress.quantization.pact import PACTQuantizer, validate_bits
-from tfcompress.quantization.pact_math import clip_range, quantize_activation, quantize_weight
+from tfcompress.quantization.pact_math import (
+    check_weight_range,
+    clip_range,
+    quantize_activation,
+    quantize_weight,
+)
 
 __all__ = ["PACTActivation", "PACTQuantizeWrapper", "pact_range", "FIXED_RANGE_ACTIVATIONS"]
 
@@ -56,7 +61,7 @@ def _add_pact_variables(layer, prefix: str, quantizer: PACTQuantizer) -> _PACTVa
     """Creates ``{prefix}_pact_alpha`` (and ``_pact_beta``, ``_pact_calibrated_steps``) on a
     Keras 3 layer, as :meth:`PACTQuantizer.build` does on a tf_keras one."""
     alpha0, beta0 = quantizer.initial_range()
-    train = quantizer.trainable_range
+    train = quantizer.trainable_range and not quantizer.track_range
     decay = keras3.regularizers.L2(quantizer.decay) if quantizer.decay and train else None
 
     def scalar(suffix, value, trainable=train, regularizer=None):
@@ -68,7 +73,7 @@ def _add_pact_variables(layer, prefix: str, quantizer: PACTQuantizer) -> _PACTVa
     variables = {"alpha": scalar("pact_alpha", alpha0, regularizer=decay)}
     if quantizer.mode == "asymmetric":
         variables["beta"] = scalar("pact_beta", beta0, regularizer=decay)
-    if quantizer.calibrates:
+    if quantizer.counts_steps:
         variables["calibrated_steps"] = scalar("pact_calibrated_steps", 0.0, trainable=False)
     return _PACTVariables(variables)
 
@@ -76,7 +81,8 @@ def _add_pact_variables(layer, prefix: str, quantizer: PACTQuantizer) -> _PACTVa
 def _quantize(x, training, quantizer: PACTQuantizer, holder: _PACTVariables):
     return quantize_activation(x, training, holder.variables, num_bits=quantizer.num_bits,
                                mode=quantizer.mode,
-                               calibration_steps=quantizer.calibration_steps)
+                               calibration_steps=quantizer.calibration_steps,
+                               track_range=quantizer.track_range)
 
 
 @_register
@@ -88,7 +94,7 @@ class PACTActivation(keras3.layers.Layer):
 
     Args:
       num_bits: bit width, 2 to 8.
-      mode, alpha_init, beta_init, decay, calibration_steps, trainable_range: as for
+      mode, alpha_init, beta_init, decay, calibration_steps, trainable_range, track_range: as for
         :class:`~tfcompress.quantization.PACTQuantizer`.
       **kwargs: Keras layer arguments (``name`` …).
 
@@ -164,6 +170,8 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
       post_activation: an activation with a fixed TFLite output range (``"softmax"``,
         ``"sigmoid"`` …) applied after the quantizer; the wrapped layer's own activation
         must then be linear (tfmot quantizes before such activations too).
+      weight_range: ``"mse"`` or ``"max"``, as in
+        :class:`~tfcompress.quantization.ChannelWeightQuantizer`.
       **kwargs: PACT options (``mode``, ``alpha_init`` …) and Keras layer arguments.
 
     Example:
@@ -179,7 +187,8 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
     tfcompress_qat = True
 
     def __init__(self, layer, weight_bits: int = 8, activation_bits: int = 8,
-                 quantize_output: bool = True, post_activation: Optional[str] = None, **kwargs):
+                 quantize_output: bool = True, post_activation: Optional[str] = None,
+                 weight_range: str = "mse", **kwargs):
         require_tensorflow_backend("PACT quantization-aware training")
         if not isinstance(layer, keras3.layers.Layer):
             raise TypeError(f"`layer` must be a Keras 3 layer, got {type(layer).__name__}.")
@@ -187,6 +196,7 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self.rule = _rule(layer)
         self.weight_bits = validate_bits(weight_bits, "weight_bits")
+        self.weight_range = check_weight_range(weight_range)
         self.quantizer = PACTQuantizer(activation_bits, **options)
         self.quantize_output = bool(quantize_output) and self.rule.result != "none"
         self.post_activation = None if post_activation is None else \
@@ -207,7 +217,8 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
         self.built = True
 
     def call(self, inputs, training=None, **kwargs):
-        mapping = [(variable, quantize_weight(variable, self.weight_bits, layout))
+        mapping = [(variable, quantize_weight(variable, self.weight_bits, layout,
+                                              self.weight_range))
                    for variable, layout in self._kernels()]
         if mapping:
             with keras3.StatelessScope(state_mapping=mapping):
@@ -239,7 +250,13 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
             keras3.activations.serialize(self.post_activation)
         return {**super().get_config(), "weight_bits": self.weight_bits,
                 "activation_bits": self.quantizer.num_bits,
-                "quantize_output": self.quantize_output, "post_activation": post, **options}
+                "quantize_output": self.quantize_output, "post_activation": post,
+                "weight_range": self.weight_range, **options}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any], custom_objects=None) -> "PACTQuantizeWrapper":
+        # Saved before `weight_range` existed: those kernels were trained on the maximum.
+        return super().from_config({"weight_range": "max", **config}, custom_objects)
 
 
 def pact_range(layer) -> Optional[Tuple[str, Tuple[float, float]]]:

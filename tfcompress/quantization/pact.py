@@ -91,6 +91,11 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
       trainable_range: False freezes alpha and beta: they are created non-trainable, so
         ``fit`` never changes them (calibration, if any, still sets them). This is the
         "calibrated clip, no PACT gradient" ablation; the default True is PACT.
+      track_range: True makes the range an observer's instead of PACT's: alpha and beta
+        are not trained and follow the running maximum and minimum of the training
+        batches, so no value seen in training is clipped (``alpha_init`` and
+        ``calibration_steps`` are then unused); ``quantize_model(output_range="track")``
+        uses it for the model's outputs.
 
     Example:
       >>> import tensorflow as tf
@@ -111,6 +116,7 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
         decay: float = 0.0,
         calibration_steps: int = 32,
         trainable_range: bool = True,
+        track_range: bool = False,
     ):
         self.num_bits = validate_bits(num_bits, "num_bits")
         if not isinstance(mode, str):
@@ -126,6 +132,9 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
         if not isinstance(trainable_range, bool):
             raise TypeError(f"`trainable_range` must be True or False, got {trainable_range!r}.")
         self.trainable_range = trainable_range
+        if not isinstance(track_range, bool):
+            raise TypeError(f"`track_range` must be True or False, got {track_range!r}.")
+        self.track_range = track_range
 
     @classmethod
     def option_names(cls) -> Tuple[str, ...]:
@@ -135,19 +144,25 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
 
     @property
     def calibrates(self) -> bool:
-        return self.alpha_init == "auto"
+        return self.alpha_init == "auto" and not self.track_range
+
+    @property
+    def counts_steps(self) -> bool:
+        """True if the range is set from training batches (calibration or tracking)."""
+        return self.calibrates or self.track_range
 
     def initial_range(self) -> Tuple[float, float]:
         """``(alpha, beta)`` before training (placeholders that calibration replaces)."""
         # Until calibration runs, "auto" starts from 6.0 (the range of ReLU6 and of tfmot's
         # MovingAverageQuantizer init), so an uncalibrated model still computes sensibly.
-        alpha0 = 6.0 if self.calibrates else self.alpha_init
-        beta0 = alpha0 if self.beta_init is None or self.calibrates else self.beta_init
+        auto = self.alpha_init == "auto"
+        alpha0 = 6.0 if auto else self.alpha_init
+        beta0 = alpha0 if self.beta_init is None or auto else self.beta_init
         return float(alpha0), float(beta0)
 
     def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
         alpha0, beta0 = self.initial_range()
-        train = self.trainable_range
+        train = self.trainable_range and not self.track_range
         regularizer = keras.regularizers.L2(self.decay) if self.decay and train else None
 
         def scalar(suffix, value, trainable=train, reg=None):
@@ -163,7 +178,7 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
         weights = {"alpha": scalar("pact_alpha", alpha0, reg=regularizer)}
         if self.mode == "asymmetric":
             weights["beta"] = scalar("pact_beta", beta0, reg=regularizer)
-        if self.calibrates:
+        if self.counts_steps:
             weights["calibrated_steps"] = scalar("pact_calibrated_steps", 0.0, trainable=False)
         return weights
 
@@ -173,7 +188,8 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         return quantize_activation(inputs, training, weights, num_bits=self.num_bits,
-                                   mode=self.mode, calibration_steps=self.calibration_steps)
+                                   mode=self.mode, calibration_steps=self.calibration_steps,
+                                   track_range=self.track_range)
 
     def get_config(self) -> Dict[str, Any]:
         return {
@@ -184,4 +200,5 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
             "decay": self.decay,
             "calibration_steps": self.calibration_steps,
             "trainable_range": self.trainable_range,
+            "track_range": self.track_range,
         }

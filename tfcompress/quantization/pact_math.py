@@ -41,6 +41,10 @@ MIN_RANGE = 1e-3  # keeps the quantization step positive if alpha is driven to z
 _MIN_WEIGHT_RANGE = 1e-8  # an all-zero (e.g. pruned) channel still gets a valid range
 _CALIBRATION_SAMPLES = 4096  # values per batch used to pick the initial range
 _CALIBRATION_FACTORS = [0.25 + 0.05 * i for i in range(16)]  # 0.25 .. 1.0 of [min, max]
+_WEIGHT_FACTORS = [1.0 - 0.05 * i for i in range(15)]  # 1.0 .. 0.3 of the absolute maximum
+
+WEIGHT_RANGES = ("mse", "max")
+"""How a kernel's symmetric range is chosen (see :func:`weight_range`)."""
 
 
 def fake_quant(x, low, high, num_bits: int, narrow_range: bool):
@@ -137,23 +141,83 @@ def calibrate(inputs, variables: Dict[str, Any], mode: str, num_bits: int,
         return tf.identity(steps.assign_add(tf.where(active, 1.0, 0.0)))
 
 
+def track(inputs, variables: Dict[str, Any], mode: str) -> tf.Tensor:
+    """Widens the range to cover this batch: ``alpha`` (and ``beta``) become the running
+    maximum (and minus the running minimum) of every training batch so far, so no value seen
+    in training is clipped. Returns the updated step count (a control dependency)."""
+    x = tf.cast(inputs, tf.float32)
+    high, low = tf.reduce_max(x), tf.minimum(tf.reduce_min(x), 0.0)
+    if mode == "symmetric":
+        high = tf.maximum(high, -low)
+    steps, alpha, beta = variables["calibrated_steps"], variables["alpha"], variables.get("beta")
+    first = steps < 0.5
+    ops = [alpha.assign(tf.where(first, high, tf.maximum(alpha, high)))]
+    if beta is not None:
+        ops.append(beta.assign(tf.where(first, -low, tf.maximum(beta, -low))))
+    with tf.control_dependencies(ops):
+        return tf.identity(steps.assign_add(1.0))
+
+
 def quantize_activation(inputs, training: Any, variables: Dict[str, Any], *, num_bits: int,
-                        mode: str, calibration_steps: int = 32) -> tf.Tensor:
-    """PACT's forward pass on one tensor: calibrate (training, ``calibrated_steps`` present),
-    clip to the learned range, fake-quantize to ``num_bits`` (8 while exporting to TFLite:
-    the learned range becomes the int8 range). Symmetric mode uses the narrow integer range
-    so that zero sits exactly in the middle of ``[-alpha, alpha]``."""
+                        mode: str, calibration_steps: int = 32,
+                        track_range: bool = False) -> tf.Tensor:
+    """PACT's forward pass on one tensor: calibrate (training, ``calibrated_steps`` present)
+    or, with ``track_range``, widen the range to the batch (:func:`track`), clip to the
+    range, fake-quantize to ``num_bits`` (8 while exporting to TFLite: the learned range
+    becomes the int8 range). Symmetric mode uses the narrow integer range so that zero sits
+    exactly in the middle of ``[-alpha, alpha]``."""
     if training and "calibrated_steps" in variables:
-        with tf.control_dependencies([calibrate(inputs, variables, mode, num_bits,
-                                                calibration_steps)]):
+        update = track(inputs, variables, mode) if track_range else calibrate(
+            inputs, variables, mode, num_bits, calibration_steps)
+        with tf.control_dependencies([update]):
             inputs = tf.identity(inputs)
     low, high = clip_range(mode, variables["alpha"], variables.get("beta"))
     return fake_quant(inputs, low, high, 8 if exporting() else num_bits, mode == "symmetric")
 
 
-def _symmetric_fake_quant(x, num_bits: int, per_channel: bool):
-    axes = list(range(x.shape.rank - 1)) if per_channel else None
+def check_weight_range(value: Any) -> str:
+    """Returns ``value`` if it is one of :data:`WEIGHT_RANGES`.
+
+    Raises:
+      ValueError: for anything else.
+    """
+    if not isinstance(value, str) or value not in WEIGHT_RANGES:
+        raise ValueError(f"`weight_range` must be one of {WEIGHT_RANGES}, got {value!r}.")
+    return value
+
+
+def weight_range(x, num_bits: int, axes, method: str = "mse") -> tf.Tensor:
+    """The symmetric range of a kernel (per channel when ``axes`` leaves the last axis):
+    its absolute maximum, or with ``method="mse"`` below 8 bits the fraction of it whose
+    ``num_bits`` grid reproduces the kernel with the least squared error.
+
+    At 2-3 bits the maximum is a poor scale: on a ternary grid every weight under half the
+    largest one rounds to zero. The search is recomputed from the current weights at every
+    step (no state) and is not differentiated (the straight-through estimator sees a fixed
+    range, as with the maximum).
+    """
     high = tf.maximum(tf.reduce_max(tf.abs(x), axis=axes), _MIN_WEIGHT_RANGE)
+    if method != "mse" or num_bits >= 8:
+        return high
+    levels = 2.0 ** (num_bits - 1) - 1.0
+    x = tf.stop_gradient(x)
+    best, best_error = high, None
+    for factor in _WEIGHT_FACTORS:
+        step = high * factor / levels
+        error = tf.reduce_sum(tf.square(
+            tf.clip_by_value(tf.round(x / step), -levels, levels) * step - x), axis=axes)
+        if best_error is None:
+            best, best_error = high * factor, error
+        else:
+            better = error < best_error
+            best = tf.where(better, high * factor, best)
+            best_error = tf.where(better, error, best_error)
+    return tf.stop_gradient(best)
+
+
+def _symmetric_fake_quant(x, num_bits: int, per_channel: bool, method: str):
+    axes = list(range(x.shape.rank - 1)) if per_channel else None
+    high = weight_range(x, num_bits, axes, method)
     if exporting() and num_bits < 8:
         # Round to the b-bit grid, then store it on an 8-bit grid whose step divides the
         # b-bit step: the int8 values are multiples of `ratio` (see tflite_mode).
@@ -170,25 +234,34 @@ def _symmetric_fake_quant(x, num_bits: int, per_channel: bool):
         x, -high, high, num_bits=num_bits, narrow_range=True)
 
 
-def quantize_weight(kernel, num_bits: int, layout: str = "channels_last") -> tf.Tensor:
+def quantize_weight(kernel, num_bits: int, layout: str = "channels_last",
+                    method: str = "mse") -> tf.Tensor:
     """Symmetric narrow-range fake-quantization of a kernel, one range per output channel.
 
-    Each channel's range is its current absolute maximum; ``layout`` (one of
-    :data:`LAYOUTS`) says where the output channels are.
+    Each channel's range comes from its current weights (:func:`weight_range`: the least
+    squared error below 8 bits with ``method="mse"``, else the absolute maximum);
+    ``layout`` (one of :data:`LAYOUTS`) says where the output channels are.
 
     Example:
       >>> import tensorflow as tf
-      >>> quantize_weight(tf.constant([[0.4, -2.0], [1.0, 0.5]]), num_bits=2).numpy()
+      >>> kernel = tf.constant([[0.4, -2.0], [1.0, 0.5], [0.6, 1.2]])
+      >>> quantize_weight(kernel, num_bits=2, method="max").numpy()
       array([[ 0., -2.],
-             [ 1.,  0.]], dtype=float32)
+             [ 1.,  0.],
+             [ 1.,  2.]], dtype=float32)
+      >>> quantize_weight(kernel, num_bits=2).numpy().round(4)  # 0.4 and 0.6 keep a value
+      array([[ 0.65, -1.6 ],
+             [ 0.65,  0.  ],
+             [ 0.65,  1.6 ]], dtype=float32)
     """
     x = tf.convert_to_tensor(kernel)
     if layout == "depthwise":
         shape = tf.shape(x)
         flat = tf.reshape(x, tf.concat([shape[:-2], [-1]], axis=0))
-        return tf.reshape(_symmetric_fake_quant(flat, num_bits, True), shape)
+        return tf.reshape(_symmetric_fake_quant(flat, num_bits, True, method), shape)
     if layout == "transpose":
         perm = list(range(x.shape.rank))
         perm[-2], perm[-1] = perm[-1], perm[-2]
-        return tf.transpose(_symmetric_fake_quant(tf.transpose(x, perm), num_bits, True), perm)
-    return _symmetric_fake_quant(x, num_bits, layout != "per_tensor")
+        return tf.transpose(_symmetric_fake_quant(tf.transpose(x, perm), num_bits, True, method),
+                            perm)
+    return _symmetric_fake_quant(x, num_bits, layout != "per_tensor", method)

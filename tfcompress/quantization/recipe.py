@@ -1,11 +1,13 @@
-"""The low-bit recipe both Kerases share: which tensors keep 8 bits when fewer are asked for.
+"""The recipe both Kerases share: which tensors keep 8 bits when fewer are asked for, and
+which ranges track their tensors instead of clipping them.
 
 At 2-4 bits the usual practice (PACT, LSQ, PaddleSlim's and Brevitas' recipes) keeps the
 model's edges at 8 bits: the input image, the weights of the first weighted layers (few
-input channels, so little redundancy), and the weights and output of the last ones (the
-logits). They hold a tiny share of the weights and of the compute, and quantizing them
-below 8 bits costs most of the accuracy that low-bit models lose. :func:`layer_bits`
-returns these per-layer bit widths for
+input channels, so little redundancy), and the inputs, weights and output of the last ones
+(the features the classifier reads, and the logits). They hold a tiny share of the weights
+and of the compute, and quantizing them below 8 bits costs a large share of the accuracy
+that low-bit models lose (the benchmark's ablation row: ``benchmarks/qat.py``).
+:func:`layer_bits` returns these per-layer bit widths for
 :func:`~tfcompress.quantization.quantize_model`'s ``first_last_bits`` option; both
 front-ends (tfmot configs for tf_keras, :class:`PACTQuantizeWrapper` for Keras 3) read it.
 
@@ -13,22 +15,28 @@ Example:
   >>> import keras
   >>> inputs = keras.Input((8, 8, 1))
   >>> x = keras.layers.Conv2D(4, 3, name="stem")(inputs)
-  >>> x = keras.layers.ReLU()(keras.layers.Conv2D(4, 3, name="body")(x))
+  >>> x = keras.layers.ReLU(name="relu")(keras.layers.Conv2D(4, 3, name="body")(x))
   >>> outputs = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x))
   >>> bits, input_bits = layer_bits(keras.Model(inputs, outputs), 4, 4, first_last_bits=8)
-  >>> bits, input_bits
-  ({'head': (8, 8), 'stem': (8, 4)}, 8)
+  >>> bits, input_bits  # "relu" feeds the head (through Flatten): its result keeps 8 bits
+  ({'head': (8, 8), 'relu': (4, 8), 'stem': (8, 4)}, 8)
+  >>> tracked_outputs(keras.Model(inputs, outputs), "track")  # logits then never clipped
+  {'head'}
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from tfcompress._keras import graph_nodes
 from tfcompress.quantization.configs import rule_for
 from tfcompress.quantization.pact import validate_bits
 
-__all__ = ["edge_layers", "layer_bits"]
+__all__ = ["OUTPUT_RANGES", "edge_layers", "layer_bits", "tracked_outputs"]
+
+OUTPUT_RANGES = ("track", "pact")
+"""How the model's outputs are ranged: ``"track"`` (running min/max, never clipped in
+training) or ``"pact"`` (a learned clip like every other tensor)."""
 
 
 def _weighted(layer: Any) -> bool:
@@ -36,31 +44,61 @@ def _weighted(layer: Any) -> bool:
     return rule is not None and bool(rule.weights)
 
 
-def edge_layers(model: Any) -> Tuple[Set[str], Set[str]]:
-    """``(first, last)``: names of the weighted layers (Conv, Dense, …) that a model input
-    reaches, or that reach a model output, through weightless layers only."""
+def _walk(order, start: Set[int], stop: Callable[[Any], bool], forward: bool) -> Set[str]:
+    """Names of the layers where a walk from the tensors ``start`` stops, following the
+    graph forward (``order`` from inputs to outputs) or backward, through the layers for
+    which ``stop`` is False."""
+    reached, found = set(start), set()
+    for node in (order if forward else reversed(order)):
+        here, there = (node.inputs, node.outputs) if forward else (node.outputs, node.inputs)
+        if node.is_input or not any(id(t) in reached for t in here):
+            continue
+        if stop(node.layer):
+            found.add(node.layer.name)
+        else:
+            reached.update(id(t) for t in there)
+    return found
+
+
+def _quantizes_result(layer: Any) -> bool:
+    rule = rule_for(layer)
+    return rule is not None and rule.result != "none"
+
+
+def edge_layers(model: Any) -> Tuple[Set[str], Set[str], Set[str]]:
+    """``(first, last, feeding)``: names of the weighted layers (Conv, Dense, …) that a model
+    input reaches, or that reach a model output, through weightless layers only; and of
+    the layers whose quantized results are the inputs of the last ones (through
+    pass-through layers such as ``Flatten``)."""
     nodes = graph_nodes(model)
     order = [node for depth in sorted(nodes, reverse=True) for node in nodes[depth]]
-    fresh = {id(t) for node in order if node.is_input for t in node.outputs}
-    first: Set[str] = set()
-    for node in order:  # inputs to outputs
-        if node.is_input or not any(id(t) in fresh for t in node.inputs):
-            continue
-        if _weighted(node.layer):
-            first.add(node.layer.name)
-        else:
-            fresh.update(id(t) for t in node.outputs)
-    ends = {id(t) for node in nodes.get(0, []) for t in node.outputs}
-    ends |= {id(t) for t in model.outputs}
-    last: Set[str] = set()
-    for node in reversed(order):  # outputs to inputs
-        if node.is_input or not any(id(t) in ends for t in node.outputs):
-            continue
-        if _weighted(node.layer):
-            last.add(node.layer.name)
-        else:
-            ends.update(id(t) for t in node.inputs)
-    return first, last
+    inputs = {id(t) for node in order if node.is_input for t in node.outputs}
+    first = _walk(order, inputs, _weighted, forward=True)
+    outputs = {id(t) for node in nodes.get(0, []) for t in node.outputs}
+    last = _walk(order, outputs | {id(t) for t in model.outputs}, _weighted, forward=False)
+    into_last = {id(t) for node in order if node.layer.name in last for t in node.inputs}
+    feeding = _walk(order, into_last, _quantizes_result, forward=False)
+    return first, last, feeding
+
+
+def tracked_outputs(model: Any, output_range: str = "pact") -> Set[str]:
+    """Names of the layers whose quantized results are the model's outputs (through
+    pass-through layers), whose ranges track their values instead of clipping them
+    (``output_range="track"``): a clipped logit gets no gradient, and logits clipped at
+    the same ``alpha`` tie, which costs accuracy even at 8 bits. ``"pact"``: none.
+
+    Raises:
+      ValueError: for an unknown ``output_range``.
+    """
+    if not isinstance(output_range, str) or output_range not in OUTPUT_RANGES:
+        raise ValueError(f"`output_range` must be one of {OUTPUT_RANGES}, got {output_range!r}.")
+    if output_range == "pact":
+        return set()
+    nodes = graph_nodes(model)
+    order = [node for depth in sorted(nodes, reverse=True) for node in nodes[depth]]
+    outputs = {id(t) for node in nodes.get(0, []) for t in node.outputs}
+    return _walk(order, outputs | {id(t) for t in model.outputs}, _quantizes_result,
+                 forward=False)
 
 
 def layer_bits(model: Any, weight_bits: int, activation_bits: int,
@@ -68,9 +106,10 @@ def layer_bits(model: Any, weight_bits: int, activation_bits: int,
     """Per-layer ``(weight bits, activation bits)`` that differ from the model-wide ones,
     and the bit width of the model inputs.
 
-    With ``first_last_bits=b``: the model inputs and the weights of the first and last
-    weighted layers (:func:`edge_layers`) get ``max(b, requested)`` bits, and so do the
-    outputs of the last ones. ``None`` changes nothing.
+    With ``first_last_bits=b`` the first and last weighted layers (:func:`edge_layers`)
+    compute on ``max(b, requested)`` bits: the model inputs, the weights of the first and
+    last layers, the inputs of the last ones (the results of the layers feeding them) and
+    their outputs. ``None`` changes nothing.
 
     Raises:
       ValueError: for ``first_last_bits`` outside 2-8.
@@ -78,11 +117,12 @@ def layer_bits(model: Any, weight_bits: int, activation_bits: int,
     if first_last_bits is None:
         return {}, activation_bits
     edge = validate_bits(first_last_bits, "first_last_bits")
-    first, last = edge_layers(model)
+    first, last, feeding = edge_layers(model)
+    wide_weights, wide_results = first | last, last | feeding
     bits = {}
-    for name in sorted(first | last):
-        wanted = (max(edge, weight_bits),
-                  max(edge, activation_bits) if name in last else activation_bits)
+    for name in sorted(wide_weights | wide_results):
+        wanted = (max(edge, weight_bits) if name in wide_weights else weight_bits,
+                  max(edge, activation_bits) if name in wide_results else activation_bits)
         if wanted != (weight_bits, activation_bits):
             bits[name] = wanted
     return bits, max(edge, activation_bits)

@@ -16,7 +16,7 @@ import tensorflow_model_optimization as tfmot
 from tfcompress._keras import keras
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact import validate_bits
-from tfcompress.quantization.pact_math import LAYOUTS, quantize_weight
+from tfcompress.quantization.pact_math import LAYOUTS, check_weight_range, quantize_weight
 
 __all__ = ["ChannelWeightQuantizer", "LAYOUTS"]
 
@@ -25,9 +25,11 @@ __all__ = ["ChannelWeightQuantizer", "LAYOUTS"]
 class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
     """Symmetric, narrow-range fake quantization of a kernel, one range per output channel.
 
-    The range of each channel is its current absolute maximum (weights only change at
-    optimizer steps, so "last value" is exact); no state is stored, so a model that has just
-    been quantized already exports with the right weight scales.
+    The range of each channel is computed from its current weights (weights only change at
+    optimizer steps, so "last value" is exact): below 8 bits the fraction of the absolute
+    maximum with the least squared rounding error (``weight_range="mse"``), else the
+    maximum itself. No state is stored, so a model that has just been quantized already
+    exports with the right weight scales.
 
     When tfmot calls each method: ``build`` once when the owning ``QuantizeWrapper`` is built
     (nothing to create here); ``__call__`` on every forward pass with the layer's kernel;
@@ -37,6 +39,9 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
       num_bits: weight bit width, 2 to 8. A ``b``-bit channel takes at most ``2^b - 1``
         distinct values.
       layout: where the output channels are, one of :data:`LAYOUTS`.
+      weight_range: ``"mse"`` or ``"max"`` (see :func:`~tfcompress.quantization.pact_math.
+        weight_range`). The maximum rounds every weight under half the largest one to zero
+        on a 2-bit grid.
 
     Example:
       >>> import tensorflow as tf
@@ -46,8 +51,10 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
              [ 1.,  0.]], dtype=float32)
     """
 
-    def __init__(self, num_bits: int = 8, layout: str = "channels_last"):
+    def __init__(self, num_bits: int = 8, layout: str = "channels_last",
+                 weight_range: str = "mse"):
         self.num_bits = validate_bits(num_bits, "num_bits")
+        self.weight_range = check_weight_range(weight_range)
         if not isinstance(layout, str):
             raise TypeError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
         if layout not in LAYOUTS:
@@ -58,7 +65,13 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
         return {}
 
     def __call__(self, inputs, training, weights, **kwargs):
-        return quantize_weight(inputs, self.num_bits, self.layout)
+        return quantize_weight(inputs, self.num_bits, self.layout, self.weight_range)
 
     def get_config(self) -> Dict[str, Any]:
-        return {"num_bits": self.num_bits, "layout": self.layout}
+        return {"num_bits": self.num_bits, "layout": self.layout,
+                "weight_range": self.weight_range}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "ChannelWeightQuantizer":
+        # Saved before `weight_range` existed: those kernels were trained on the maximum.
+        return cls(**{"weight_range": "max", **config})
