@@ -316,9 +316,9 @@ def report(rows, digits, runs, elapsed):
         "that runs in a loop, and the protocol the latency model is calibrated with); kept = "
         "slim / original of medians (of minima). The *cold* column repeats the rounds with "
         "one invoke per file per round, so every invoke follows another model's and starts "
-        "from caches holding that model's data. `weights=None` models with random BatchNorm "
-        "statistics; int8 files are calibrated on random data (ranges do not change which "
-        "kernels run).",
+        "from caches holding the previous model's data. `weights=None` models with random "
+        "BatchNorm statistics; int8 files are calibrated on random data (ranges do not change "
+        "which kernels run).",
         "",
     ]
     if rows:

@@ -191,7 +191,8 @@ def test_export_int4_weight_storage_reports_size_and_latency(files, tmp_path, ca
     from tfcompress.export import load_model, save_model, tflite_ops
     from tfcompress.quantization import quantize_model
 
-    qat = quantize_model(load_model(files / "keras3" / "tiny.keras"), 4, 4)
+    # Every layer at 4 bits (first_last_bits=None), so every weight tensor packs.
+    qat = quantize_model(load_model(files / "keras3" / "tiny.keras"), 4, 4, first_last_bits=None)
     qat(np.load(files / "x.npy"), training=True)  # calibrate the ranges
     save_model(qat, tmp_path / "qat4.keras")
     out = tmp_path / "q4.tflite"

@@ -19,7 +19,8 @@ _CACHE = {}
 
 
 def _qat4_model(module):
-    """Conv - depthwise - ReLU - conv - GAP - Dense, PACT QAT at 4/4 bits (4.9k weights)."""
+    """Conv - depthwise - ReLU - conv - GAP - Dense, PACT QAT at 4/4 bits (4.9k weights),
+    every layer at 4 bits (``first_last_bits=None``), so every weight tensor packs."""
     model = module.Sequential([
         module.Input((8, 8, 1)),
         module.layers.Conv2D(16, 3, name="conv"),
@@ -29,7 +30,7 @@ def _qat4_model(module):
         module.layers.GlobalAveragePooling2D(name="gap"),
         module.layers.Dense(3, name="logits"),
     ])
-    return quantize_model(model, activation_bits=4, weight_bits=4)
+    return quantize_model(model, activation_bits=4, weight_bits=4, first_last_bits=None)
 
 
 @pytest.fixture

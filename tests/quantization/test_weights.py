@@ -27,8 +27,7 @@ def test_each_channel_is_symmetric_on_its_own_grid(layout, bits):
     shape, channels = LAYOUT_CASES[layout]
     kernel = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     kernel[..., 0] = 0.0  # an all-zero (pruned) slice must not produce NaNs
-    quantizer = ChannelWeightQuantizer(bits, layout, "max")
-    quantized = quantizer(tf.constant(kernel), False, {}).numpy()
+    quantized = ChannelWeightQuantizer(bits, layout)(tf.constant(kernel), False, {}).numpy()
     assert np.isfinite(quantized).all()
     levels = 2 ** (bits - 1) - 1
     for original, values in zip(channels(kernel), channels(quantized)):
@@ -49,8 +48,8 @@ def test_mse_range_is_the_best_fraction_of_the_maximum_per_channel(layout, bits)
     shape, channels = LAYOUT_CASES[layout]
     kernel = np.random.default_rng(bits).standard_t(4, size=shape).astype(np.float32)
     kernel[..., 0] = 0.0
-    mse = ChannelWeightQuantizer(bits, layout)(tf.constant(kernel), False, {}).numpy()
-    biggest = ChannelWeightQuantizer(bits, layout, "max")(tf.constant(kernel), False, {}).numpy()
+    mse = ChannelWeightQuantizer(bits, layout, "mse")(tf.constant(kernel), False, {}).numpy()
+    biggest = ChannelWeightQuantizer(bits, layout)(tf.constant(kernel), False, {}).numpy()
     assert np.isfinite(mse).all()
     if bits == 8:
         np.testing.assert_array_equal(mse, biggest)
@@ -70,11 +69,11 @@ def test_mse_range_is_the_best_fraction_of_the_maximum_per_channel(layout, bits)
 def test_old_configs_keep_the_maximum_and_bad_ranges_are_refused():
     restored = ChannelWeightQuantizer.from_config({"num_bits": 2, "layout": "channels_last"})
     assert restored.weight_range == "max"
-    assert ChannelWeightQuantizer(2).get_config()["weight_range"] == "mse"
-    config = PACTQuantizeConfig(2, 2).get_config()
+    assert ChannelWeightQuantizer(2).get_config()["weight_range"] == "max"
+    config = PACTQuantizeConfig(2, 2, weight_range="mse").get_config()
     assert config.pop("weight_range") == "mse"
     assert PACTQuantizeConfig.from_config(config).weight_range == "max"
-    wrapper = PACTQuantizeWrapper(keras3.layers.Dense(2), 2, 2).get_config()
+    wrapper = PACTQuantizeWrapper(keras3.layers.Dense(2), 2, 2, weight_range="mse").get_config()
     assert wrapper.pop("weight_range") == "mse"
     assert PACTQuantizeWrapper.from_config(wrapper).weight_range == "max"
     with pytest.raises(ValueError, match="weight_range"):

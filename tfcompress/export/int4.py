@@ -287,8 +287,9 @@ def _refusal(name: str, kept: List[KeptTensor]) -> ValueError:
     more = f"; and {len(kept) - 4} more" if len(kept) > 4 else ""
     return ValueError(
         f"weight_storage='int4' found no weights of {name} to store in 4 bits: {shown}{more}. "
-        "Train with `quantize_model(model, weight_bits=4)` (or fewer bits) before exporting, "
-        "or use weight_storage='int8'.")
+        "Train with `quantize_model(model, weight_bits=4)` (or fewer bits; its first and last "
+        "layers keep 8 bits unless `first_last_bits=None`) before exporting, or use "
+        "weight_storage='int8'.")
 
 
 def repack_int4_bytes(content: bytes, name: str = "the model") -> Tuple[bytes, Int4Report]:
@@ -351,7 +352,7 @@ def repack_int4(int8_path: PathLike, int4_path: PathLike) -> Int4Report:
       >>> from tfcompress.quantization import quantize_model
       >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(8, 3),
       ...                           keras.layers.Flatten(), keras.layers.Dense(3)])
-      >>> qat = quantize_model(model, activation_bits=4, weight_bits=4)
+      >>> qat = quantize_model(model, activation_bits=4, weight_bits=4, first_last_bits=None)
       >>> folder = tempfile.mkdtemp()
       >>> report = repack_int4(to_tflite(qat, folder + "/int8.tflite"), folder + "/int4.tflite")
       >>> [(t.op, t.elements) for t in report.packed]

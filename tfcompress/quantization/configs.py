@@ -157,8 +157,8 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
       quantize_output: False leaves the result in float; used when the next layer is an
         activation that TFLite fuses into this one (Conv -> ReLU), so only the fused
         result is quantized.
-      weight_range: how each kernel channel's range is chosen, ``"mse"`` (default) or
-        ``"max"`` (see :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
+      weight_range: how each kernel channel's range is chosen, ``"max"`` (default) or
+        ``"mse"`` (see :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
       **pact_options: forwarded to :class:`~tfcompress.quantization.PACTQuantizer`
         (``mode``, ``alpha_init``, ``beta_init``, ``decay``, ``calibration_steps``).
 
@@ -178,7 +178,7 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
     """
 
     def __init__(self, weight_bits: int = 8, activation_bits: int = 8,
-                 quantize_output: bool = True, weight_range: str = "mse", **pact_options):
+                 quantize_output: bool = True, weight_range: str = "max", **pact_options):
         self.weight_bits = validate_bits(weight_bits, "weight_bits")
         self.weight_range = check_weight_range(weight_range)
         self.activation_bits = validate_bits(activation_bits, "activation_bits")

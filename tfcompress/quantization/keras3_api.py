@@ -144,7 +144,7 @@ def _check_operations(model, skip_unsupported: bool) -> None:
 
 def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude: Iterable[str],
                           options: Dict[str, Any], skip_unsupported: bool = False,
-                          first_last_bits: Optional[int] = 8, weight_range: str = "mse",
+                          first_last_bits: Optional[int] = 8, weight_range: str = "max",
                           output_range: str = "pact"):
     """The Keras 3 half of :func:`tfcompress.quantization.quantize_model` (arguments already
     validated there).

@@ -170,7 +170,7 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
       post_activation: an activation with a fixed TFLite output range (``"softmax"``,
         ``"sigmoid"`` …) applied after the quantizer; the wrapped layer's own activation
         must then be linear (tfmot quantizes before such activations too).
-      weight_range: ``"mse"`` or ``"max"``, as in
+      weight_range: ``"max"`` or ``"mse"``, as in
         :class:`~tfcompress.quantization.ChannelWeightQuantizer`.
       **kwargs: PACT options (``mode``, ``alpha_init`` …) and Keras layer arguments.
 
@@ -188,7 +188,7 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
 
     def __init__(self, layer, weight_bits: int = 8, activation_bits: int = 8,
                  quantize_output: bool = True, post_activation: Optional[str] = None,
-                 weight_range: str = "mse", **kwargs):
+                 weight_range: str = "max", **kwargs):
         require_tensorflow_backend("PACT quantization-aware training")
         if not isinstance(layer, keras3.layers.Layer):
             raise TypeError(f"`layer` must be a Keras 3 layer, got {type(layer).__name__}.")

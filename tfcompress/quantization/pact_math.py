@@ -186,7 +186,7 @@ def check_weight_range(value: Any) -> str:
     return value
 
 
-def weight_range(x, num_bits: int, axes, method: str = "mse") -> tf.Tensor:
+def weight_range(x, num_bits: int, axes, method: str = "max") -> tf.Tensor:
     """The symmetric range of a kernel (per channel when ``axes`` leaves the last axis):
     its absolute maximum, or with ``method="mse"`` below 8 bits the fraction of it whose
     ``num_bits`` grid reproduces the kernel with the least squared error.
@@ -235,21 +235,21 @@ def _symmetric_fake_quant(x, num_bits: int, per_channel: bool, method: str):
 
 
 def quantize_weight(kernel, num_bits: int, layout: str = "channels_last",
-                    method: str = "mse") -> tf.Tensor:
+                    method: str = "max") -> tf.Tensor:
     """Symmetric narrow-range fake-quantization of a kernel, one range per output channel.
 
-    Each channel's range comes from its current weights (:func:`weight_range`: the least
-    squared error below 8 bits with ``method="mse"``, else the absolute maximum);
+    Each channel's range comes from its current weights (:func:`weight_range`: the absolute
+    maximum, or with ``method="mse"`` below 8 bits the least squared rounding error);
     ``layout`` (one of :data:`LAYOUTS`) says where the output channels are.
 
     Example:
       >>> import tensorflow as tf
       >>> kernel = tf.constant([[0.4, -2.0], [1.0, 0.5], [0.6, 1.2]])
-      >>> quantize_weight(kernel, num_bits=2, method="max").numpy()
+      >>> quantize_weight(kernel, num_bits=2).numpy()
       array([[ 0., -2.],
              [ 1.,  0.],
              [ 1.,  2.]], dtype=float32)
-      >>> quantize_weight(kernel, num_bits=2).numpy().round(4)  # 0.4 and 0.6 keep a value
+      >>> quantize_weight(kernel, num_bits=2, method="mse").numpy().round(4)  # 0.4, 0.6 kept
       array([[ 0.65, -1.6 ],
              [ 0.65,  0.  ],
              [ 0.65,  1.6 ]], dtype=float32)

@@ -26,9 +26,9 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
     """Symmetric, narrow-range fake quantization of a kernel, one range per output channel.
 
     The range of each channel is computed from its current weights (weights only change at
-    optimizer steps, so "last value" is exact): below 8 bits the fraction of the absolute
-    maximum with the least squared rounding error (``weight_range="mse"``), else the
-    maximum itself. No state is stored, so a model that has just been quantized already
+    optimizer steps, so "last value" is exact): its absolute maximum, or with
+    ``weight_range="mse"`` below 8 bits the fraction of it with the least squared rounding
+    error. No state is stored, so a model that has just been quantized already
     exports with the right weight scales.
 
     When tfmot calls each method: ``build`` once when the owning ``QuantizeWrapper`` is built
@@ -39,9 +39,10 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
       num_bits: weight bit width, 2 to 8. A ``b``-bit channel takes at most ``2^b - 1``
         distinct values.
       layout: where the output channels are, one of :data:`LAYOUTS`.
-      weight_range: ``"mse"`` or ``"max"`` (see :func:`~tfcompress.quantization.pact_math.
+      weight_range: ``"max"`` or ``"mse"`` (see :func:`~tfcompress.quantization.pact_math.
         weight_range`). The maximum rounds every weight under half the largest one to zero
-        on a 2-bit grid.
+        on a 2-bit grid; ``"mse"`` keeps more of them, but clips the largest, which then
+        stop learning (see the QAT benchmark's ablation rows).
 
     Example:
       >>> import tensorflow as tf
@@ -52,7 +53,7 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
     """
 
     def __init__(self, num_bits: int = 8, layout: str = "channels_last",
-                 weight_range: str = "mse"):
+                 weight_range: str = "max"):
         self.num_bits = validate_bits(num_bits, "num_bits")
         self.weight_range = check_weight_range(weight_range)
         if not isinstance(layout, str):
