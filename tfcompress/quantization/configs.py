@@ -246,11 +246,6 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
                 "quantize_output": self.quantize_output, "weight_range": self.weight_range,
                 **self.pact_options}
 
-    @classmethod
-    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizeConfig":
-        # Saved before `weight_range` existed: those kernels were trained on the maximum.
-        return cls(**{"weight_range": "max", **config})
-
     def with_output(self, quantize_output: bool) -> "PACTQuantizeConfig":
         """A copy of this config with ``quantize_output`` replaced."""
         return type(self)(**{**self.get_config(), "quantize_output": quantize_output})

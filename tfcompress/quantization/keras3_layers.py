@@ -253,11 +253,6 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
                 "quantize_output": self.quantize_output, "post_activation": post,
                 "weight_range": self.weight_range, **options}
 
-    @classmethod
-    def from_config(cls, config: Dict[str, Any], custom_objects=None) -> "PACTQuantizeWrapper":
-        # Saved before `weight_range` existed: those kernels were trained on the maximum.
-        return super().from_config({"weight_range": "max", **config}, custom_objects)
-
 
 def pact_range(layer) -> Optional[Tuple[str, Tuple[float, float]]]:
     """``(key, (low, high))`` of a Keras 3 PACT layer, keyed as ``clip_ranges`` keys it (the

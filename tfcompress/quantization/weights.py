@@ -71,8 +71,3 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
     def get_config(self) -> Dict[str, Any]:
         return {"num_bits": self.num_bits, "layout": self.layout,
                 "weight_range": self.weight_range}
-
-    @classmethod
-    def from_config(cls, config: Dict[str, Any]) -> "ChannelWeightQuantizer":
-        # Saved before `weight_range` existed: those kernels were trained on the maximum.
-        return cls(**{"weight_range": "max", **config})
