@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from tfcompress._keras import graph_nodes
 from tfcompress.quantization.configs import rule_for
@@ -60,6 +60,14 @@ def _walk(order, start: Set[int], stop: Callable[[Any], bool], forward: bool) ->
     return found
 
 
+def _graph(model: Any) -> Tuple[List[Any], Set[int]]:
+    """The model's nodes from inputs to outputs, and the ids of its output tensors."""
+    nodes = graph_nodes(model)
+    order = [node for depth in sorted(nodes, reverse=True) for node in nodes[depth]]
+    outputs = {id(t) for node in nodes.get(0, []) for t in node.outputs}
+    return order, outputs | {id(t) for t in model.outputs}
+
+
 def _quantizes_result(layer: Any) -> bool:
     rule = rule_for(layer)
     return rule is not None and rule.result != "none"
@@ -70,12 +78,10 @@ def edge_layers(model: Any) -> Tuple[Set[str], Set[str], Set[str]]:
     input reaches, or that reach a model output, through weightless layers only; and of
     the layers whose quantized results are the inputs of the last ones (through
     pass-through layers such as ``Flatten``)."""
-    nodes = graph_nodes(model)
-    order = [node for depth in sorted(nodes, reverse=True) for node in nodes[depth]]
+    order, outputs = _graph(model)
     inputs = {id(t) for node in order if node.is_input for t in node.outputs}
     first = _walk(order, inputs, _weighted, forward=True)
-    outputs = {id(t) for node in nodes.get(0, []) for t in node.outputs}
-    last = _walk(order, outputs | {id(t) for t in model.outputs}, _weighted, forward=False)
+    last = _walk(order, outputs, _weighted, forward=False)
     into_last = {id(t) for node in order if node.layer.name in last for t in node.inputs}
     feeding = _walk(order, into_last, _quantizes_result, forward=False)
     return first, last, feeding
@@ -94,11 +100,8 @@ def tracked_outputs(model: Any, output_range: str = "pact") -> Set[str]:
         raise ValueError(f"`output_range` must be one of {OUTPUT_RANGES}, got {output_range!r}.")
     if output_range == "pact":
         return set()
-    nodes = graph_nodes(model)
-    order = [node for depth in sorted(nodes, reverse=True) for node in nodes[depth]]
-    outputs = {id(t) for node in nodes.get(0, []) for t in node.outputs}
-    return _walk(order, outputs | {id(t) for t in model.outputs}, _quantizes_result,
-                 forward=False)
+    order, outputs = _graph(model)
+    return _walk(order, outputs, _quantizes_result, forward=False)
 
 
 def layer_bits(model: Any, weight_bits: int, activation_bits: int,
