@@ -39,12 +39,13 @@ def copy_of(model: keras.Model) -> keras.Model:
 def tfmot_qat(model: keras.Model, bits: int, fold_bn: bool = False) -> keras.Model:
     """tfmot's default 8-bit scheme (or experimental n-bit below 8) on a copy of ``model``.
 
-    ``fold_bn`` first applies tfcompress' BatchNorm folding (``prepare_for_qat``), so the
-    weights tfmot quantizes are the folded ones, as in PACT.
+    ``fold_bn`` first applies tfcompress' BatchNorm folding
+    (``prepare_for_qat(batch_norm="fold")``), so the weights tfmot quantizes are the folded
+    ones, as in PACT with ``batch_norm="fold"``.
     """
     model = copy_of(model)
     if fold_bn:
-        model = prepare_for_qat(model)
+        model = prepare_for_qat(model, batch_norm="fold")
     annotated = tfmot.quantization.keras.quantize_annotate_model(model)
     with tfmot.quantization.keras.quantize_scope():
         if bits == 8:

@@ -11,21 +11,23 @@ epochs and seed), and every accuracy is that of a **LiteRT file**:
   control with its BatchNorms folded first (the float half of what QAT does);
 * the TFLite converter's full-int8 post-training quantization of the control;
 * tfmot's default 8-bit QAT;
-* PACT (``quantize_model``) at 8/8, 4/4, 3/3, 2/2 with the defaults, and the ablations of
-  each option below 8 bits: ``first_last_bits=None`` (every layer at the low width) and
-  ``weight_range="mse"`` (kernel ranges with the least rounding error); at 8/8
-  ``trainable_range=False`` (the calibrated clip range, never trained); and at every width
-  the distillation option (the float model's logits as soft targets).
+* PACT (``quantize_model``) at 8/8, 4/4, 3/3, 2/2 with the defaults, and one ablation row
+  per default that differs from plain PACT, switched back: ``batch_norm="fold"`` (at every
+  width), ``first_last_bits=None`` and ``low_bit_activations="all"`` (below 8 bits); and
+  the options that are not defaults: ``weight_range="mse"`` (3 and 2 bits) and
+  distillation from the float model (at every width).
 
 Per row: mean ± std over the seeds, and the mean ± std of the per-seed difference from the
 control (the same seed's float model, so the seed-to-seed spread cancels).
 
-    python benchmarks/qat.py [--seeds 5] [--float-epochs 40] [--qat-epochs 10]
+    python benchmarks/qat.py [--seeds 5] [--jobs 2] [--float-epochs 40] [--qat-epochs 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -67,23 +69,33 @@ def pact(bits, **options):
 
 
 def variants():
-    """``{row: Row}``: how each row's model is made from the float model, trained, exported."""
+    """``{row: Row}``: how each row's model is made from the float model, trained, exported.
+
+    Each default of ``quantize_model`` that differs from plain PACT gets its ablation row
+    (the option switched back), at every width where it matters; the options that are not
+    defaults (``weight_range="mse"``, distillation, ``output_range="track"``) get theirs."""
     rows = {CONTROL: Row(copy_of),
             "float control, BatchNorm folded first": Row(lambda m: fold_batch_norms(copy_of(m))),
             "tfmot 8/8": Row(lambda m: tfmot_qat(m, 8), "int8")}
     for bits in (8, 4, 3, 2):
         rows[f"PACT {bits}/{bits}"] = Row(pact(bits), "int8")
-        if bits == 8:
-            rows["PACT 8/8, output_range=\"track\""] = Row(pact(8, output_range="track"),
-                                                           "int8")
-            rows["PACT 8/8, trainable_range=False"] = Row(pact(8, trainable_range=False), "int8")
-        else:
-            rows[f"PACT {bits}/{bits}, first_last_bits=None"] = Row(
-                pact(bits, first_last_bits=None), "int8")
-            rows[f"PACT {bits}/{bits}, weight_range=\"mse\""] = Row(
-                pact(bits, weight_range="mse"), "int8")
+        for option, value in ABLATIONS:
+            if bits in ABLATION_WIDTHS[option]:
+                rows[f"PACT {bits}/{bits}, {option}={value}"] = Row(
+                    pact(bits, **{option: value.strip('"')}), "int8")
         rows[f"PACT {bits}/{bits} + distillation"] = Row(pact(bits), "int8", distill=True)
     return rows
+
+
+# (option, value other than the default), and the widths where each row is run: every
+# width for batch_norm, below 8 bits (where they change something) for the others, and for
+# weight_range only 3 and 2 bits (where a ternary/7-level grid makes the choice matter).
+ABLATIONS = (("batch_norm", '"fold"'), ("first_last_bits", "None"),
+             ("low_bit_activations", '"all"'), ("weight_range", '"mse"'))
+ABLATION_WIDTHS = {"batch_norm": (8, 4, 3, 2), "first_last_bits": (4, 3, 2),
+                   "low_bit_activations": (4, 3, 2), "weight_range": (3, 2)}
+DEFAULTS = {"batch_norm": '"keep"', "first_last_bits": "8",
+            "low_bit_activations": '"layer_inputs"', "weight_range": '"max"'}
 
 
 class Row:
@@ -151,7 +163,8 @@ def markdown(results, args, minutes) -> str:
     return "\n".join([
         "## QAT vs post-training quantization on a harder split (`benchmarks/qat.py`)",
         "",
-        f"{stamp()}; the run took {minutes:.0f} min. Digits at {SIZE} px, stratified split "
+        f"{stamp()}; the run took {minutes:.0f} min ({args.jobs} process(es)). Digits at "
+        f"{SIZE} px, stratified split "
         f"with {TEST_FRACTION:.0%} held out ({len(args.data[0][0])} training / "
         f"{len(args.data[1][0])} test images), `residual_cnn(width={WIDTH})`, "
         f"{args.float_epochs} float epochs (Adam 1e-3), then the same fine-tuning for every "
@@ -179,24 +192,26 @@ def verdicts(results):
         lines.append(f"- PACT {bits}/{bits} within {limit} point(s) of the control: "
                      f"{value:.2f} vs {control:.2f} ({value - control:+.2f}): "
                      f"{met(control - value <= limit)}")
-    for option, default, ablation in (("first_last_bits", "8", "None"),
-                                      ("weight_range", '"max"', '"mse"')):
+    for option, ablation in ABLATIONS:
         deltas = []
-        for bits in (4, 3, 2):
-            on = mean[f"PACT {bits}/{bits}"]
-            off = mean[f"PACT {bits}/{bits}, {option}={ablation}"]
-            deltas.append(f"{bits}/{bits}: {on:.2f} vs {off:.2f} ({on - off:+.2f})")
-        lines.append(f"- `{option}={default}` (default) vs `{ablation}`: " + "; ".join(deltas))
+        for bits in (8, 4, 3, 2):
+            off = mean.get(f"PACT {bits}/{bits}, {option}={ablation}")
+            if off is not None:
+                on = mean[f"PACT {bits}/{bits}"]
+                deltas.append(f"{bits}/{bits}: {on:.2f} vs {off:.2f} ({on - off:+.2f})")
+        lines.append(f"- `{option}={DEFAULTS[option]}` (default) vs `{ablation}`: "
+                     + "; ".join(deltas))
     lines.append("- Distillation (option) vs without: " + "; ".join(
         f"{b}/{b}: {mean[f'PACT {b}/{b} + distillation']:.2f} vs {mean[f'PACT {b}/{b}']:.2f} "
         f"({mean[f'PACT {b}/{b} + distillation'] - mean[f'PACT {b}/{b}']:+.2f})"
         for b in (8, 4, 3, 2)))
     folded = mean["float control, BatchNorm folded first"]
-    frozen = mean["PACT 8/8, trainable_range=False"]
-    lines.append(f"- PACT 8/8 vs the control: {mean['PACT 8/8'] - control:+.2f}; of which "
-                 f"folding the BatchNorms alone (float): {folded - control:+.2f}; tfmot 8/8 "
-                 f"(BatchNorm not folded): {mean['tfmot 8/8'] - control:+.2f}; PACT with the "
-                 f"calibrated range frozen: {frozen - control:+.2f}.")
+    pact_folded = mean['PACT 8/8, batch_norm="fold"']
+    lines.append(f"- Folding the BatchNorms before fine-tuning costs the float model "
+                 f"{folded - control:+.2f}; tfmot 8/8 (BatchNorm kept): "
+                 f"{mean['tfmot 8/8'] - control:+.2f}; PACT 8/8 with `batch_norm=\"fold\"`: "
+                 f"{pact_folded - control:+.2f}, with the default `\"keep\"`: "
+                 f"{mean['PACT 8/8'] - control:+.2f}.")
     return lines
 
 
@@ -206,11 +221,18 @@ def main(argv=None):
     parser.add_argument("--float-epochs", type=int, default=40)
     parser.add_argument("--qat-epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak LR (cosine)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes")
     parser.add_argument("--dry-run", action="store_true", help="RESULTS.md untouched")
     args = parser.parse_args(argv)
     args.data = load_digits(size=SIZE, test_fraction=TEST_FRACTION)
     started = time.perf_counter()
-    results = [run_seed(args, args.data, seed) for seed in range(args.seeds)]
+    if args.jobs == 1:
+        results = [run_seed(args, args.data, seed) for seed in range(args.seeds)]
+    else:  # seeds in parallel processes; each seed's result is the same as in one process
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            results = list(pool.map(run_seed, [args] * args.seeds, [args.data] * args.seeds,
+                                    range(args.seeds)))
     text = markdown(results, args, (time.perf_counter() - started) / 60)
     print(text)
     if args.dry_run or args.seeds < 5:

@@ -93,33 +93,44 @@ def test_4bit_pact_moves_alphas_and_stays_within_one_point_of_float(
     assert _accuracy(qat, x_test, y_test) >= control_accuracy - MAX_DROP[flavour_4bit.name]
 
 
-def test_keras3_qat_computes_what_the_tfmot_model_computes(trained_cnn, digits):
+# With batch_norm="keep" the BatchNorms train on batch statistics through each Keras' own
+# kernels (tf_keras' fused op, Keras 3's ops), which agree to float32 noise, not to the bit;
+# 4-bit rounding flips amplify that noise to ~1e-3 of a range over the 8 calibration batches.
+RANGE_RTOL = {"fold": 1e-5, "keep": 5e-3}
+
+
+@pytest.mark.parametrize("batch_norm", sorted(RANGE_RTOL))
+def test_keras3_qat_computes_what_the_tfmot_model_computes(trained_cnn, digits, batch_norm):
     """Second method: the same float weights quantized by tfmot (tf_keras) and by the Keras 3
     layers, calibrated on the same batches, have the same ranges and predictions."""
     (x, _), (x_test, _) = digits
-    models = [quantize_model(_float_cnn(flavour, trained_cnn), 4, 4) for flavour in FLAVOURS]
+    models = [quantize_model(_float_cnn(flavour, trained_cnn), 4, 4, batch_norm=batch_norm)
+              for flavour in FLAVOURS]
     for qat in models:
         for start in range(0, 8 * 32, 32):
             qat(x[start:start + 32], training=True)
     ranges = [clip_ranges(qat) for qat in models]
     assert sorted(ranges[0]) == sorted(ranges[1]) and len(ranges[0]) == 10
     for name in ranges[0]:
-        np.testing.assert_allclose(ranges[1][name], ranges[0][name], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ranges[1][name], ranges[0][name],
+                                   rtol=RANGE_RTOL[batch_norm], atol=1e-5)
     logits = [np.asarray(qat(x_test, training=False)) for qat in models]
     assert np.mean(np.argmax(logits[0], 1) == np.argmax(logits[1], 1)) >= 0.99
-    assert np.median(np.abs(logits[0] - logits[1])) < 1e-4
+    assert np.median(np.abs(logits[0] - logits[1])) < 10 * RANGE_RTOL[batch_norm]
 
 
 def test_keras3_qat_trains_like_the_tfmot_model(trained_cnn, digits):
     """The same weights and the same batches: Adam steps through the two implementations
     (tfmot wrappers, Keras 3 layers) give the same losses and ranges, so accuracy differences
-    between the Kerases come from batch order and seeds, not from the QAT path."""
+    between the Kerases come from batch order and seeds, not from the QAT path. (BatchNorms
+    folded: trained ones differ in float32 noise between the Kerases, which 4-bit rounding
+    amplifies over two epochs.)"""
     (x, y), _ = digits
     x, y = x[:320], y[:320]
     histories, ranges = [], []
     for flavour in FLAVOURS:
-        qat = compile_classifier(quantize_model(_float_cnn(flavour, trained_cnn), 4, 4),
-                                 learning_rate=2e-4)
+        qat = compile_classifier(quantize_model(_float_cnn(flavour, trained_cnn), 4, 4,
+                                                batch_norm="fold"), learning_rate=2e-4)
         history = qat.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
         histories.append(history.history["loss"])
         ranges.append(clip_ranges(qat))
@@ -128,13 +139,17 @@ def test_keras3_qat_trains_like_the_tfmot_model(trained_cnn, digits):
         np.testing.assert_allclose(ranges[1][name], ranges[0][name], rtol=1e-3, atol=1e-4)
 
 
-def test_fused_activations_are_quantized_once(trained_cnn, flavour):
-    qat = quantize_model(_float_cnn(flavour, trained_cnn), 4, 4)
+@pytest.mark.parametrize("batch_norm", ["keep", "fold"])
+def test_fused_activations_are_quantized_once(trained_cnn, flavour, batch_norm):
+    qat = quantize_model(_float_cnn(flavour, trained_cnn), 4, 4, batch_norm=batch_norm)
     quantized = set(clip_ranges(qat))
-    assert "stem_relu" in quantized and "stem_conv" not in quantized  # Conv -> BN -> ReLU
+    # Conv -> BN -> ReLU: one range, after the ReLU (TFLite fuses all three).
+    assert "stem_relu" in quantized and not {"stem_conv", "stem_bn"} & quantized
     assert "block1_out" in quantized and "block1_add" not in quantized  # Add -> ReLU
-    assert "block1b_conv" in quantized  # feeds the Add, not an activation
-    assert not any("bn" in name for name in quantized)  # BatchNorms were folded
+    if batch_norm == "keep":  # Conv -> BN -> Add: the BatchNorm's result feeds the Add
+        assert "block1b_bn" in quantized and "block1b_conv" not in quantized
+    else:  # BatchNorms folded away: the Conv's result feeds the Add
+        assert "block1b_conv" in quantized and not any("bn" in name for name in quantized)
 
 
 def _pruned_in_fit(model, x, y):

@@ -22,8 +22,9 @@ import numpy as np
 
 from tfcompress._keras import layer_classes
 
-__all__ = ["BATCH_NORMS", "FOLDABLE", "NOT_FOLDABLE", "DEPTHWISE", "bn_scale_shift",
-           "fold_weights", "folds_on_last_axis"]
+__all__ = ["BATCH_NORM_MODES", "BATCH_NORMS", "FOLDABLE", "NOT_FOLDABLE", "DEPTHWISE",
+           "CONVERTER_FOLDS", "bn_scale_shift", "check_batch_norm", "fold_weights", "folds_into",
+           "folds_on_last_axis"]
 
 # SyncBatchNormalization is not a BatchNormalization subclass in every tf_keras version.
 BATCH_NORMS = tuple(layer_classes("BatchNormalization", "SyncBatchNormalization"))
@@ -31,12 +32,43 @@ DEPTHWISE = tuple(layer_classes("DepthwiseConv1D", "DepthwiseConv2D"))
 FOLDABLE = tuple(layer_classes("Conv1D", "Conv2D", "Conv3D", "Dense")) + DEPTHWISE
 NOT_FOLDABLE = tuple(layer_classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
                                    "SeparableConv1D", "SeparableConv2D"))
+# Producers whose following BatchNorm the TFLite converter folds into a per-channel quantized
+# kernel while keeping its grid (each output channel's grid scales with the channel).
+# Dense is not one: its weights are quantized per tensor, which a per-channel scale breaks.
+CONVERTER_FOLDS = tuple(layer_classes("Conv2D", "DepthwiseConv2D"))
+
+BATCH_NORM_MODES = ("keep", "fold")
+"""How QAT treats a BatchNorm that follows a Conv2D/DepthwiseConv2D: ``"keep"`` trains it
+(batch statistics, as in float training) and lets the TFLite converter fold it at export;
+``"fold"`` folds it into the kernel before QAT, freezing its statistics."""
+
+
+def check_batch_norm(value) -> str:
+    """Returns ``value`` if it is one of :data:`BATCH_NORM_MODES`.
+
+    Raises:
+      ValueError: for anything else.
+    """
+    if not isinstance(value, str) or value not in BATCH_NORM_MODES:
+        raise ValueError(f"`batch_norm` must be one of {BATCH_NORM_MODES}, got {value!r}.")
+    return value
 
 
 def folds_on_last_axis(bn, rank: int) -> bool:
     """True if the BatchNorm ``bn`` normalizes only the last axis of a rank-``rank`` input."""
     axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
     return [a % rank for a in axis] == [rank - 1]
+
+
+def folds_into(producer, bn, rank: int, producers=FOLDABLE) -> bool:
+    """True if the BatchNorm ``bn``, reading the rank-``rank`` output of ``producer``, can be
+    folded into it: ``producer`` is one of ``producers`` (and not a transposed or separable
+    conv), has a linear activation, and ``bn`` normalizes the last axis. Whether either
+    layer is shared or has other readers is the caller's graph to check."""
+    return (isinstance(bn, BATCH_NORMS) and isinstance(producer, producers)
+            and not isinstance(producer, NOT_FOLDABLE)
+            and getattr(getattr(producer, "activation", None), "__name__", None) == "linear"
+            and folds_on_last_axis(bn, rank))
 
 
 def bn_scale_shift(bn) -> Tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ makes of a tf_keras model, layer for layer:
 * each layer with a quantization rule (:data:`~tfcompress.quantization.LAYER_RULES`) that
   changes values is wrapped in a :class:`PACTQuantizeWrapper` named ``quant_{name}``:
   per-channel kernels, PACT on the result;
-* a layer whose only reader is an activation TFLite fuses into it (Conv -> ReLU,
-  Add -> ReLU) leaves its result float, so PACT clips the fused result once;
+* a layer whose only reader TFLite fuses into it (Conv -> ReLU, Add -> ReLU,
+  Conv2D -> BatchNorm) leaves its result float, so PACT clips the fused result once;
 * pass-through layers (pooling by max, Flatten, Reshape, Dropout …), excluded layers and
   (with ``skip_unsupported``) unsupported ones are copied unchanged.
 
@@ -32,6 +32,7 @@ from typing import Any, Dict, Iterable, Optional, Set, Tuple
 
 from tfcompress._keras import Node, graph_nodes, keras3, require_tensorflow_backend
 from tfcompress.quantization.configs import FIXED_RANGE_ACTIVATIONS, rule_for
+from tfcompress.quantization.folding import CONVERTER_FOLDS, folds_into
 from tfcompress.quantization.keras3_graph import Cloner, clone_layer, consumers_of, rebuild
 from tfcompress.quantization.keras3_layers import PACTActivation, PACTQuantizeWrapper, pact_range
 from tfcompress.quantization.prepare import prepare_for_qat
@@ -51,8 +52,9 @@ def _activation_name(layer) -> str:
 
 
 def _fused_producers(model, keep_float: Set[str]) -> Set[str]:
-    """Names of layers whose only reader is an activation TFLite fuses into them (and which
-    is itself quantized): their own result stays float, as in the tfmot path."""
+    """Names of layers whose only reader TFLite fuses into them (an activation, or a
+    BatchNorm after a Conv2D) and is itself quantized: their own result stays float, as in
+    the tfmot path."""
     readers = consumers_of(model)
     calls = collections.Counter(id(node.layer) for node in _all_nodes(model))
     fused = set()
@@ -60,8 +62,11 @@ def _fused_producers(model, keep_float: Set[str]) -> Set[str]:
         if node.is_input or calls[id(node.layer)] != 1 or len(node.outputs) != 1:
             continue
         out = readers[id(node.outputs[0])]
-        if len(out) == 1 and out[0] is not None and fuses_into_producer(out[0].layer) \
-                and out[0].layer.name not in keep_float:
+        if len(out) != 1 or out[0] is None or out[0].layer.name in keep_float:
+            continue
+        reader = out[0].layer
+        if fuses_into_producer(reader) or (calls[id(reader)] == 1 and folds_into(
+                node.layer, reader, len(node.outputs[0].shape), CONVERTER_FOLDS)):
             fused.add(node.layer.name)
     return fused
 
@@ -144,10 +149,11 @@ def _check_operations(model, skip_unsupported: bool) -> None:
 
 def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude: Iterable[str],
                           options: Dict[str, Any], skip_unsupported: bool = False,
-                          first_last_bits: Optional[int] = 8, weight_range: str = "max",
-                          output_range: str = "pact"):
+                          recipe: Tuple[Optional[int], str] = (8, "layer_inputs"),
+                          weight_range: str = "max", output_range: str = "pact",
+                          batch_norm: str = "keep"):
     """The Keras 3 half of :func:`tfcompress.quantization.quantize_model` (arguments already
-    validated there).
+    validated there; ``recipe`` is ``(first_last_bits, low_bit_activations)``).
 
     Returns:
       A new Keras 3 Functional model of :class:`PACTActivation`/:class:`PACTQuantizeWrapper`
@@ -155,12 +161,12 @@ def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude
     """
     require_tensorflow_backend("PACT quantization-aware training")
     _check_operations(model, skip_unsupported)
-    prepared = prepare_for_qat(model)
+    prepared = prepare_for_qat(model, batch_norm)
     keep_float = set(exclude) | {layer.name for layer in prepared.layers
                                  if rule_for(layer) is None}
     quantizer = _Quantizer(weight_bits, activation_bits, keep_float,
                            _fused_producers(prepared, keep_float), dict(options),
-                           layer_bits(prepared, weight_bits, activation_bits, first_last_bits),
+                           layer_bits(prepared, weight_bits, activation_bits, *recipe),
                            weight_range, tracked_outputs(prepared, output_range))
     return rebuild(prepared, quantizer, quantizer.on_input)
 

@@ -22,13 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from tfcompress._internals import history_layer, unsafe_deserialization
 from tfcompress._keras import Node, graph_nodes, is_sequential, keras3, require_graph_model
-from tfcompress.quantization.folding import (
-    BATCH_NORMS,
-    FOLDABLE,
-    NOT_FOLDABLE,
-    fold_weights,
-    folds_on_last_axis,
-)
+from tfcompress.quantization.folding import FOLDABLE, fold_weights, folds_into
 
 __all__ = ["rebuild", "clone_layer", "Cloner", "consumers_of", "fold_batch_norms",
            "split_separable_convs"]
@@ -122,34 +116,32 @@ def _calls(model) -> collections.Counter:
                                for node in nodes)
 
 
-def _fold_pairs(model) -> Dict[int, Any]:
+def _fold_pairs(model, producers) -> Dict[int, Any]:
     """``{id(producer): bn}`` for every BatchNorm that folds into the layer before it (the
     same conditions as the tf_keras pass)."""
     calls, readers, pairs = _calls(model), consumers_of(model), {}
     for nodes in graph_nodes(model).values():
         for node in nodes:
             bn = node.layer
-            if not isinstance(bn, BATCH_NORMS) or calls[id(bn)] != 1 or len(node.inputs) != 1:
+            if calls[id(bn)] != 1 or len(node.inputs) != 1:
                 continue
             tensor = node.inputs[0]
             producer = history_layer(tensor)
-            if (folds_on_last_axis(bn, len(tensor.shape)) and isinstance(producer, FOLDABLE)
-                    and not isinstance(producer, NOT_FOLDABLE) and calls[id(producer)] == 1
-                    and len(readers[id(tensor)]) == 1
-                    and getattr(producer.activation, "__name__", None) == "linear"):
+            if (folds_into(producer, bn, len(tensor.shape), producers)
+                    and calls[id(producer)] == 1 and len(readers[id(tensor)]) == 1):
                 pairs[id(producer)] = bn
     return pairs
 
 
-def fold_batch_norms(model):
+def fold_batch_norms(model, producers=FOLDABLE):
     """Keras 3 :func:`tfcompress.quantization.fold_batch_norms`: folds every BatchNorm that is
-    the only reader of a linear Conv/DepthwiseConv/Dense into it.
+    the only reader of a linear layer of ``producers`` (Conv/DepthwiseConv/Dense) into it.
 
     Returns:
       A new Functional model (exact in inference mode), or ``model`` if nothing folds.
     """
     require_graph_model(model)
-    pairs = _fold_pairs(model)
+    pairs = _fold_pairs(model, producers)
     if not pairs:
         return model
     folded_bns = {id(bn) for bn in pairs.values()}

@@ -6,11 +6,18 @@ quantized:
 
 * ``SeparableConv2D`` -> ``DepthwiseConv2D`` + 1x1 ``Conv2D`` (TFLite has no separable
   op; the tensor between the two gets its own quantization range).
-* ``Conv/DepthwiseConv/Dense -> BatchNormalization`` -> one layer with the BatchNorm folded
-  into its kernel and bias. The weight quantizer then quantizes the *folded* kernel, which
-  is what TFLite stores (tfmot issue #549: quantizing the unfolded kernel loses its meaning
-  once TFLite fuses the BatchNorm). BatchNorm statistics are frozen from then on, the usual
-  practice for QAT fine-tuning (Krishnamoorthi 2018, sec. 3.2).
+* ``Dense -> BatchNormalization`` (and, with ``batch_norm="fold"``, ``Conv/DepthwiseConv ->
+  BatchNormalization`` too) -> one layer with the BatchNorm folded into its kernel and bias.
+  The weight quantizer then quantizes the *folded* kernel, which is what TFLite stores
+  (tfmot issue #549), and the BatchNorm statistics are frozen from then on.
+
+A BatchNorm after a ``Conv2D``/``DepthwiseConv2D`` is kept by default (``batch_norm="keep"``):
+their kernels are quantized per output channel, and scaling a channel by the BatchNorm's
+factor scales its grid with it, so the quantized unfolded kernel folds into exactly the
+quantized folded one. The TFLite converter does that fold at export; during QAT the
+BatchNorm keeps training on batch statistics, as in float training. On the QAT benchmark
+(``benchmarks/qat.py``) keeping it is worth about half a point at 8 and 4 bits: folding
+first also costs the *float* model accuracy when it is fine-tuned.
 
 Both work on tf_keras models (by editing their configs) and on Keras 3 models (by replaying
 their graph, :mod:`tfcompress.quantization.keras3_graph`).
@@ -30,11 +37,11 @@ from tfcompress._internals import inbound_nodes
 from tfcompress._keras import flavour_of, keras, require_graph_model
 from tfcompress.quantization import keras3_graph
 from tfcompress.quantization.folding import (
-    BATCH_NORMS,
+    CONVERTER_FOLDS,
     FOLDABLE,
-    NOT_FOLDABLE,
+    check_batch_norm,
     fold_weights,
-    folds_on_last_axis,
+    folds_into,
 )
 
 L = keras.layers
@@ -96,25 +103,20 @@ def _rebuild(model: keras.Model, config: Dict[str, Any],
     return rebuilt
 
 
-def _foldable_pair(model, layer_config, consumers) -> Optional[Tuple[Any, Any]]:
+def _foldable_pair(model, layer_config, consumers, producers) -> Optional[Tuple[Any, Any]]:
     """Returns ``(producer, bn)`` if the BatchNorm in ``layer_config`` can be folded."""
-    bn = model.get_layer(layer_config["name"])
-    if not isinstance(bn, BATCH_NORMS) or len(inbound_nodes(bn)) != 1:
-        return None
-    if not folds_on_last_axis(bn, len(bn.input_shape)):
-        return None
     inbound = _inbound_names(layer_config)
     if len(inbound) != 1:
         return None
-    producer = model.get_layer(inbound[0])
-    if (not isinstance(producer, FOLDABLE) or isinstance(producer, NOT_FOLDABLE)
-            or len(inbound_nodes(producer)) != 1 or consumers.get(producer.name) != [bn.name]
-            or keras.activations.serialize(producer.activation) != "linear"):
+    bn, producer = model.get_layer(layer_config["name"]), model.get_layer(inbound[0])
+    if (len(inbound_nodes(bn)) != 1 or len(inbound_nodes(producer)) != 1
+            or consumers.get(producer.name) != [bn.name]
+            or not folds_into(producer, bn, len(producer.output_shape), producers)):
         return None
     return producer, bn
 
 
-def fold_batch_norms(model: keras.Model) -> keras.Model:
+def fold_batch_norms(model: keras.Model, producers: Tuple[type, ...] = FOLDABLE) -> keras.Model:
     """Folds every BatchNorm that directly follows a Conv/DepthwiseConv/Dense into it.
 
     A BatchNorm is folded when it is the only consumer of a linear-activation producer,
@@ -122,6 +124,8 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
 
     Args:
       model: a built Functional or Sequential model, tf_keras or Keras 3.
+      producers: the layer classes to fold into (default: every Conv, DepthwiseConv and
+        Dense class of both Kerases).
 
     Returns:
       A new Functional model of the same Keras (the input model is unchanged). It has the
@@ -135,14 +139,14 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
       ['InputLayer', 'Conv2D']
     """
     if _is_keras3(model):
-        return keras3_graph.fold_batch_norms(model)
+        return keras3_graph.fold_batch_norms(model, producers)
     model = _functional(require_graph_model(model))
     config = copy.deepcopy(model.get_config())
     consumers = _consumers(config)
     new_weights: Dict[str, List[np.ndarray]] = {}
     kept = []
     for layer_config in config["layers"]:
-        pair = _foldable_pair(model, layer_config, consumers)
+        pair = _foldable_pair(model, layer_config, consumers, producers)
         if pair is None:
             kept.append(layer_config)
             continue
@@ -216,15 +220,21 @@ def split_separable_convs(model: keras.Model) -> keras.Model:
     return _rebuild(model, config, new_weights)
 
 
-PREPARE_PASSES: Tuple[Callable[[keras.Model], keras.Model], ...] = (
-    split_separable_convs,
-    fold_batch_norms,
-)
-"""The rewrites :func:`prepare_for_qat` applies, in order."""
+def _fold_for(batch_norm: str) -> Callable[[keras.Model], keras.Model]:
+    if batch_norm == "fold":
+        return fold_batch_norms
+    kept = CONVERTER_FOLDS
+    return lambda model: fold_batch_norms(
+        model, tuple(t for t in FOLDABLE if not issubclass(t, kept)))
 
 
-def prepare_for_qat(model: keras.Model) -> keras.Model:
-    """Applies every pass of :data:`PREPARE_PASSES` and returns the rewritten model.
+def prepare_for_qat(model: keras.Model, batch_norm: str = "keep") -> keras.Model:
+    """Splits SeparableConvs, then folds the BatchNorms that ``batch_norm`` says to fold.
+
+    Args:
+      model: a built Functional or Sequential model, tf_keras or Keras 3.
+      batch_norm: ``"keep"`` folds only the BatchNorms that follow a Dense (or a Conv1D/3D);
+        ``"fold"`` folds those after Conv2D/DepthwiseConv2D too (see the module docstring).
 
     Example:
       >>> import tf_keras
@@ -232,8 +242,9 @@ def prepare_for_qat(model: keras.Model) -> keras.Model:
       ...     tf_keras.layers.SeparableConv2D(4, 3, input_shape=(8, 8, 2)),
       ...     tf_keras.layers.Conv2D(4, 1), tf_keras.layers.BatchNormalization()])
       >>> [type(l).__name__ for l in prepare_for_qat(model).layers]
+      ['InputLayer', 'DepthwiseConv2D', 'Conv2D', 'BatchNormalization']
+      >>> [type(l).__name__ for l in prepare_for_qat(model, batch_norm="fold").layers]
       ['InputLayer', 'DepthwiseConv2D', 'Conv2D', 'Conv2D']
     """
-    for rewrite in PREPARE_PASSES:
-        model = rewrite(model)
-    return model
+    fold = _fold_for(check_batch_norm(batch_norm))
+    return fold(split_separable_convs(model))

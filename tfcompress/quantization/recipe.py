@@ -32,7 +32,13 @@ from tfcompress._keras import graph_nodes
 from tfcompress.quantization.configs import rule_for
 from tfcompress.quantization.pact import validate_bits
 
-__all__ = ["OUTPUT_RANGES", "edge_layers", "layer_bits", "tracked_outputs"]
+__all__ = ["LOW_BIT_ACTIVATIONS", "OUTPUT_RANGES", "check_low_bit_activations", "edge_layers",
+           "layer_bits", "layer_inputs", "tracked_outputs"]
+
+LOW_BIT_ACTIVATIONS = ("layer_inputs", "all")
+"""Which activations take a ``quantize_model`` ``activation_bits`` below 8: the tensors
+weighted layers read (what a low-bit kernel consumes, and the tensors PaddleSlim's PACT
+quantizes), the rest keeping 8 bits, or every quantized tensor."""
 
 OUTPUT_RANGES = ("track", "pact")
 """How the model's outputs are ranged: ``"track"`` (running min/max, never clipped in
@@ -104,8 +110,40 @@ def tracked_outputs(model: Any, output_range: str = "pact") -> Set[str]:
     return _walk(order, outputs, _quantizes_result, forward=False)
 
 
+def check_low_bit_activations(value: Any) -> str:
+    """Returns ``value`` if it is one of :data:`LOW_BIT_ACTIVATIONS`.
+
+    Raises:
+      ValueError: for anything else.
+    """
+    if not isinstance(value, str) or value not in LOW_BIT_ACTIVATIONS:
+        raise ValueError(f"`low_bit_activations` must be one of {LOW_BIT_ACTIVATIONS}, got "
+                         f"{value!r}.")
+    return value
+
+
+def layer_inputs(model: Any) -> Set[str]:
+    """Names of the layers whose quantized results weighted layers (Conv, Dense …) read,
+    directly or through pass-through layers such as ``Flatten`` or ``MaxPooling2D``."""
+    order, _ = _graph(model)
+    read = {id(t) for node in order if not node.is_input and _weighted(node.layer)
+            for t in node.inputs}
+    return _walk(order, read, _quantizes_result, forward=False)
+
+
+def _wide_results(model: Any, low_bit_activations: str) -> Set[str]:
+    """Layers whose results keep 8 bits under ``low_bit_activations="layer_inputs"``."""
+    if low_bit_activations == "all":
+        return set()
+    order, _ = _graph(model)
+    results = {node.layer.name for node in order
+               if not node.is_input and _quantizes_result(node.layer)}
+    return results - layer_inputs(model)
+
+
 def layer_bits(model: Any, weight_bits: int, activation_bits: int,
-               first_last_bits: Optional[int] = 8) -> Tuple[Dict[str, Tuple[int, int]], int]:
+               first_last_bits: Optional[int] = 8, low_bit_activations: str = "layer_inputs"
+               ) -> Tuple[Dict[str, Tuple[int, int]], int]:
     """Per-layer ``(weight bits, activation bits)`` that differ from the model-wide ones,
     and the bit width of the model inputs.
 
@@ -114,18 +152,24 @@ def layer_bits(model: Any, weight_bits: int, activation_bits: int,
     last layers, the inputs of the last ones (the results of the layers feeding them) and
     their outputs. ``None`` changes nothing.
 
+    With ``low_bit_activations="layer_inputs"`` only the tensors that weighted layers read
+    (:func:`layer_inputs`) take ``activation_bits``; the others (residual-add operands,
+    logits …) keep 8 bits. ``"all"``: every quantized tensor takes ``activation_bits``.
+
     Raises:
-      ValueError: for ``first_last_bits`` outside 2-8.
+      ValueError: for ``first_last_bits`` outside 2-8 or an unknown ``low_bit_activations``.
     """
-    if first_last_bits is None:
-        return {}, activation_bits
-    edge = validate_bits(first_last_bits, "first_last_bits")
-    first, last, feeding = edge_layers(model)
+    check_low_bit_activations(low_bit_activations)
+    edge = None if first_last_bits is None else validate_bits(first_last_bits, "first_last_bits")
+    first, last, feeding = edge_layers(model) if edge is not None else (set(), set(), set())
     wide_weights, wide_results = first | last, last | feeding
+    eight = _wide_results(model, low_bit_activations) if activation_bits < 8 else set()
     bits = {}
-    for name in sorted(wide_weights | wide_results):
+    for name in sorted(wide_weights | wide_results | eight):
         wanted = (max(edge, weight_bits) if name in wide_weights else weight_bits,
                   max(edge, activation_bits) if name in wide_results else activation_bits)
+        if name in eight:
+            wanted = (wanted[0], 8)
         if wanted != (weight_bits, activation_bits):
             bits[name] = wanted
-    return bits, max(edge, activation_bits)
+    return bits, activation_bits if edge is None else max(edge, activation_bits)

@@ -5,9 +5,9 @@ things:
 
 * its **layout transform**, run once on the unwrapped model: ours (a) gives every annotated
   layer without an explicit config the PACT config of its family, (b) stops quantizing the
-  output of a layer whose only consumer is an activation TFLite fuses into it (Conv -> ReLU,
-  Add -> ReLU), so PACT clips the fused result, and (c) quantizes each model input with a
-  PACT ``QuantizeLayer``;
+  output of a layer whose only consumer TFLite fuses into it (Conv -> ReLU, Add -> ReLU,
+  Conv2D -> BatchNorm), so PACT clips the fused result, and (c) quantizes each model input
+  with a PACT ``QuantizeLayer``;
 * its **registry**, for any layer the transform left without a config.
 """
 
@@ -20,6 +20,7 @@ import tensorflow_model_optimization as tfmot
 from tfcompress._internals import inbound_nodes, outbound_layers, tfmot_private
 from tfcompress._keras import keras, layer_classes
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for
+from tfcompress.quantization.folding import CONVERTER_FOLDS, folds_into
 from tfcompress.quantization.pact import PACTQuantizer
 
 L = keras.layers
@@ -124,7 +125,10 @@ class PACTLayoutTransform(_Q.QuantizeLayoutTransform):
         if any(layer.output is out for out in model.outputs):
             return False
         consumer = consumers[0]
-        return fuses_into_producer(consumer) and consumer.name in layer_quantize_map
+        fused = fuses_into_producer(consumer) or (
+            len(inbound_nodes(consumer)) == 1
+            and folds_into(layer, consumer, len(consumer.input_shape), CONVERTER_FOLDS))
+        return fused and consumer.name in layer_quantize_map
 
 
 class PACTQuantizeScheme(_Q.QuantizeScheme):
