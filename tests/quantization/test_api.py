@@ -294,11 +294,30 @@ def test_first_and_last_layers_keep_their_bits_at_low_bit_widths(flavour, first_
                          first_last_bits=first_last_bits)
     found, inputs = _bits(qat, flavour)
     edge = first_last_bits or 0
-    assert found[conv] == (max(edge, 4), 3)  # its output (the ReLU's input) stays at 3
-    assert found[dense] == (max(edge, 4), max(edge, 3))
-    assert found[depthwise] == (4, 3) and inputs == [max(edge, 3)]
+    # The conv's result is fused (Conv -> BN -> ReLU): no range of its own, only weights.
+    assert found[conv][0] == max(edge, 4) and conv not in clip_ranges(qat)
+    assert found[dense] == (max(edge, 4), 8)  # logits: no layer reads them (see below)
+    assert found[depthwise] == (4, 8) and inputs == [max(edge, 3)]  # it feeds the Add only
     assert found[pool] == (4, max(edge, 3))  # the dense layer's input
     assert _bits(quantize_model(model, 8, 8, first_last_bits=first_last_bits), flavour)[1] == [8]
+
+
+@pytest.mark.parametrize("low_bit_activations", ["layer_inputs", "all"])
+def test_low_activation_bits_go_to_what_weighted_layers_read(flavour, low_bit_activations):
+    """Worked out on the graph by hand: the ReLU's result is read by the depthwise conv (low
+    bits); the depthwise result is only an operand of the Add, and the Add's only reader is
+    average pooling, whose result the Dense reads (low bits)."""
+    model = _tiny_model(flavour)  # input -> conv -> BN -> ReLU -> depthwise, add -> GAP -> dense
+    relu, depthwise, add, pool = (model.layers[i].name for i in (3, 4, 5, 6))
+    qat = quantize_model(model, activation_bits=3, weight_bits=4, first_last_bits=None,
+                         low_bit_activations=low_bit_activations)
+    found, _ = _bits(qat, flavour)
+    wide = 8 if low_bit_activations == "layer_inputs" else 3
+    assert found[relu] == (4, 3) and found[pool] == (4, 3)
+    assert found[depthwise] == (4, wide) and found[add] == (4, wide)
+    assert found[model.layers[-1].name] == (4, wide)  # the logits
+    with pytest.raises(ValueError, match="low_bit_activations"):
+        quantize_model(model, 3, 3, low_bit_activations="weights")
 
 
 def _tiny_model(flavour=TF_KERAS):

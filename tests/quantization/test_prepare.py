@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tfcompress.quantization import fold_batch_norms, split_separable_convs
+from tfcompress.quantization import fold_batch_norms, prepare_for_qat, split_separable_convs
 
 
 def _randomize_batch_norms(model, seed=0):
@@ -42,6 +42,26 @@ def test_fold_is_exact_and_removes_the_batch_norm(kind, flavour):
     assert type(folded) is type(model) and not any(_is_bn(layer) for layer in folded.layers)
     data = np.random.default_rng(1).normal(size=(4,) + model.input_shape[1:]).astype(np.float32)
     np.testing.assert_allclose(folded(data), model(data), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_norm", ["keep", "fold"])
+def test_prepare_keeps_the_batch_norms_the_converter_folds(flavour, batch_norm):
+    """``keep``: BatchNorms after Conv2D/DepthwiseConv2D stay (per-channel kernels, which the
+    converter folds exactly); the one after the Dense (per-tensor kernel) is folded. Both
+    rewrites compute what the model computes."""
+    keras, L = flavour.module, flavour.module.layers
+    inputs = keras.Input((8, 8, 3))
+    x = L.ReLU()(L.BatchNormalization(name="bn_conv")(L.Conv2D(4, 3, name="conv")(inputs)))
+    x = L.BatchNormalization(name="bn_dw")(L.DepthwiseConv2D(3, name="dw")(x))
+    x = L.Dense(5, name="dense")(L.Flatten()(x))
+    model = _randomize_batch_norms(keras.Model(inputs, L.BatchNormalization(name="bn_fc")(x)))
+    prepared = prepare_for_qat(model, batch_norm=batch_norm)
+    kept = {layer.name for layer in prepared.layers if _is_bn(layer)}
+    assert kept == ({"bn_conv", "bn_dw"} if batch_norm == "keep" else set())
+    data = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(prepared(data), model(data), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="batch_norm"):
+        prepare_for_qat(model, batch_norm="train")
 
 
 def test_batch_norm_after_a_shared_output_is_kept(flavour):
