@@ -81,8 +81,8 @@ def variants():
         rows[f"PACT {bits}/{bits}"] = Row(pact(bits), "int8")
         for option, value in ABLATIONS:
             if bits in ABLATION_WIDTHS[option]:
-                rows[f"PACT {bits}/{bits}, {option}={value}"] = Row(
-                    pact(bits, **{option: value.strip('"')}), "int8")
+                rows[f"PACT {bits}/{bits}, {option}={_shown(value)}"] = Row(
+                    pact(bits, **{option: value}), "int8")
         rows[f"PACT {bits}/{bits} + distillation"] = Row(pact(bits), "int8", distill=True)
     return rows
 
@@ -90,12 +90,17 @@ def variants():
 # (option, value other than the default), and the widths where each row is run: every
 # width for batch_norm, below 8 bits (where they change something) for the others, and for
 # weight_range only 3 and 2 bits (where a ternary/7-level grid makes the choice matter).
-ABLATIONS = (("batch_norm", '"fold"'), ("first_last_bits", "None"),
-             ("low_bit_activations", '"all"'), ("weight_range", '"mse"'))
+ABLATIONS = (("batch_norm", "fold"), ("first_last_bits", None),
+             ("low_bit_activations", "all"), ("weight_range", "mse"))
 ABLATION_WIDTHS = {"batch_norm": (8, 4, 3, 2), "first_last_bits": (4, 3, 2),
                    "low_bit_activations": (4, 3, 2), "weight_range": (3, 2)}
-DEFAULTS = {"batch_norm": '"keep"', "first_last_bits": "8",
-            "low_bit_activations": '"layer_inputs"', "weight_range": '"max"'}
+DEFAULTS = {"batch_norm": "keep", "first_last_bits": 8, "low_bit_activations": "layer_inputs",
+            "weight_range": "max"}
+
+
+def _shown(value) -> str:
+    """An option value as Python source: ``"fold"``, ``None``."""
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 class Row:
@@ -146,9 +151,9 @@ def run_seed(args, data, seed, rows=None):
     return result
 
 
-def _stats(values) -> str:
+def _stats(values, sign: str = "") -> str:
     values = 100 * np.asarray(values)
-    return f"{values.mean():.2f} ± {values.std():.2f}"
+    return f"{values.mean():{sign}.2f} ± {values.std():.2f}"
 
 
 def markdown(results, args, minutes) -> str:
@@ -158,7 +163,7 @@ def markdown(results, args, minutes) -> str:
             "|---|---|---|"]
     for name in names:
         acc = np.array([r[name] for r in results])
-        diff = "-" if name == CONTROL else _stats(acc - control)
+        diff = "-" if name == CONTROL else _stats(acc - control, "+")
         rows.append(f"| {name} | {_stats(acc)} | {diff} |")
     return "\n".join([
         "## QAT vs post-training quantization on a harder split (`benchmarks/qat.py`)",
@@ -195,11 +200,11 @@ def verdicts(results):
     for option, ablation in ABLATIONS:
         deltas = []
         for bits in (8, 4, 3, 2):
-            off = mean.get(f"PACT {bits}/{bits}, {option}={ablation}")
+            off = mean.get(f"PACT {bits}/{bits}, {option}={_shown(ablation)}")
             if off is not None:
                 on = mean[f"PACT {bits}/{bits}"]
                 deltas.append(f"{bits}/{bits}: {on:.2f} vs {off:.2f} ({on - off:+.2f})")
-        lines.append(f"- `{option}={DEFAULTS[option]}` (default) vs `{ablation}`: "
+        lines.append(f"- `{option}={_shown(DEFAULTS[option])}` (default) vs `{_shown(ablation)}`: "
                      + "; ".join(deltas))
     lines.append("- Distillation (option) vs without: " + "; ".join(
         f"{b}/{b}: {mean[f'PACT {b}/{b} + distillation']:.2f} vs {mean[f'PACT {b}/{b}']:.2f} "
@@ -207,7 +212,7 @@ def verdicts(results):
         for b in (8, 4, 3, 2)))
     folded = mean["float control, BatchNorm folded first"]
     pact_folded = mean['PACT 8/8, batch_norm="fold"']
-    lines.append(f"- Folding the BatchNorms before fine-tuning costs the float model "
+    lines.append(f"- Folding the BatchNorms before fine-tuning, float model vs the control: "
                  f"{folded - control:+.2f}; tfmot 8/8 (BatchNorm kept): "
                  f"{mean['tfmot 8/8'] - control:+.2f}; PACT 8/8 with `batch_norm=\"fold\"`: "
                  f"{pact_folded - control:+.2f}, with the default `\"keep\"`: "

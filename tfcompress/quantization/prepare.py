@@ -6,8 +6,9 @@ quantized:
 
 * ``SeparableConv2D`` -> ``DepthwiseConv2D`` + 1x1 ``Conv2D`` (TFLite has no separable
   op; the tensor between the two gets its own quantization range).
-* ``Dense -> BatchNormalization`` (and, with ``batch_norm="fold"``, ``Conv/DepthwiseConv ->
-  BatchNormalization`` too) -> one layer with the BatchNorm folded into its kernel and bias.
+* ``Dense -> BatchNormalization`` (also after Conv1D/3D and DepthwiseConv1D, and with
+  ``batch_norm="fold"`` after Conv2D/DepthwiseConv2D too) -> one layer with the BatchNorm
+  folded into its kernel and bias.
   The weight quantizer then quantizes the *folded* kernel, which is what TFLite stores
   (tfmot issue #549), and the BatchNorm statistics are frozen from then on.
 
@@ -19,17 +20,16 @@ BatchNorm keeps training on batch statistics, as in float training. On the QAT b
 (``benchmarks/qat.py``) keeping it is worth about half a point at 8 and 4 bits: folding
 first also costs the *float* model accuracy when it is fine-tuned.
 
-Both work on tf_keras models (by editing their configs) and on Keras 3 models (by replaying
-their graph, :mod:`tfcompress.quantization.keras3_graph`).
-
-Both rewrites are exact in inference mode: the prepared model computes what the original
-computes (up to float rounding).
+Both rewrites work on tf_keras models (by editing their configs) and on Keras 3 models (by
+replaying their graph, :mod:`tfcompress.quantization.keras3_graph`), and both are exact in
+inference mode: the prepared model computes what the original computes (up to float
+rounding).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -220,21 +220,14 @@ def split_separable_convs(model: keras.Model) -> keras.Model:
     return _rebuild(model, config, new_weights)
 
 
-def _fold_for(batch_norm: str) -> Callable[[keras.Model], keras.Model]:
-    if batch_norm == "fold":
-        return fold_batch_norms
-    kept = CONVERTER_FOLDS
-    return lambda model: fold_batch_norms(
-        model, tuple(t for t in FOLDABLE if not issubclass(t, kept)))
-
-
 def prepare_for_qat(model: keras.Model, batch_norm: str = "keep") -> keras.Model:
     """Splits SeparableConvs, then folds the BatchNorms that ``batch_norm`` says to fold.
 
     Args:
       model: a built Functional or Sequential model, tf_keras or Keras 3.
-      batch_norm: ``"keep"`` folds only the BatchNorms that follow a Dense (or a Conv1D/3D);
-        ``"fold"`` folds those after Conv2D/DepthwiseConv2D too (see the module docstring).
+      batch_norm: ``"keep"`` folds only the BatchNorms that follow a Dense (or a Conv1D/3D,
+        DepthwiseConv1D); ``"fold"`` folds those after Conv2D/DepthwiseConv2D too (see the
+        module docstring).
 
     Example:
       >>> import tf_keras
@@ -242,9 +235,10 @@ def prepare_for_qat(model: keras.Model, batch_norm: str = "keep") -> keras.Model
       ...     tf_keras.layers.SeparableConv2D(4, 3, input_shape=(8, 8, 2)),
       ...     tf_keras.layers.Conv2D(4, 1), tf_keras.layers.BatchNormalization()])
       >>> [type(l).__name__ for l in prepare_for_qat(model).layers]
-      ['InputLayer', 'DepthwiseConv2D', 'Conv2D', 'BatchNormalization']
+      ['InputLayer', 'DepthwiseConv2D', 'Conv2D', 'Conv2D', 'BatchNormalization']
       >>> [type(l).__name__ for l in prepare_for_qat(model, batch_norm="fold").layers]
       ['InputLayer', 'DepthwiseConv2D', 'Conv2D', 'Conv2D']
     """
-    fold = _fold_for(check_batch_norm(batch_norm))
-    return fold(split_separable_convs(model))
+    producers = FOLDABLE if check_batch_norm(batch_norm) == "fold" else tuple(
+        t for t in FOLDABLE if not issubclass(t, CONVERTER_FOLDS))
+    return fold_batch_norms(split_separable_convs(model), producers)

@@ -7,9 +7,17 @@ input channels, so little redundancy), and the inputs, weights and output of the
 (the features the classifier reads, and the logits). They hold a tiny share of the weights
 and of the compute, and quantizing them below 8 bits costs a large share of the accuracy
 that low-bit models lose (the benchmark's ablation row: ``benchmarks/qat.py``).
+Inside the model, low activation bits go only to the tensors that weighted layers read
+(:func:`layer_inputs`): what a low-bit kernel would consume, and the tensors PaddleSlim's
+PACT quantizes (the inputs of conv and matmul ops). Residual-add operands, concatenation
+results that no layer reads and the logits keep 8 bits: TFLite runs every tensor in int8
+whatever its training width, so clipping them to 2-4 bits only loses accuracy (the
+``low_bit_activations`` ablation rows of ``benchmarks/qat.py``).
+
 :func:`layer_bits` returns these per-layer bit widths for
-:func:`~tfcompress.quantization.quantize_model`'s ``first_last_bits`` option; both
-front-ends (tfmot configs for tf_keras, :class:`PACTQuantizeWrapper` for Keras 3) read it.
+:func:`~tfcompress.quantization.quantize_model`'s ``first_last_bits`` and
+``low_bit_activations`` options; both front-ends (tfmot configs for tf_keras,
+:class:`PACTQuantizeWrapper` for Keras 3) read it.
 
 Example:
   >>> import keras
@@ -18,8 +26,10 @@ Example:
   >>> x = keras.layers.ReLU(name="relu")(keras.layers.Conv2D(4, 3, name="body")(x))
   >>> outputs = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x))
   >>> bits, input_bits = layer_bits(keras.Model(inputs, outputs), 4, 4, first_last_bits=8)
-  >>> bits, input_bits  # "relu" feeds the head (through Flatten): its result keeps 8 bits
-  ({'head': (8, 8), 'relu': (4, 8), 'stem': (8, 4)}, 8)
+  >>> bits["stem"], bits["relu"], bits["head"], input_bits  # "relu" feeds the head: 8 bits
+  ((8, 4), (4, 8), (8, 8), 8)
+  >>> sorted(layer_inputs(keras.Model(inputs, outputs)))  # what weighted layers read
+  ['relu', 'stem']
   >>> tracked_outputs(keras.Model(inputs, outputs), "track")  # logits then never clipped
   {'head'}
 """
