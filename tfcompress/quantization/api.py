@@ -123,8 +123,8 @@ def quantize_model(
         (see :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
       output_range: ``"pact"`` clips the model's outputs (the logits) on a learned range
         like every other tensor; ``"track"`` ranges them by the running min/max of the
-        training batches instead (``track_range=True``), never clipping them (no
-        measurable accuracy change on the QAT benchmark, hence not the default).
+        training batches instead (``track_range=True``), never clipping them (not the
+        default: no gain in an exploratory 4-seed run of ``benchmarks/qat.py``).
       batch_norm: ``"keep"`` trains a BatchNorm that follows a Conv2D/DepthwiseConv2D on
         batch statistics, as float training does, and the TFLite converter folds it at
         export (exact: per-channel kernel grids scale with the fold); ``"fold"`` folds it

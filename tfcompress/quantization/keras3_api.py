@@ -32,12 +32,11 @@ from typing import Any, Dict, Iterable, Optional, Set, Tuple
 
 from tfcompress._keras import Node, graph_nodes, keras3, require_tensorflow_backend
 from tfcompress.quantization.configs import FIXED_RANGE_ACTIVATIONS, rule_for
-from tfcompress.quantization.folding import CONVERTER_FOLDS, folds_into
 from tfcompress.quantization.keras3_graph import Cloner, clone_layer, consumers_of, rebuild
 from tfcompress.quantization.keras3_layers import PACTActivation, PACTQuantizeWrapper, pact_range
 from tfcompress.quantization.prepare import prepare_for_qat
 from tfcompress.quantization.recipe import layer_bits, tracked_outputs
-from tfcompress.quantization.scheme import fuses_into_producer
+from tfcompress.quantization.scheme import fuses
 
 __all__ = ["quantize_keras3_model", "clip_ranges_keras3", "CUSTOM_OBJECTS"]
 
@@ -64,9 +63,7 @@ def _fused_producers(model, keep_float: Set[str]) -> Set[str]:
         out = readers[id(node.outputs[0])]
         if len(out) != 1 or out[0] is None or out[0].layer.name in keep_float:
             continue
-        reader = out[0].layer
-        if fuses_into_producer(reader) or (calls[id(reader)] == 1 and folds_into(
-                node.layer, reader, len(node.outputs[0].shape), CONVERTER_FOLDS)):
+        if fuses(node.layer, out[0].layer, len(node.outputs[0].shape)):
             fused.add(node.layer.name)
     return fused
 

@@ -53,6 +53,14 @@ def fuses_into_producer(layer) -> bool:
     return False
 
 
+def fuses(producer, reader, rank: int) -> bool:
+    """True if TFLite fuses ``reader`` (the only reader of ``producer``'s rank-``rank``
+    output) into ``producer``: an activation (:func:`fuses_into_producer`), or a BatchNorm
+    the converter folds into a Conv2D/DepthwiseConv2D (``batch_norm="keep"``). The
+    producer's own result is then never quantized; the fused result is."""
+    return fuses_into_producer(reader) or folds_into(producer, reader, rank, CONVERTER_FOLDS)
+
+
 class PACTQuantizeRegistry(_Q.QuantizeRegistry):
     """Gives every layer family of :data:`~tfcompress.quantization.configs.LAYER_RULES` a
     :class:`PACTQuantizeConfig` with the scheme's bits and PACT options.
@@ -125,10 +133,8 @@ class PACTLayoutTransform(_Q.QuantizeLayoutTransform):
         if any(layer.output is out for out in model.outputs):
             return False
         consumer = consumers[0]
-        fused = fuses_into_producer(consumer) or (
-            len(inbound_nodes(consumer)) == 1
-            and folds_into(layer, consumer, len(consumer.input_shape), CONVERTER_FOLDS))
-        return fused and consumer.name in layer_quantize_map
+        return consumer.name in layer_quantize_map and fuses(layer, consumer,
+                                                             len(layer.output_shape))
 
 
 class PACTQuantizeScheme(_Q.QuantizeScheme):
