@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import gc
 import multiprocessing
 import os
 import pathlib
@@ -148,6 +149,8 @@ def run_seed(args, data, seed, rows=None):
                 result[ptq] = litert_accuracy(model, xt, yt, folder, "int8", x[:CALIBRATION])
                 print(f"  seed {seed} {ptq}: {result[ptq]:.4f}", flush=True)
             print(f"  seed {seed} {name}: {result[name]:.4f}", flush=True)
+            del model
+            gc.collect()  # 26 models and their traced functions per seed otherwise pile up
     return result
 
 
@@ -233,9 +236,10 @@ def main(argv=None):
     started = time.perf_counter()
     if args.jobs == 1:
         results = [run_seed(args, args.data, seed) for seed in range(args.seeds)]
-    else:  # seeds in parallel processes; each seed's result is the same as in one process
+    else:  # seeds in parallel processes, a fresh one per seed (its memory freed after it)
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context,
+                                                    max_tasks_per_child=1) as pool:
             results = list(pool.map(run_seed, [args] * args.seeds, [args.data] * args.seeds,
                                     range(args.seeds)))
     text = markdown(results, args, (time.perf_counter() - started) / 60)
