@@ -128,8 +128,8 @@ def quantize_model(
       batch_norm: ``"keep"`` trains a BatchNorm that follows a Conv2D/DepthwiseConv2D on
         batch statistics, as float training does, and the TFLite converter folds it at
         export (exact: per-channel kernel grids scale with the fold); ``"fold"`` folds it
-        into the kernel first and freezes its statistics (about half a point lower at 8
-        and 4 bits on the QAT benchmark).
+        into the kernel first and freezes its statistics (0.5 points lower at 8 bits and
+        1.1 at 4 bits on ``benchmarks/qat.py``).
       low_bit_activations: below 8 activation bits, ``"layer_inputs"`` gives them only to
         the tensors that weighted layers (Conv, Dense …) read, what a low-bit kernel
         consumes; residual-add operands and other results keep 8 bits, as TFLite runs every
