@@ -135,20 +135,21 @@ def check_low_bit_activations(value: Any) -> str:
 def layer_inputs(model: Any) -> Set[str]:
     """Names of the layers whose quantized results weighted layers (Conv, Dense …) read,
     directly or through pass-through layers such as ``Flatten`` or ``MaxPooling2D``."""
-    order, _ = _graph(model)
+    return _layer_inputs(_graph(model)[0])
+
+
+def _layer_inputs(order) -> Set[str]:
     read = {id(t) for node in order if not node.is_input and _weighted(node.layer)
             for t in node.inputs}
     return _walk(order, read, _quantizes_result, forward=False)
 
 
-def _wide_results(model: Any, low_bit_activations: str) -> Set[str]:
-    """Layers whose results keep 8 bits under ``low_bit_activations="layer_inputs"``."""
-    if low_bit_activations == "all":
-        return set()
+def _unread_results(model: Any) -> Set[str]:
+    """Layers with a quantized result that no weighted layer reads (:func:`layer_inputs`)."""
     order, _ = _graph(model)
     results = {node.layer.name for node in order
                if not node.is_input and _quantizes_result(node.layer)}
-    return results - layer_inputs(model)
+    return results - _layer_inputs(order)
 
 
 def layer_bits(model: Any, weight_bits: int, activation_bits: int,
@@ -170,16 +171,16 @@ def layer_bits(model: Any, weight_bits: int, activation_bits: int,
       ValueError: for ``first_last_bits`` outside 2-8 or an unknown ``low_bit_activations``.
     """
     check_low_bit_activations(low_bit_activations)
-    edge = None if first_last_bits is None else validate_bits(first_last_bits, "first_last_bits")
-    first, last, feeding = edge_layers(model) if edge is not None else (set(), set(), set())
+    edge = 0 if first_last_bits is None else validate_bits(first_last_bits, "first_last_bits")
+    first, last, feeding = edge_layers(model) if edge else (set(), set(), set())
     wide_weights, wide_results = first | last, last | feeding
-    eight = _wide_results(model, low_bit_activations) if activation_bits < 8 else set()
+    eight = _unread_results(model) if (
+        activation_bits < 8 and low_bit_activations == "layer_inputs") else set()
     bits = {}
     for name in sorted(wide_weights | wide_results | eight):
         wanted = (max(edge, weight_bits) if name in wide_weights else weight_bits,
+                  8 if name in eight else
                   max(edge, activation_bits) if name in wide_results else activation_bits)
-        if name in eight:
-            wanted = (wanted[0], 8)
         if wanted != (weight_bits, activation_bits):
             bits[name] = wanted
-    return bits, activation_bits if edge is None else max(edge, activation_bits)
+    return bits, max(edge, activation_bits)
