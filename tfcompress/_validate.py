@@ -23,9 +23,25 @@ from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional
 from tfcompress._keras import TF_KERAS, flavour_of, is_model
 
 __all__ = [
-    "check_ratio", "check_number", "check_int", "check_names", "check_ratio_map", "float16_layers",
-    "require_float32",
+    "check_choice", "check_ratio", "check_number", "check_int", "check_names", "check_ratio_map",
+    "float16_layers", "require_float32",
 ]
+
+
+def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
+    """Returns ``value`` if it is one of the strings ``choices``.
+
+    Raises:
+      ValueError: for anything else, naming the argument and its choices.
+
+    Example:
+      >>> check_choice("fold", "batch_norm", ("keep", "fold"))
+      'fold'
+    """
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
 
 
 def check_ratio(value: Any, name: str, allow_one: bool = False) -> float:

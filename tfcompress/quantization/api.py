@@ -10,13 +10,13 @@ import tensorflow_model_optimization as tfmot
 
 from tfcompress._internals import tfmot_private
 from tfcompress._keras import flavour_of, keras, keras3, require_graph_model
-from tfcompress._validate import check_names, require_float32
+from tfcompress._validate import check_choice, check_names, require_float32
 from tfcompress.quantization import keras3_api, serialization
 from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for, supported_types
-from tfcompress.quantization.folding import check_batch_norm
+from tfcompress.quantization.folding import BATCH_NORM_MODES
 from tfcompress.quantization.pact import PACTQuantizer
 from tfcompress.quantization.prepare import prepare_for_qat
-from tfcompress.quantization.recipe import check_low_bit_activations, layer_bits, tracked_outputs
+from tfcompress.quantization.recipe import LOW_BIT_ACTIVATIONS, layer_bits, tracked_outputs
 from tfcompress.quantization.scheme import PACTQuantizeScheme
 from tfcompress.quantization.weights import ChannelWeightQuantizer
 
@@ -177,8 +177,8 @@ def quantize_model(
     config = PACTQuantizeConfig(weight_bits, activation_bits, weight_range=weight_range,
                                 **pact_options)
     exclude = _check_exclusions(model, exclude, skip_unsupported)
-    check_batch_norm(batch_norm)
-    check_low_bit_activations(low_bit_activations)
+    check_choice(batch_norm, "batch_norm", BATCH_NORM_MODES)
+    check_choice(low_bit_activations, "low_bit_activations", LOW_BIT_ACTIVATIONS)
     if _is_keras3(model):
         return keras3_api.quantize_keras3_model(model, activation_bits, weight_bits, exclude,
                                                 pact_options, skip_unsupported,

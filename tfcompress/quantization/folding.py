@@ -23,8 +23,7 @@ import numpy as np
 from tfcompress._keras import layer_classes
 
 __all__ = ["BATCH_NORM_MODES", "BATCH_NORMS", "FOLDABLE", "NOT_FOLDABLE", "DEPTHWISE",
-           "CONVERTER_FOLDS", "bn_scale_shift", "check_batch_norm", "fold_weights", "folds_into",
-           "folds_on_last_axis"]
+           "CONVERTER_FOLDS", "bn_scale_shift", "fold_weights", "folds_into", "folds_on_last_axis"]
 
 # SyncBatchNormalization is not a BatchNormalization subclass in every tf_keras version.
 BATCH_NORMS = tuple(layer_classes("BatchNormalization", "SyncBatchNormalization"))
@@ -41,17 +40,6 @@ BATCH_NORM_MODES = ("keep", "fold")
 """How QAT treats a BatchNorm that follows a Conv2D/DepthwiseConv2D: ``"keep"`` trains it
 (batch statistics, as in float training) and lets the TFLite converter fold it at export;
 ``"fold"`` folds it into the kernel before QAT, freezing its statistics."""
-
-
-def check_batch_norm(value) -> str:
-    """Returns ``value`` if it is one of :data:`BATCH_NORM_MODES`.
-
-    Raises:
-      ValueError: for anything else.
-    """
-    if not isinstance(value, str) or value not in BATCH_NORM_MODES:
-        raise ValueError(f"`batch_norm` must be one of {BATCH_NORM_MODES}, got {value!r}.")
-    return value
 
 
 def folds_on_last_axis(bn, rank: int) -> bool:

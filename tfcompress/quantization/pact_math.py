@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
+from tfcompress._validate import check_choice
 from tfcompress.quantization.tflite_mode import exporting
 
 MODES = ("asymmetric", "symmetric", "relu")
@@ -181,9 +182,7 @@ def check_weight_range(value: Any) -> str:
     Raises:
       ValueError: for anything else.
     """
-    if not isinstance(value, str) or value not in WEIGHT_RANGES:
-        raise ValueError(f"`weight_range` must be one of {WEIGHT_RANGES}, got {value!r}.")
-    return value
+    return check_choice(value, "weight_range", WEIGHT_RANGES)
 
 
 def weight_range(x, num_bits: int, axes, method: str = "max") -> tf.Tensor:

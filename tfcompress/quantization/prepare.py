@@ -35,11 +35,12 @@ import numpy as np
 
 from tfcompress._internals import inbound_nodes
 from tfcompress._keras import flavour_of, keras, require_graph_model
+from tfcompress._validate import check_choice
 from tfcompress.quantization import keras3_graph
 from tfcompress.quantization.folding import (
+    BATCH_NORM_MODES,
     CONVERTER_FOLDS,
     FOLDABLE,
-    check_batch_norm,
     fold_weights,
     folds_into,
 )
@@ -239,6 +240,7 @@ def prepare_for_qat(model: keras.Model, batch_norm: str = "keep") -> keras.Model
       >>> [type(l).__name__ for l in prepare_for_qat(model, batch_norm="fold").layers]
       ['InputLayer', 'DepthwiseConv2D', 'Conv2D', 'Conv2D']
     """
-    producers = FOLDABLE if check_batch_norm(batch_norm) == "fold" else tuple(
+    fold = check_choice(batch_norm, "batch_norm", BATCH_NORM_MODES) == "fold"
+    producers = FOLDABLE if fold else tuple(
         t for t in FOLDABLE if not issubclass(t, CONVERTER_FOLDS))
     return fold_batch_norms(split_separable_convs(model), producers)

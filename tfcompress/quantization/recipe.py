@@ -39,11 +39,12 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from tfcompress._keras import graph_nodes
+from tfcompress._validate import check_choice
 from tfcompress.quantization.configs import rule_for
 from tfcompress.quantization.pact import validate_bits
 
-__all__ = ["LOW_BIT_ACTIVATIONS", "OUTPUT_RANGES", "check_low_bit_activations", "edge_layers",
-           "layer_bits", "layer_inputs", "tracked_outputs"]
+__all__ = ["LOW_BIT_ACTIVATIONS", "OUTPUT_RANGES", "edge_layers", "layer_bits", "layer_inputs",
+           "tracked_outputs"]
 
 LOW_BIT_ACTIVATIONS = ("layer_inputs", "all")
 """Which activations take a ``quantize_model`` ``activation_bits`` below 8: the tensors
@@ -112,24 +113,10 @@ def tracked_outputs(model: Any, output_range: str = "pact") -> Set[str]:
     Raises:
       ValueError: for an unknown ``output_range``.
     """
-    if not isinstance(output_range, str) or output_range not in OUTPUT_RANGES:
-        raise ValueError(f"`output_range` must be one of {OUTPUT_RANGES}, got {output_range!r}.")
-    if output_range == "pact":
+    if check_choice(output_range, "output_range", OUTPUT_RANGES) == "pact":
         return set()
     order, outputs = _graph(model)
     return _walk(order, outputs, _quantizes_result, forward=False)
-
-
-def check_low_bit_activations(value: Any) -> str:
-    """Returns ``value`` if it is one of :data:`LOW_BIT_ACTIVATIONS`.
-
-    Raises:
-      ValueError: for anything else.
-    """
-    if not isinstance(value, str) or value not in LOW_BIT_ACTIVATIONS:
-        raise ValueError(f"`low_bit_activations` must be one of {LOW_BIT_ACTIVATIONS}, got "
-                         f"{value!r}.")
-    return value
 
 
 def layer_inputs(model: Any) -> Set[str]:
@@ -170,7 +157,7 @@ def layer_bits(model: Any, weight_bits: int, activation_bits: int,
     Raises:
       ValueError: for ``first_last_bits`` outside 2-8 or an unknown ``low_bit_activations``.
     """
-    check_low_bit_activations(low_bit_activations)
+    check_choice(low_bit_activations, "low_bit_activations", LOW_BIT_ACTIVATIONS)
     edge = 0 if first_last_bits is None else validate_bits(first_last_bits, "first_last_bits")
     first, last, feeding = edge_layers(model) if edge else (set(), set(), set())
     wide_weights, wide_results = first | last, last | feeding
