@@ -16,7 +16,13 @@ import tensorflow_model_optimization as tfmot
 from tfcompress._keras import keras
 from tfcompress.export import litert, to_tflite
 from tfcompress.models import compile_classifier
-from tfcompress.quantization import prepare_for_qat, quantize_model
+from tfcompress.quantization import (
+    distillation_loss,
+    distillation_targets,
+    label_accuracy,
+    prepare_for_qat,
+    quantize_model,
+)
 
 BATCH = 32
 _n_bit = tfmot.quantization.keras.experimental.default_n_bit
@@ -60,10 +66,18 @@ def pact_qat(model: keras.Model, bits: int, trainable_range: bool = True) -> ker
     return quantize_model(copy_of(model), bits, bits, trainable_range=trainable_range)
 
 
-def fine_tune(model: keras.Model, x, y, epochs: int, lr: float) -> keras.Model:
-    """The one training recipe of every variant: Adam, ``lr`` cosine-decayed to 0."""
+def fine_tune(model: keras.Model, x, y, epochs: int, lr: float,
+              teacher: keras.Model = None) -> keras.Model:
+    """The one training recipe of every variant: Adam, ``lr`` cosine-decayed to 0. With a
+    ``teacher`` (the float model) the loss is ``distillation_loss`` on its logits too."""
     steps = epochs * int(np.ceil(len(x) / BATCH))
-    compile_classifier(model, keras.optimizers.schedules.CosineDecay(lr, steps))
+    schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
+    if teacher is None:
+        compile_classifier(model, schedule)
+    else:
+        model.compile(keras.optimizers.Adam(schedule), loss=distillation_loss(),
+                      metrics=[label_accuracy])
+        y = distillation_targets(teacher, x, y)
     model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
     return model
 

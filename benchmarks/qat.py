@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import gc
+import inspect
 import multiprocessing
 import os
 import pathlib
@@ -44,25 +45,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from _pact_variants import BATCH, copy_of, fine_tune, tfmot_qat  # noqa: E402
 from _results import stamp, write_section  # noqa: E402
 
-from tfcompress._keras import flavour_of, keras  # noqa: E402
+from tfcompress._keras import keras  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.export import litert, to_tflite  # noqa: E402
 from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
-from tfcompress.quantization import (  # noqa: E402
-    distillation_loss,
-    distillation_targets,
-    fold_batch_norms,
-    label_accuracy,
-    quantize_model,
-)
+from tfcompress.quantization import fold_batch_norms, quantize_model  # noqa: E402
 
 SIZE, WIDTH, TEST_FRACTION, CALIBRATION = 16, 8, 0.75, 256
 CONTROL = "float control"
 PTQ = "converter int8 PTQ of the control"
-
-
-def keras_of(model):
-    return flavour_of(model).module
 
 
 def pact(bits, **options):
@@ -95,8 +86,8 @@ ABLATIONS = (("batch_norm", "fold"), ("first_last_bits", None),
              ("low_bit_activations", "all"), ("weight_range", "mse"))
 ABLATION_WIDTHS = {"batch_norm": (8, 4, 3, 2), "first_last_bits": (4, 3, 2),
                    "low_bit_activations": (4, 3, 2), "weight_range": (3, 2)}
-DEFAULTS = {"batch_norm": "keep", "first_last_bits": 8, "low_bit_activations": "layer_inputs",
-            "weight_range": "max"}
+DEFAULTS = {option: inspect.signature(quantize_model).parameters[option].default
+            for option, _ in ABLATIONS}
 
 
 def _shown(value) -> str:
@@ -106,23 +97,13 @@ def _shown(value) -> str:
 
 class Row:
     """``make(float model)`` -> the model to fine-tune; ``quantize``: its TFLite export;
-    ``lr_scale`` scales the recipe's learning rate; ``distill`` fine-tunes on the float
-    model's logits too (``distillation_loss``)."""
+    ``distill`` fine-tunes on the float model's logits too (``distillation_loss``)."""
 
-    def __init__(self, make, quantize=None, lr_scale=1.0, distill=False):
-        self.make, self.quantize, self.lr_scale, self.distill = make, quantize, lr_scale, distill
+    def __init__(self, make, quantize=None, distill=False):
+        self.make, self.quantize, self.distill = make, quantize, distill
 
     def train(self, base, x, y, epochs, lr):
-        model = self.make(base)
-        if not self.distill:
-            return fine_tune(model, x, y, epochs, lr * self.lr_scale)
-        steps = epochs * int(np.ceil(len(x) / BATCH))
-        model.compile(keras_of(model).optimizers.Adam(keras_of(model).optimizers.schedules
-                                                      .CosineDecay(lr * self.lr_scale, steps)),
-                      loss=distillation_loss(), metrics=[label_accuracy])
-        model.fit(x, distillation_targets(base, x, y), batch_size=BATCH, epochs=epochs,
-                  verbose=0)
-        return model
+        return fine_tune(self.make(base), x, y, epochs, lr, teacher=base if self.distill else None)
 
 
 def litert_accuracy(model, x, y, folder, quantize=None, calibration=None) -> float:

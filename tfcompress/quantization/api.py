@@ -180,10 +180,10 @@ def quantize_model(
     check_choice(batch_norm, "batch_norm", BATCH_NORM_MODES)
     check_choice(low_bit_activations, "low_bit_activations", LOW_BIT_ACTIVATIONS)
     if _is_keras3(model):
-        return keras3_api.quantize_keras3_model(model, activation_bits, weight_bits, exclude,
-                                                pact_options, skip_unsupported,
-                                                (first_last_bits, low_bit_activations),
-                                                weight_range, output_range, batch_norm)
+        return keras3_api.quantize_keras3_model(
+            model, activation_bits, weight_bits, exclude, pact_options, skip_unsupported,
+            first_last_bits=first_last_bits, low_bit_activations=low_bit_activations,
+            weight_range=weight_range, output_range=output_range, batch_norm=batch_norm)
     prepared = prepare_for_qat(model, batch_norm)
     tracked = tracked_outputs(prepared, output_range)
     keep_float = set(exclude) | {layer.name for layer in prepared.layers

@@ -145,12 +145,12 @@ def _check_operations(model, skip_unsupported: bool) -> None:
 
 
 def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude: Iterable[str],
-                          options: Dict[str, Any], skip_unsupported: bool = False,
-                          recipe: Tuple[Optional[int], str] = (8, "layer_inputs"),
-                          weight_range: str = "max", output_range: str = "pact",
-                          batch_norm: str = "keep"):
+                          options: Dict[str, Any], skip_unsupported: bool = False, *,
+                          first_last_bits: Optional[int] = 8,
+                          low_bit_activations: str = "layer_inputs", weight_range: str = "max",
+                          output_range: str = "pact", batch_norm: str = "keep"):
     """The Keras 3 half of :func:`tfcompress.quantization.quantize_model` (arguments already
-    validated there; ``recipe`` is ``(first_last_bits, low_bit_activations)``).
+    validated there).
 
     Returns:
       A new Keras 3 Functional model of :class:`PACTActivation`/:class:`PACTQuantizeWrapper`
@@ -163,7 +163,8 @@ def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude
                                  if rule_for(layer) is None}
     quantizer = _Quantizer(weight_bits, activation_bits, keep_float,
                            _fused_producers(prepared, keep_float), dict(options),
-                           layer_bits(prepared, weight_bits, activation_bits, *recipe),
+                           layer_bits(prepared, weight_bits, activation_bits, first_last_bits,
+                                      low_bit_activations),
                            weight_range, tracked_outputs(prepared, output_range))
     return rebuild(prepared, quantizer, quantizer.on_input)
 
