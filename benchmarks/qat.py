@@ -13,9 +13,11 @@ epochs and seed), and every accuracy is that of a **LiteRT file**:
 * tfmot's default 8-bit QAT;
 * PACT (``quantize_model``) at 8/8, 4/4, 3/3, 2/2 with the defaults, and one ablation row
   per default that differs from plain PACT, switched back: ``batch_norm="fold"`` (at every
-  width), ``first_last_bits=None`` and ``low_bit_activations="all"`` (below 8 bits); and
-  the options that are not defaults: ``weight_range="mse"`` (3 and 2 bits) and
-  distillation from the float model (at every width).
+  width), ``first_last_bits=None`` and ``low_bit_activations="all"`` (below 8 bits),
+  ``weight_range="max"`` (3 and 2 bits, where ``"auto"`` learns the step) and
+  ``weight_range="learned"`` (4 bits, where ``"auto"`` takes the maximum); and the options
+  that are not defaults: ``weight_range="mse"`` (3 and 2 bits) and distillation from the
+  float model (at every width).
 
 Per row: mean ± std over the seeds, and the mean ± std of the per-seed difference from the
 control (the same seed's float model, so the seed-to-seed spread cancels).
@@ -65,29 +67,28 @@ def variants():
 
     Each default of ``quantize_model`` that differs from plain PACT gets its ablation row
     (the option switched back), at every width where it matters; the options that are not
-    defaults (``weight_range="mse"``, distillation, ``output_range="track"``) get theirs."""
+    defaults (``weight_range="mse"``, distillation) get theirs."""
     rows = {CONTROL: Row(copy_of),
             "float control, BatchNorm folded first": Row(lambda m: fold_batch_norms(copy_of(m))),
             "tfmot 8/8": Row(lambda m: tfmot_qat(m, 8), "int8")}
     for bits in (8, 4, 3, 2):
         rows[f"PACT {bits}/{bits}"] = Row(pact(bits), "int8")
-        for option, value in ABLATIONS:
-            if bits in ABLATION_WIDTHS[option]:
+        for option, value, widths in ABLATIONS:
+            if bits in widths:
                 rows[f"PACT {bits}/{bits}, {option}={_shown(value)}"] = Row(
                     pact(bits, **{option: value}), "int8")
         rows[f"PACT {bits}/{bits} + distillation"] = Row(pact(bits), "int8", distill=True)
     return rows
 
 
-# (option, value other than the default), and the widths where each row is run: every
-# width for batch_norm, below 8 bits (where they change something) for the others, and for
-# weight_range only 3 and 2 bits (where a ternary/7-level grid makes the choice matter).
-ABLATIONS = (("batch_norm", "fold"), ("first_last_bits", None),
-             ("low_bit_activations", "all"), ("weight_range", "mse"))
-ABLATION_WIDTHS = {"batch_norm": (8, 4, 3, 2), "first_last_bits": (4, 3, 2),
-                   "low_bit_activations": (4, 3, 2), "weight_range": (3, 2)}
+# (option, a value other than the default, the widths where its row is run): every width for
+# batch_norm, below 8 bits (where they change something) for the others; for weight_range the
+# widths where "auto" differs from that value (2-3 bits learn the step, 4 bits take the max).
+ABLATIONS = (("batch_norm", "fold", (8, 4, 3, 2)), ("first_last_bits", None, (4, 3, 2)),
+             ("low_bit_activations", "all", (4, 3, 2)), ("weight_range", "max", (3, 2)),
+             ("weight_range", "learned", (4,)), ("weight_range", "mse", (3, 2)))
 DEFAULTS = {option: inspect.signature(quantize_model).parameters[option].default
-            for option, _ in ABLATIONS}
+            for option, _, _ in ABLATIONS}
 
 
 def _shown(value) -> str:
@@ -181,7 +182,7 @@ def verdicts(results):
         lines.append(f"- PACT {bits}/{bits} within {limit} point(s) of the control: "
                      f"{value:.2f} vs {control:.2f} ({value - control:+.2f}): "
                      f"{met(control - value <= limit)}")
-    for option, ablation in ABLATIONS:
+    for option, ablation, _ in ABLATIONS:
         deltas = []
         for bits in (8, 4, 3, 2):
             off = mean.get(f"PACT {bits}/{bits}, {option}={_shown(ablation)}")

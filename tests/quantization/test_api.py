@@ -332,12 +332,14 @@ def _tiny_model(flavour=TF_KERAS):
     return keras.Model(inputs, L.Dense(3)(x))
 
 
-ROUND_TRIPS = sorted({(bits, MODES[bits % 3]) for bits in range(2, 9)} | {(4, m) for m in MODES})
+ROUND_TRIPS = sorted({(bits, MODES[bits % 3], "max") for bits in range(2, 9)}
+                     | {(4, m, "max") for m in MODES} | {(3, "relu", "learned")})
 
 
-@pytest.mark.parametrize("bits, mode", ROUND_TRIPS)
-def test_save_and_load_in_every_format(bits, mode, tmp_path, flavour):
-    qat = compile_classifier(quantize_model(_tiny_model(flavour), bits, bits, mode=mode))
+@pytest.mark.parametrize("bits, mode, weight_range", ROUND_TRIPS)
+def test_save_and_load_in_every_format(bits, mode, weight_range, tmp_path, flavour):
+    qat = compile_classifier(quantize_model(_tiny_model(flavour), bits, bits, mode=mode,
+                                            weight_range=weight_range))
     data = np.random.default_rng(bits).normal(size=(8, 8, 8, 2)).astype(np.float32)
     qat.fit(data, np.arange(8) % 3, epochs=1, verbose=0)
     expected = qat.predict(data, verbose=0)

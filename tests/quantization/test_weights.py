@@ -9,7 +9,9 @@ from tfcompress.quantization import (
     ChannelWeightQuantizer,
     PACTQuantizeConfig,
     PACTQuantizeWrapper,
+    quantize_model,
 )
+from tfcompress.quantization.pact_math import step_shape
 from tfcompress.quantization.tflite_mode import tflite_export_mode
 
 # kernel shape, layout, function giving a (channels, values) view
@@ -93,3 +95,94 @@ def test_export_mode_keeps_values_on_the_low_bit_grid():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         ChannelWeightQuantizer(**kwargs)
+
+
+def _step_variables(shape, layout):
+    return {"log_step": tf.Variable(tf.zeros(step_shape(shape, layout))),
+            "step_ready": tf.Variable(0.0)}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUT_CASES))
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_learned_step_starts_at_the_mse_step_and_is_stored_on_the_first_training_step(
+        layout, bits):
+    shape, channels = LAYOUT_CASES[layout]
+    kernel = tf.constant(np.random.default_rng(bits).standard_t(4, size=shape), tf.float32)
+    learned = ChannelWeightQuantizer(bits, layout, "learned")
+    variables = _step_variables(shape, layout)
+    mse = ChannelWeightQuantizer(bits, layout, "mse")(kernel, False, {}).numpy()
+    np.testing.assert_allclose(learned(kernel, False, variables).numpy(), mse, atol=1e-6)
+    assert float(variables["step_ready"].numpy()) == 0.0  # inference stores nothing
+    np.testing.assert_allclose(learned(kernel, True, variables).numpy(), mse, atol=1e-6)
+    assert float(variables["step_ready"].numpy()) == 1.0
+    levels = 2 ** (bits - 1) - 1
+    # Each channel's step is the brute-force best of the 15 fractions of its maximum.
+    for original, step in zip(channels(kernel.numpy()),
+                              np.exp(variables["log_step"].numpy()).reshape(-1)):
+        high = np.abs(original).max()
+        best = min((1 - 0.05 * i for i in range(15)),
+                   key=lambda f: _grid_error(original.astype(np.float64), high * f, levels))
+        np.testing.assert_allclose(step * levels, high * best, rtol=1e-5)
+    # Once stored, the step is the variable's, whatever the kernel becomes.
+    variables["log_step"].assign(np.log(np.full(step_shape(shape, layout), 0.5, np.float32)))
+    values = learned(kernel * 3.0, False, variables).numpy()
+    np.testing.assert_allclose(values / 0.5, np.round(values / 0.5), atol=1e-4)
+    assert np.abs(values).max() <= 0.5 * levels + 1e-5
+
+
+def test_learned_step_gradients_are_lsq_by_hand():
+    kernel = tf.constant([[0.1, -0.9], [0.34, 0.19], [-0.6, 0.05]])
+    variables = _step_variables(kernel.shape, "channels_last")
+    variables["log_step"].assign(np.log([0.25, 0.2]).astype(np.float32))
+    variables["step_ready"].assign(1.0)
+    upstream = tf.constant([[1.0, 2.0], [-1.0, 0.5], [3.0, 1.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(kernel)
+        out = ChannelWeightQuantizer(2, weight_range="learned")(kernel, True, variables)
+        loss = tf.reduce_sum(out * upstream)
+    # 2 bits: levels {-1, 0, 1} * step. Channel 0 (step 0.25): 0.1 -> 0 (v=0.4), 0.34 -> 1
+    # (v=1.36, clipped), -0.6 -> -1 (v=-2.4, clipped). Channel 1 (step 0.2): -0.9 clipped,
+    # 0.19 -> 1 (v=0.95), 0.05 -> 0 (v=0.25).
+    np.testing.assert_allclose(out.numpy(), [[0, -0.2], [0.25, 0.2], [-0.25, 0]], atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, kernel).numpy(),
+                               [[1, 0], [0, 0.5], [0, 1]], atol=1e-6)
+    # d/d(step) = sum(upstream * (round(v) - v) inside, sign(v) * levels outside) / sqrt(3 * 1);
+    # d/d(log step) = step * that.
+    d_step = np.array([1.0 * (0 - 0.4) + -1.0 * 1 + 3.0 * -1,
+                       2.0 * -1 + 0.5 * (1 - 0.95) + 1.0 * (0 - 0.25)]) / np.sqrt(3.0)
+    np.testing.assert_allclose(tape.gradient(loss, variables["log_step"]).numpy(),
+                               d_step * np.array([0.25, 0.2]), rtol=1e-5)
+
+
+def test_learned_step_exports_on_its_grid_and_only_below_8_bits():
+    kernel = tf.constant(np.random.default_rng(2).normal(size=(3, 3, 2, 5)).astype(np.float32))
+    quantizer = ChannelWeightQuantizer(3, "channels_last", "learned")
+    variables = _step_variables(kernel.shape, "channels_last")
+    trained = quantizer(kernel, True, variables).numpy()
+    with tflite_export_mode():
+        exported = quantizer(kernel, False, variables).numpy()
+    np.testing.assert_allclose(exported, trained, atol=1e-5)
+    assert ChannelWeightQuantizer(8, weight_range="learned").learns_step is False
+    with pytest.raises(ValueError, match="log_step"):
+        quantizer(kernel, True, {})
+
+
+def test_learned_steps_train_in_both_kerases(flavour):
+    keras, L = flavour.module, flavour.module.layers
+    inputs = keras.Input((6, 6, 2))
+    x = L.Conv2D(4, 3, name="first")(inputs)
+    x = L.Conv2D(3, 3, name="middle")(x)
+    x = L.DepthwiseConv2D(2, name="depthwise")(x)
+    model = keras.Model(inputs, L.Dense(2, name="last")(L.Flatten()(x)))
+    qat = quantize_model(model, 3, 3, weight_range="learned")
+    steps = [v for v in qat.weights if "log_step" in v.name]
+    # First and last layers stay at 8 bits (no step); the two middle kernels learn theirs.
+    assert [tuple(v.shape) for v in steps] == [(3,), (3,)]
+    data = np.random.default_rng(0).normal(size=(16, 6, 6, 2)).astype(np.float32)
+    qat(data, training=True)  # the first training step stores the "mse" steps
+    started = [v.numpy().copy() for v in steps]
+    assert [float(v.numpy()) for v in qat.weights if "step_ready" in v.name] == [1.0, 1.0]
+    qat.compile(keras.optimizers.Adam(0.05), "mse")
+    qat.fit(data, np.ones((16, 2), np.float32), epochs=3, verbose=0)
+    for variable, start in zip(steps, started):
+        assert np.abs(variable.numpy() - start).max() > 0.01

@@ -89,7 +89,7 @@ def quantize_model(
     exclude: Sequence[str] = (),
     skip_unsupported: bool = False,
     first_last_bits: Optional[int] = 8,
-    weight_range: str = "max",
+    weight_range: str = "auto",
     output_range: str = "pact",
     batch_norm: str = "keep",
     low_bit_activations: str = "layer_inputs",
@@ -118,9 +118,11 @@ def quantize_model(
       first_last_bits: when fewer bits are asked for, the model inputs, the weights of the
         first and last weighted layers and the outputs of the last ones keep this many
         (:mod:`tfcompress.quantization.recipe`); ``None`` quantizes them like the rest.
-      weight_range: how each kernel channel's range is chosen: ``"max"``, its absolute
-        maximum, or ``"mse"``, below 8 bits the fraction of it with the least rounding error
-        (see :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
+      weight_range: how each kernel channel's range is chosen below 8 bits: ``"max"``, its
+        absolute maximum; ``"mse"``, the fraction of it with the least rounding error;
+        ``"learned"``, a trainable step per channel started there (LSQ); ``"auto"`` learns
+        it at 2-3 bits and takes the maximum at 4-7 (what ``benchmarks/qat.py`` measured
+        best; see :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
       output_range: ``"pact"`` clips the model's outputs (the logits) on a learned range
         like every other tensor; ``"track"`` ranges them by the running min/max of the
         training batches instead (``track_range=True``), never clipping them (not the

@@ -157,8 +157,9 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
       quantize_output: False leaves the result in float; used when the next layer is an
         activation that TFLite fuses into this one (Conv -> ReLU), so only the fused
         result is quantized.
-      weight_range: how each kernel channel's range is chosen, ``"max"`` (default) or
-        ``"mse"`` (see :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
+      weight_range: how each kernel channel's range is chosen, ``"max"`` (default),
+        ``"mse"``, ``"learned"`` or ``"auto"`` (see
+        :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
       **pact_options: forwarded to :class:`~tfcompress.quantization.PACTQuantizer`
         (``mode``, ``alpha_init``, ``beta_init``, ``decay``, ``calibration_steps``).
 

@@ -147,7 +147,7 @@ def _check_operations(model, skip_unsupported: bool) -> None:
 def quantize_keras3_model(model, activation_bits: int, weight_bits: int, exclude: Iterable[str],
                           options: Dict[str, Any], skip_unsupported: bool = False, *,
                           first_last_bits: Optional[int] = 8,
-                          low_bit_activations: str = "layer_inputs", weight_range: str = "max",
+                          low_bit_activations: str = "layer_inputs", weight_range: str = "auto",
                           output_range: str = "pact", batch_norm: str = "keep"):
     """The Keras 3 half of :func:`tfcompress.quantization.quantize_model` (arguments already
     validated there).

@@ -38,6 +38,8 @@ from tfcompress.quantization.pact_math import (
     clip_range,
     quantize_activation,
     quantize_weight,
+    resolve_weight_range,
+    step_shape,
 )
 
 __all__ = ["PACTActivation", "PACTQuantizeWrapper", "pact_range", "FIXED_RANGE_ACTIVATIONS"]
@@ -78,6 +80,17 @@ def _add_pact_variables(layer, prefix: str, quantizer: PACTQuantizer) -> _PACTVa
     return _PACTVariables(variables)
 
 
+def _add_step_variables(layer, prefix: str, shape, layout: str) -> Dict[str, Any]:
+    """``{prefix}_log_step`` and ``{prefix}_step_ready`` on a Keras 3 layer, as
+    :meth:`ChannelWeightQuantizer.build` creates them on a tf_keras one."""
+    def variable(suffix, variable_shape, trainable):
+        return layer.add_weight(name=f"{prefix}_{suffix}", shape=variable_shape,
+                                initializer="zeros", trainable=trainable, aggregation="mean")
+
+    return {"log_step": variable("log_step", step_shape(shape, layout), True),
+            "step_ready": variable("step_ready", (), False)}
+
+
 def _quantize(x, training, quantizer: PACTQuantizer, holder: _PACTVariables):
     return quantize_activation(x, training, holder.variables, num_bits=quantizer.num_bits,
                                mode=quantizer.mode,
@@ -113,6 +126,7 @@ class PACTActivation(keras3.layers.Layer):
         super().__init__(**kwargs)
         self.quantizer = PACTQuantizer(num_bits, **options)
         self._pact: Optional[_PACTVariables] = None
+        self._steps: Optional[_PACTVariables] = None
 
     def build(self, input_shape=None):
         self._pact = _add_pact_variables(self, self.name, self.quantizer)
@@ -170,7 +184,8 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
       post_activation: an activation with a fixed TFLite output range (``"softmax"``,
         ``"sigmoid"`` …) applied after the quantizer; the wrapped layer's own activation
         must then be linear (tfmot quantizes before such activations too).
-      weight_range: ``"max"`` or ``"mse"``, as in
+      weight_range: ``"max"``, ``"mse"``, ``"learned"`` or ``"auto"`` (a learned step adds
+        the variables ``{kernel}_log_step`` and ``{kernel}_step_ready``), as in
         :class:`~tfcompress.quantization.ChannelWeightQuantizer`.
       **kwargs: PACT options (``mode``, ``alpha_init`` …) and Keras layer arguments.
 
@@ -202,6 +217,7 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
         self.post_activation = None if post_activation is None else \
             keras3.activations.get(post_activation)
         self._pact: Optional[_PACTVariables] = None
+        self._steps: Optional[_PACTVariables] = None
 
     @property
     def quantizer_name(self) -> str:
@@ -214,12 +230,18 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
         super().build(input_shape)
         if self.quantize_output:
             self._pact = _add_pact_variables(self, self.quantizer_name, self.quantizer)
+        if resolve_weight_range(self.weight_range, self.weight_bits) == "learned":
+            self._steps = _PACTVariables({
+                attr: _add_step_variables(self, attr, getattr(self.layer, attr).shape, layout)
+                for attr, layout in self.rule.weights})
         self.built = True
 
     def call(self, inputs, training=None, **kwargs):
-        mapping = [(variable, quantize_weight(variable, self.weight_bits, layout,
-                                              self.weight_range))
-                   for variable, layout in self._kernels()]
+        steps = {} if self._steps is None else self._steps.variables
+        mapping = [(getattr(self.layer, attr),
+                    quantize_weight(getattr(self.layer, attr), self.weight_bits, layout,
+                                    self.weight_range, steps.get(attr), training))
+                   for attr, layout in self.rule.weights]
         if mapping:
             with keras3.StatelessScope(state_mapping=mapping):
                 outputs = self.layer(inputs, **kwargs)
@@ -230,9 +252,6 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
         if self.post_activation is not None:
             outputs = self.post_activation(outputs)
         return outputs
-
-    def _kernels(self):
-        return [(getattr(self.layer, attr), layout) for attr, layout in self.rule.weights]
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return self.layer.compute_output_shape(input_shape)

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact import validate_bits
-from tfcompress.quantization.pact_math import LAYOUTS, check_weight_range, quantize_weight
+from tfcompress.quantization.pact_math import (
+    LAYOUTS,
+    check_weight_range,
+    quantize_weight,
+    resolve_weight_range,
+    step_shape,
+)
 
 __all__ = ["ChannelWeightQuantizer", "LAYOUTS"]
 
@@ -28,21 +35,26 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
     The range of each channel is computed from its current weights (weights only change at
     optimizer steps, so "last value" is exact): its absolute maximum, or with
     ``weight_range="mse"`` below 8 bits the fraction of it with the least squared rounding
-    error. No state is stored, so a model that has just been quantized already
-    exports with the right weight scales.
+    error; no state is stored. With ``weight_range="learned"`` below 8 bits, each channel's
+    grid step is a trainable variable (LSQ, :func:`~tfcompress.quantization.pact_math.
+    learned_step`), started at the ``"mse"`` step; a model that has just been quantized
+    exports with that step.
 
     When tfmot calls each method: ``build`` once when the owning ``QuantizeWrapper`` is built
-    (nothing to create here); ``__call__`` on every forward pass with the layer's kernel;
-    ``get_config`` when the model is saved.
+    (creates the learned step, if any); ``__call__`` on every forward pass with the layer's
+    kernel; ``get_config`` when the model is saved.
 
     Args:
       num_bits: weight bit width, 2 to 8. A ``b``-bit channel takes at most ``2^b - 1``
         distinct values.
       layout: where the output channels are, one of :data:`LAYOUTS`.
-      weight_range: ``"max"`` or ``"mse"`` (see :func:`~tfcompress.quantization.pact_math.
-        weight_range`). The maximum rounds every weight under half the largest one to zero
-        on a 2-bit grid; ``"mse"`` keeps more of them, but clips the largest, which then
-        stop learning (see the QAT benchmark's ablation rows).
+      weight_range: ``"max"``, ``"mse"``, ``"learned"`` or ``"auto"`` (see
+        :func:`~tfcompress.quantization.pact_math.weight_range`). The maximum rounds every
+        weight under half the largest one to zero on a 2-bit grid; ``"mse"`` keeps more of
+        them, but clips the largest, which then stop learning; ``"learned"`` lets training
+        trade the two; ``"auto"`` learns at 2-3 bits and takes the maximum above (see
+        :func:`~tfcompress.quantization.pact_math.resolve_weight_range` and the QAT
+        benchmark's ablation rows).
 
     Example:
       >>> import tensorflow as tf
@@ -62,11 +74,27 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
             raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
         self.layout = layout
 
+    @property
+    def learns_step(self) -> bool:
+        """Whether this quantizer owns a trainable step (``"learned"`` below 8 bits, or
+        ``"auto"`` at :data:`~tfcompress.quantization.pact_math.AUTO_LEARNED_BITS` or fewer)."""
+        return resolve_weight_range(self.weight_range, self.num_bits) == "learned"
+
     def build(self, tensor_shape, name, layer) -> Dict[str, Any]:
-        return {}
+        if not self.learns_step:
+            return {}
+
+        def variable(suffix, shape, trainable):
+            return layer.add_weight(f"{name}_{suffix}", shape=shape, initializer="zeros",
+                                    trainable=trainable,
+                                    aggregation=tf.VariableAggregation.MEAN)
+
+        return {"log_step": variable("log_step", step_shape(tensor_shape, self.layout), True),
+                "step_ready": variable("step_ready", (), False)}
 
     def __call__(self, inputs, training, weights, **kwargs):
-        return quantize_weight(inputs, self.num_bits, self.layout, self.weight_range)
+        return quantize_weight(inputs, self.num_bits, self.layout, self.weight_range,
+                               weights, training)
 
     def get_config(self) -> Dict[str, Any]:
         return {"num_bits": self.num_bits, "layout": self.layout,
