@@ -80,7 +80,8 @@ def qat(strategy, float_weights):
     with strategy.scope():
         base = residual_cnn(width=8, flavour=FLAVOUR)
         base.set_weights(float_weights)
-        model = compile_classifier(quantize_model(base, activation_bits=4, weight_bits=4))
+        # 3-bit weights: the default weight_range="auto" learns their steps (LSQ variables)
+        model = compile_classifier(quantize_model(base, activation_bits=4, weight_bits=3))
     history = model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     ranges = {name.split("_")[0] if name.startswith("quantize_layer") else name: value
               for name, value in clip_ranges(model).items()}
@@ -123,6 +124,7 @@ def main() -> None:
         qat_losses=losses,
         single_qat_losses=single_losses,
         qat_replicas_identical=replicas_identical(qat_model),
+        learned_steps=sum("log_step" in v.name for v in qat_model.trainable_weights),
         clip_ranges=ranges,
         single_clip_ranges=single_ranges,
     )
