@@ -126,7 +126,6 @@ class PACTActivation(keras3.layers.Layer):
         super().__init__(**kwargs)
         self.quantizer = PACTQuantizer(num_bits, **options)
         self._pact: Optional[_PACTVariables] = None
-        self._steps: Optional[_PACTVariables] = None
 
     def build(self, input_shape=None):
         self._pact = _add_pact_variables(self, self.name, self.quantizer)

@@ -261,11 +261,16 @@ def learned_step(x, variables: Dict[str, Any], num_bits: int, axes, training: An
     levels = 2.0 ** (num_bits - 1) - 1.0
     log_step, ready_flag = variables["log_step"], variables["step_ready"]
     ready = tf.convert_to_tensor(ready_flag) > 0.5
+
+    def mse_step():
+        return weight_range(x, num_bits, axes, "mse") / levels
+
     if not training:
-        return tf.where(ready, tf.exp(tf.convert_to_tensor(log_step)),
-                        weight_range(x, num_bits, axes, "mse") / levels)
-    first = tf.cond(ready, lambda: tf.ones_like(log_step),
-                    lambda: weight_range(x, num_bits, axes, "mse") / levels)
+        stored = tf.exp(tf.convert_to_tensor(log_step))
+        if exporting():  # no control flow in the converted graph: both sides fold to constants
+            return tf.where(ready, stored, mse_step())
+        return tf.cond(ready, lambda: stored, mse_step)  # no search once the step is stored
+    first = tf.cond(ready, lambda: tf.ones_like(log_step), mse_step)
     # Assigned outside tf.cond, as in `calibrate` (a cross-replica sync under tf.distribute).
     ops = [log_step.assign(tf.where(ready, log_step, tf.math.log(first))),
            ready_flag.assign(tf.ones_like(ready_flag))]
