@@ -38,8 +38,7 @@ from tfcompress.quantization.pact_math import (
     clip_range,
     quantize_activation,
     quantize_weight,
-    resolve_weight_range,
-    step_shape,
+    step_variables,
 )
 
 __all__ = ["PACTActivation", "PACTQuantizeWrapper", "pact_range", "FIXED_RANGE_ACTIVATIONS"]
@@ -80,15 +79,12 @@ def _add_pact_variables(layer, prefix: str, quantizer: PACTQuantizer) -> _PACTVa
     return _PACTVariables(variables)
 
 
-def _add_step_variables(layer, prefix: str, shape, layout: str) -> Dict[str, Any]:
-    """``{prefix}_log_step`` and ``{prefix}_step_ready`` on a Keras 3 layer, as
-    :meth:`ChannelWeightQuantizer.build` creates them on a tf_keras one."""
-    def variable(suffix, variable_shape, trainable):
-        return layer.add_weight(name=f"{prefix}_{suffix}", shape=variable_shape,
-                                initializer="zeros", trainable=trainable, aggregation="mean")
-
-    return {"log_step": variable("log_step", step_shape(shape, layout), True),
-            "step_ready": variable("step_ready", (), False)}
+def _add_step_variables(layer, prefix: str, variables) -> Dict[str, Any]:
+    """``{prefix}_log_step`` … on a Keras 3 layer: the :func:`step_variables` that
+    :meth:`ChannelWeightQuantizer.build` creates on a tf_keras one."""
+    return {key: layer.add_weight(name=f"{prefix}_{key}", shape=shape, initializer="zeros",
+                                  trainable=trainable, aggregation="mean")
+            for key, (shape, trainable) in variables.items()}
 
 
 def _quantize(x, training, quantizer: PACTQuantizer, holder: _PACTVariables):
@@ -229,14 +225,15 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
         super().build(input_shape)
         if self.quantize_output:
             self._pact = _add_pact_variables(self, self.quantizer_name, self.quantizer)
-        if resolve_weight_range(self.weight_range, self.weight_bits) == "learned":
-            self._steps = _PACTVariables({
-                attr: _add_step_variables(self, attr, getattr(self.layer, attr).shape, layout)
-                for attr, layout in self.rule.weights})
+        steps = {attr: step_variables(self.weight_range, self.weight_bits,
+                                      getattr(self.layer, attr).shape, layout)
+                 for attr, layout in self.rule.weights}
+        self._steps = _PACTVariables({attr: _add_step_variables(self, attr, variables)
+                                      for attr, variables in steps.items() if variables})
         self.built = True
 
     def call(self, inputs, training=None, **kwargs):
-        steps = {} if self._steps is None else self._steps.variables
+        steps = self._steps.variables if self._steps is not None else {}
         mapping = [(getattr(self.layer, attr),
                     quantize_weight(getattr(self.layer, attr), self.weight_bits, layout,
                                     self.weight_range, steps.get(attr), training))

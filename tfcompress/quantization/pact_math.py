@@ -190,6 +190,11 @@ def check_weight_range(value: Any) -> str:
     return check_choice(value, "weight_range", WEIGHT_RANGES)
 
 
+def _levels(num_bits: int) -> float:
+    """Positive levels of a symmetric narrow ``num_bits`` grid: ``2^(b-1) - 1``."""
+    return 2.0 ** (num_bits - 1) - 1.0
+
+
 def resolve_weight_range(method: str, num_bits: int) -> str:
     """The range method a ``num_bits`` kernel really uses: ``"max"`` at 8 bits (the other
     methods only matter on coarser grids), ``"auto"`` resolved by :data:`AUTO_LEARNED_BITS`.
@@ -218,7 +223,7 @@ def weight_range(x, num_bits: int, axes, method: str = "max") -> tf.Tensor:
     high = tf.maximum(tf.reduce_max(tf.abs(x), axis=axes), _MIN_WEIGHT_RANGE)
     if method != "mse" or num_bits >= 8:
         return high
-    levels = 2.0 ** (num_bits - 1) - 1.0
+    levels = _levels(num_bits)
     x = tf.stop_gradient(x)
     best, best_error = high, None
     for factor in _WEIGHT_FACTORS:
@@ -249,6 +254,24 @@ def step_shape(kernel_shape, layout: str) -> Tuple[int, ...]:
     return (shape[-2],) if layout == "transpose" else (shape[-1],)
 
 
+def step_variables(method: str, num_bits: int, kernel_shape,
+                   layout: str) -> Dict[str, Tuple[Tuple[int, ...], bool]]:
+    """``{name: (shape, trainable)}`` of the variables a kernel's quantizer owns: for a
+    learned step (:func:`resolve_weight_range` gives ``"learned"``) ``log_step`` and
+    ``step_ready`` (:func:`learned_step`), all zero-initialized and MEAN-aggregated; none
+    otherwise. Each front-end creates them with its own ``add_weight``.
+
+    Example:
+      >>> step_variables("auto", 3, (3, 3, 4, 6), "channels_last")
+      {'log_step': ((6,), True), 'step_ready': ((), False)}
+      >>> step_variables("auto", 4, (3, 3, 4, 6), "channels_last")
+      {}
+    """
+    if resolve_weight_range(method, num_bits) != "learned":
+        return {}
+    return {"log_step": (step_shape(kernel_shape, layout), True), "step_ready": ((), False)}
+
+
 def learned_step(x, variables: Dict[str, Any], num_bits: int, axes, training: Any) -> tf.Tensor:
     """A kernel's grid step per channel, learned as in LSQ (Esser et al., ICLR 2020).
 
@@ -258,7 +281,7 @@ def learned_step(x, variables: Dict[str, Any], num_bits: int, axes, training: An
     (:func:`weight_range`), so a model exports correctly before any training; that step
     then writes it into ``log_step`` and sets ``step_ready``.
     """
-    levels = 2.0 ** (num_bits - 1) - 1.0
+    levels = _levels(num_bits)
     log_step, ready_flag = variables["log_step"], variables["step_ready"]
     ready = tf.convert_to_tensor(ready_flag) > 0.5
 
@@ -282,7 +305,7 @@ def _learned_fake_quant(x, step, num_bits: int, axes):
     """``x`` on the narrow ``num_bits`` grid of ``step``, with LSQ's gradients: straight
     through inside the range, and for the step the rounding error (inside) or the clipped
     level (outside), scaled by ``1 / sqrt(values per channel * levels)``."""
-    levels = 2.0 ** (num_bits - 1) - 1.0
+    levels = _levels(num_bits)
     count = tf.cast(tf.size(x), tf.float32) / tf.cast(tf.maximum(tf.size(step), 1), tf.float32)
     scale = tf.math.rsqrt(count * levels)
 
@@ -319,7 +342,7 @@ def _symmetric_fake_quant(x, num_bits: int, per_channel: bool, method: str,
         step = learned_step(x, variables, num_bits, axes, training)
         if not exporting():
             return _learned_fake_quant(x, step, num_bits, axes)
-        high = step * (2.0 ** (num_bits - 1) - 1.0)
+        high = step * _levels(num_bits)
     else:
         high = weight_range(x, num_bits, axes, method)
     if exporting() and num_bits < 8:

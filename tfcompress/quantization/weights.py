@@ -22,7 +22,7 @@ from tfcompress.quantization.pact_math import (
     check_weight_range,
     quantize_weight,
     resolve_weight_range,
-    step_shape,
+    step_variables,
 )
 
 __all__ = ["ChannelWeightQuantizer", "LAYOUTS"]
@@ -81,16 +81,11 @@ class ChannelWeightQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Qu
         return resolve_weight_range(self.weight_range, self.num_bits) == "learned"
 
     def build(self, tensor_shape, name, layer) -> Dict[str, Any]:
-        if not self.learns_step:
-            return {}
-
-        def variable(suffix, shape, trainable):
-            return layer.add_weight(f"{name}_{suffix}", shape=shape, initializer="zeros",
-                                    trainable=trainable,
-                                    aggregation=tf.VariableAggregation.MEAN)
-
-        return {"log_step": variable("log_step", step_shape(tensor_shape, self.layout), True),
-                "step_ready": variable("step_ready", (), False)}
+        return {key: layer.add_weight(f"{name}_{key}", shape=shape, initializer="zeros",
+                                      trainable=trainable,
+                                      aggregation=tf.VariableAggregation.MEAN)
+                for key, (shape, trainable) in step_variables(
+                    self.weight_range, self.num_bits, tensor_shape, self.layout).items()}
 
     def __call__(self, inputs, training, weights, **kwargs):
         return quantize_weight(inputs, self.num_bits, self.layout, self.weight_range,
