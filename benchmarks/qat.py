@@ -15,8 +15,9 @@ epochs and seed), and every accuracy is that of a **LiteRT file**:
   per default that differs from plain PACT, switched back: ``batch_norm="fold"`` (at every
   width), ``first_last_bits=None`` and ``low_bit_activations="all"`` (below 8 bits),
   ``weight_range="max"`` (3 and 2 bits, where ``"auto"`` learns the step) and
-  ``weight_range="learned"`` (4 bits, where ``"auto"`` takes the maximum); and the options
-  that are not defaults: ``weight_range="mse"`` (3 and 2 bits) and distillation from the
+  ``weight_range="learned"`` (4 bits, where ``"auto"`` takes the maximum, and 2 bits, where
+  it learns a midrise grid); and the options that are not defaults: ``weight_range="mse"``
+  (3 and 2 bits), ``weight_range="learned_midrise"`` (3 bits) and distillation from the
   float model (at every width).
 
 Per row: mean ± std over the seeds, and the mean ± std of the per-seed difference from the
@@ -67,7 +68,8 @@ def variants():
 
     Each default of ``quantize_model`` that differs from plain PACT gets its ablation row
     (the option switched back), at every width where it matters; the options that are not
-    defaults (``weight_range="mse"``, distillation) get theirs."""
+    defaults (``weight_range="mse"``, ``"learned_midrise"`` at 3 bits, distillation) get
+    theirs."""
     rows = {CONTROL: Row(copy_of),
             "float control, BatchNorm folded first": Row(lambda m: fold_batch_norms(copy_of(m))),
             "tfmot 8/8": Row(lambda m: tfmot_qat(m, 8), "int8")}
@@ -83,10 +85,12 @@ def variants():
 
 # (option, a value other than the default, the widths where its row is run): every width for
 # batch_norm, below 8 bits (where they change something) for the others; for weight_range the
-# widths where "auto" differs from that value (2-3 bits learn the step, 4 bits take the max).
+# widths where "auto" differs from that value (2-3 bits learn the step, on a midrise grid at
+# 2 bits; 4 bits take the max).
 ABLATIONS = (("batch_norm", "fold", (8, 4, 3, 2)), ("first_last_bits", None, (4, 3, 2)),
              ("low_bit_activations", "all", (4, 3, 2)), ("weight_range", "max", (3, 2)),
-             ("weight_range", "learned", (4,)), ("weight_range", "mse", (3, 2)))
+             ("weight_range", "learned", (4, 2)), ("weight_range", "learned_midrise", (3,)),
+             ("weight_range", "mse", (3, 2)))
 DEFAULTS = {option: inspect.signature(quantize_model).parameters[option].default
             for option, _, _ in ABLATIONS}
 

@@ -11,7 +11,7 @@ from tfcompress.quantization import (
     PACTQuantizeWrapper,
     quantize_model,
 )
-from tfcompress.quantization.pact_math import step_shape
+from tfcompress.quantization.kernel_math import step_shape
 from tfcompress.quantization.tflite_mode import tflite_export_mode
 
 # kernel shape, layout, function giving a (channels, values) view

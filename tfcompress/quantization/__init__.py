@@ -1,6 +1,7 @@
 """PACT quantization-aware training for tf_keras models (built on tfmot) and Keras 3 models
-(TensorFlow backend; :mod:`~tfcompress.quantization.keras3_layers`), with one PACT math
-(:mod:`~tfcompress.quantization.pact_math`).
+(TensorFlow backend; :mod:`~tfcompress.quantization.keras3_layers`), with one math
+(:mod:`~tfcompress.quantization.pact_math` for activations,
+:mod:`~tfcompress.quantization.kernel_math` for kernels).
 
 The tfmot way (annotate chosen layers)::
 

@@ -120,9 +120,11 @@ def quantize_model(
         (:mod:`tfcompress.quantization.recipe`); ``None`` quantizes them like the rest.
       weight_range: how each kernel channel's range is chosen below 8 bits: ``"max"``, its
         absolute maximum; ``"mse"``, the fraction of it with the least rounding error;
-        ``"learned"``, a trainable step per channel started there (LSQ); ``"auto"`` learns
-        it at 2-3 bits and takes the maximum at 4-7 (what ``benchmarks/qat.py`` measured
-        best; see :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
+        ``"learned"``, a trainable step per channel started there (LSQ);
+        ``"learned_midrise"``, the same on the grid of all ``2^b`` levels ``(k + 1/2) *
+        step`` (no zero level); ``"auto"`` learns it at 2-3 bits (midrise at 2) and takes
+        the maximum at 4-7 (what ``benchmarks/qat.py`` measured best; see
+        :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
       output_range: ``"pact"`` clips the model's outputs (the logits) on a learned range
         like every other tensor; ``"track"`` ranges them by the running min/max of the
         training batches instead (``track_range=True``), never clipping them (not the

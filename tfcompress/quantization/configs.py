@@ -39,8 +39,8 @@ import tensorflow_model_optimization as tfmot
 from tfcompress._keras import keras, keras3, layer_classes
 from tfcompress.layers import CHANNEL_BIAS
 from tfcompress.quantization._config import ConfigValue
+from tfcompress.quantization.kernel_math import check_weight_range
 from tfcompress.quantization.pact import PACTQuantizer, validate_bits
-from tfcompress.quantization.pact_math import check_weight_range
 from tfcompress.quantization.weights import ChannelWeightQuantizer
 
 
@@ -158,7 +158,7 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
         activation that TFLite fuses into this one (Conv -> ReLU), so only the fused
         result is quantized.
       weight_range: how each kernel channel's range is chosen, ``"max"`` (default),
-        ``"mse"``, ``"learned"`` or ``"auto"`` (see
+        ``"mse"``, ``"learned"``, ``"learned_midrise"`` or ``"auto"`` (see
         :class:`~tfcompress.quantization.ChannelWeightQuantizer`).
       **pact_options: forwarded to :class:`~tfcompress.quantization.PACTQuantizer`
         (``mode``, ``alpha_init``, ``beta_init``, ``decay``, ``calibration_steps``).

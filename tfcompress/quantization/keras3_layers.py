@@ -1,8 +1,8 @@
 """PACT quantization-aware training layers for Keras 3 (TensorFlow backend).
 
 tfmot wraps only tf_keras layers; these two Keras 3 layers do the same job for Keras 3
-models, with the same math (:mod:`tfcompress.quantization.pact_math`) and options as the
-tfmot path:
+models, with the same math (:mod:`~tfcompress.quantization.pact_math`,
+:mod:`~tfcompress.quantization.kernel_math`) and options as the tfmot path:
 
 * :class:`PACTActivation` fake-quantizes its input on a learned PACT range (model inputs);
 * :class:`PACTQuantizeWrapper` runs a layer with its kernels fake-quantized per channel and
@@ -32,14 +32,13 @@ from tfcompress.quantization.configs import (
     rule_for,
     supported_types,
 )
-from tfcompress.quantization.pact import PACTQuantizer, validate_bits
-from tfcompress.quantization.pact_math import (
+from tfcompress.quantization.kernel_math import (
     check_weight_range,
-    clip_range,
-    quantize_activation,
     quantize_weight,
     step_variables,
 )
+from tfcompress.quantization.pact import PACTQuantizer, validate_bits
+from tfcompress.quantization.pact_math import clip_range, quantize_activation
 
 __all__ = ["PACTActivation", "PACTQuantizeWrapper", "pact_range", "FIXED_RANGE_ACTIVATIONS"]
 
@@ -179,9 +178,9 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
       post_activation: an activation with a fixed TFLite output range (``"softmax"``,
         ``"sigmoid"`` …) applied after the quantizer; the wrapped layer's own activation
         must then be linear (tfmot quantizes before such activations too).
-      weight_range: ``"max"``, ``"mse"``, ``"learned"`` or ``"auto"`` (a learned step adds
-        the variables ``{kernel}_log_step`` and ``{kernel}_step_ready``), as in
-        :class:`~tfcompress.quantization.ChannelWeightQuantizer`.
+      weight_range: ``"max"``, ``"mse"``, ``"learned"``, ``"learned_midrise"`` or ``"auto"``
+        (a learned step adds the variables ``{kernel}_log_step`` and
+        ``{kernel}_step_ready``), as in :class:`~tfcompress.quantization.ChannelWeightQuantizer`.
       **kwargs: PACT options (``mode``, ``alpha_init`` …) and Keras layer arguments.
 
     Example:
