@@ -52,7 +52,11 @@ from tfcompress._keras import keras  # noqa: E402
 from tfcompress.datasets import load_digits  # noqa: E402
 from tfcompress.export import litert, to_tflite  # noqa: E402
 from tfcompress.models import compile_classifier, residual_cnn  # noqa: E402
-from tfcompress.quantization import fold_batch_norms, quantize_model  # noqa: E402
+from tfcompress.quantization import (  # noqa: E402
+    PACTQuantizer,
+    fold_batch_norms,
+    quantize_model,
+)
 
 SIZE, WIDTH, TEST_FRACTION, CALIBRATION = 16, 8, 0.75, 256
 CONTROL = "float control"
@@ -84,15 +88,27 @@ def variants():
 
 
 # (option, a value other than the default, the widths where its row is run): every width for
-# batch_norm, below 8 bits (where they change something) for the others; for weight_range the
-# widths where "auto" differs from that value (2-3 bits learn the step, on a midrise grid at
-# 2 bits; 4 bits take the max).
+# batch_norm, below 8 bits (where they change something) for the others; for weight_range and
+# alpha_init the widths where "auto" differs from that value (weights: 2-3 bits learn the
+# step, on a midrise grid at 2 bits, 4 bits take the max; activations: 8 bits calibrate to
+# the batch extremes, fewer to the least-error clip).
 ABLATIONS = (("batch_norm", "fold", (8, 4, 3, 2)), ("first_last_bits", None, (4, 3, 2)),
              ("low_bit_activations", "all", (4, 3, 2)), ("weight_range", "max", (3, 2)),
              ("weight_range", "learned", (4, 2)), ("weight_range", "learned_midrise", (3,)),
-             ("weight_range", "mse", (3, 2)))
-DEFAULTS = {option: inspect.signature(quantize_model).parameters[option].default
-            for option, _, _ in ABLATIONS}
+             ("weight_range", "mse", (3, 2)), ("alpha_init", "mse", (8,)),
+             ("alpha_init", "minmax", (4, 2)))
+
+
+def _default(option):
+    """The default of a ``quantize_model`` argument or of a PACT option it forwards."""
+    for function in (quantize_model, PACTQuantizer.__init__):
+        parameters = inspect.signature(function).parameters
+        if option in parameters:
+            return parameters[option].default
+    raise KeyError(option)
+
+
+DEFAULTS = {option: _default(option) for option, _, _ in ABLATIONS}
 
 
 def _shown(value) -> str:

@@ -18,7 +18,7 @@ _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _CACHE = {}
 
 
-def _qat4_model(module):
+def _qat4_model(module, bits=4):
     """Conv - depthwise - ReLU - conv - GAP - Dense, PACT QAT at 4/4 bits (4.9k weights),
     every layer at 4 bits (``first_last_bits=None``), so every weight tensor packs."""
     model = module.Sequential([
@@ -30,7 +30,7 @@ def _qat4_model(module):
         module.layers.GlobalAveragePooling2D(name="gap"),
         module.layers.Dense(3, name="logits"),
     ])
-    return quantize_model(model, activation_bits=4, weight_bits=4, first_last_bits=None)
+    return quantize_model(model, activation_bits=bits, weight_bits=bits, first_last_bits=None)
 
 
 @pytest.fixture
@@ -115,6 +115,30 @@ def test_int4_file_stores_the_same_weights_in_half_the_bytes(exported):
     slack = 16 * _buffer_count(int4) + 32 * 3
     shrink = int8.stat().st_size - int4.stat().st_size
     assert abs(shrink - saved) <= slack, (shrink, saved, slack)
+
+
+def test_2_bit_midrise_weights_pack_as_odd_nibbles(flavour, tiny_data, tmp_path):
+    # quantize_model's "auto" weight range learns 2-bit kernels on the midrise grid
+    # {-1.5, -0.5, 0.5, 1.5} * step: int8 multiples {-3, -1, 1, 3} * 42 of a finer step.
+    qat = _qat4_model(flavour.module, bits=2)
+    qat.compile("adam", flavour.module.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(tiny_data, np.arange(len(tiny_data)) % 3, batch_size=16, epochs=1, verbose=0)
+    int8 = to_tflite(qat, tmp_path / "int8.tflite")
+    int4 = to_tflite(qat, tmp_path / "int4.tflite", weight_storage="int4")
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(int4.read_bytes(), 0)
+    for (_, kind, real4, _), (_, _, real8, _) in zip(_weights(int4), _weights(int8)):
+        assert kind == "INT4"
+        np.testing.assert_allclose(real4, real8, rtol=1e-6, atol=0)
+    for tensor in model.subgraphs[0].tensors:
+        if tensor.type == schema.TensorType.INT4:
+            raw = np.asarray(model.buffers[tensor.buffer].data, np.uint8)
+            nibbles = np.stack([raw & 0x0F, raw >> 4], axis=1).reshape(-1)[
+                : int(np.prod(tensor.shape))].astype(int)
+            q = np.where(nibbles > 7, nibbles - 16, nibbles)
+            assert set(np.unique(q)) <= {-3, -1, 1, 3}  # four odd levels, no zero
+    expected = litert.run(int8, tiny_data)
+    assert np.mean(litert.run(int4, tiny_data).argmax(1) == expected.argmax(1)) >= 0.95
 
 
 def _as_int8(int4_path, out_path):

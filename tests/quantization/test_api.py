@@ -333,7 +333,8 @@ def _tiny_model(flavour=TF_KERAS):
 
 
 ROUND_TRIPS = sorted({(bits, MODES[bits % 3], "max") for bits in range(2, 9)}
-                     | {(4, m, "max") for m in MODES} | {(3, "relu", "learned")})
+                     | {(4, m, "max") for m in MODES}
+                     | {(3, "relu", "learned"), (2, "symmetric", "learned_midrise")})
 
 
 @pytest.mark.parametrize("bits, mode, weight_range", ROUND_TRIPS)

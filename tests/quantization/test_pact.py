@@ -126,6 +126,34 @@ def test_auto_init_calibrates_from_first_training_batches(flavour):
     assert float(weights["calibrated_steps"]) == 2.0
 
 
+def _least_error_alpha(values, num_bits):
+    """relu mode by brute force: the fraction 0.25, 0.30 .. 1.0 of the maximum whose
+    ``num_bits`` grid on ``[0, alpha]`` reproduces ``values`` with the least squared error."""
+    values = values.astype(np.float64)
+    errors = []
+    for i in range(16):
+        high = values.max() * (0.25 + 0.05 * i)
+        step = high / (2 ** num_bits - 1)
+        q = np.round(np.clip(values, 0.0, high) / step) * step
+        errors.append((np.square(q - values).mean(), high))
+    return min(errors)[1]
+
+
+@pytest.mark.parametrize("num_bits, alpha_init, ranged_by", [
+    (8, "auto", "minmax"), (4, "auto", "mse"), (8, "mse", "mse"), (4, "minmax", "minmax")])
+def test_calibration_takes_the_extremes_or_the_least_error_clip(flavour, num_bits, alpha_init,
+                                                                ranged_by):
+    forward, weights, _ = _pact(flavour, num_bits=num_bits, mode="relu", alpha_init=alpha_init,
+                                calibration_steps=1)
+    x = np.random.default_rng(num_bits).exponential(size=(1366, 6)).astype(np.float32)
+    x.reshape(-1)[1] = 12.0  # the maximum, at an index the error search's sample skips
+    forward(tf.constant(x), training=True)
+    # The error search looks at every second value of a tensor this size (8196 > 4096).
+    expected = 12.0 if ranged_by == "minmax" else _least_error_alpha(x.reshape(-1)[::2], num_bits)
+    assert float(weights["alpha"]) == pytest.approx(expected, rel=1e-5)
+    assert (float(weights["alpha"]) == pytest.approx(12.0)) == (ranged_by == "minmax")
+
+
 def test_numeric_init_does_not_calibrate(flavour):
     forward, weights, _ = _pact(flavour, alpha_init=2.5, mode="relu")
     forward(tf.constant([[9.0]]), training=True)

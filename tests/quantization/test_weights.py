@@ -102,32 +102,52 @@ def _step_variables(shape, layout):
             "step_ready": tf.Variable(0.0)}
 
 
+def _on_grid(v, bits, midrise):
+    """Reference grids in steps: narrow ``k``, ``|k| <= 2^(b-1) - 1``; midrise ``k + 1/2``."""
+    half = 2 ** (bits - 1)
+    if midrise:
+        return np.clip(np.floor(v), -half, half - 1) + 0.5
+    return np.clip(np.round(v), -(half - 1), half - 1)
+
+
+def _best_step(values, bits, midrise):
+    """Brute force: the step whose top level is the best of 15 fractions of the maximum."""
+    top = 2 ** (bits - 1) - (0.5 if midrise else 1.0)
+    values = values.astype(np.float64)
+    steps = [np.abs(values).max() * (1 - 0.05 * i) / top for i in range(15)]
+    return min(steps, key=lambda step: np.square(
+        _on_grid(values / step, bits, midrise) * step - values).sum())
+
+
+@pytest.mark.parametrize("weight_range", ["learned", "learned_midrise"])
 @pytest.mark.parametrize("layout", sorted(LAYOUT_CASES))
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_learned_step_starts_at_the_mse_step_and_is_stored_on_the_first_training_step(
-        layout, bits):
+def test_learned_step_starts_at_the_least_squares_step_and_is_stored_on_the_first_training_step(
+        layout, bits, weight_range):
     shape, channels = LAYOUT_CASES[layout]
+    midrise = weight_range == "learned_midrise"
     kernel = tf.constant(np.random.default_rng(bits).standard_t(4, size=shape), tf.float32)
-    learned = ChannelWeightQuantizer(bits, layout, "learned")
+    learned = ChannelWeightQuantizer(bits, layout, weight_range)
     variables = _step_variables(shape, layout)
-    mse = ChannelWeightQuantizer(bits, layout, "mse")(kernel, False, {}).numpy()
-    np.testing.assert_allclose(learned(kernel, False, variables).numpy(), mse, atol=1e-6)
+    before = learned(kernel, False, variables).numpy()
     assert float(variables["step_ready"].numpy()) == 0.0  # inference stores nothing
-    np.testing.assert_allclose(learned(kernel, True, variables).numpy(), mse, atol=1e-6)
+    np.testing.assert_allclose(learned(kernel, True, variables).numpy(), before, atol=1e-6)
     assert float(variables["step_ready"].numpy()) == 1.0
-    levels = 2 ** (bits - 1) - 1
-    # Each channel's step is the brute-force best of the 15 fractions of its maximum.
-    for original, step in zip(channels(kernel.numpy()),
-                              np.exp(variables["log_step"].numpy()).reshape(-1)):
-        high = np.abs(original).max()
-        best = min((1 - 0.05 * i for i in range(15)),
-                   key=lambda f: _grid_error(original.astype(np.float64), high * f, levels))
-        np.testing.assert_allclose(step * levels, high * best, rtol=1e-5)
+    # Each channel's step is the brute-force best, and the kernel sits on that step's grid.
+    steps = np.exp(variables["log_step"].numpy()).reshape(-1)
+    for original, values, step in zip(channels(kernel.numpy()), channels(before), steps):
+        np.testing.assert_allclose(step, _best_step(original, bits, midrise), rtol=1e-5)
+        np.testing.assert_allclose(values, _on_grid(original / step, bits, midrise) * step,
+                                   atol=1e-5)
+        assert len(np.unique(values)) <= 2 ** bits - (0 if midrise else 1)
+    if weight_range == "learned":  # the narrow grid's start is what "mse" picks
+        mse = ChannelWeightQuantizer(bits, layout, "mse")(kernel, False, {}).numpy()
+        np.testing.assert_allclose(before, mse, atol=1e-6)
     # Once stored, the step is the variable's, whatever the kernel becomes.
     variables["log_step"].assign(np.log(np.full(step_shape(shape, layout), 0.5, np.float32)))
     values = learned(kernel * 3.0, False, variables).numpy()
-    np.testing.assert_allclose(values / 0.5, np.round(values / 0.5), atol=1e-4)
-    assert np.abs(values).max() <= 0.5 * levels + 1e-5
+    np.testing.assert_allclose(values, _on_grid(values / 0.5, bits, midrise) * 0.5, atol=1e-5)
+    assert np.abs(values).max() <= 0.5 * (2 ** (bits - 1) - (0.5 if midrise else 1)) + 1e-5
 
 
 def test_learned_step_gradients_are_lsq_by_hand():
@@ -154,27 +174,62 @@ def test_learned_step_gradients_are_lsq_by_hand():
                                d_step * np.array([0.25, 0.2]), rtol=1e-5)
 
 
-def test_learned_step_exports_on_its_grid_and_only_below_8_bits():
+def test_midrise_gradients_are_lsq_by_hand():
+    kernel = tf.constant([[0.1, -0.9], [0.34, 0.19], [-0.6, 0.05]])
+    variables = _step_variables(kernel.shape, "channels_last")
+    variables["log_step"].assign(np.log([0.25, 0.2]).astype(np.float32))
+    variables["step_ready"].assign(1.0)
+    upstream = tf.constant([[1.0, 2.0], [-1.0, 0.5], [3.0, 1.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(kernel)
+        out = ChannelWeightQuantizer(2, weight_range="learned_midrise")(kernel, True, variables)
+        loss = tf.reduce_sum(out * upstream)
+    # 2 bits midrise: levels {-1.5, -0.5, 0.5, 1.5} * step, range 1.5 steps. Channel 0
+    # (step 0.25): 0.1 -> 0.5 (v=0.4), 0.34 -> 1.5 (v=1.36), -0.6 -> -1.5 (v=-2.4, clipped).
+    # Channel 1 (step 0.2): -0.9 clipped (v=-4.5), 0.19 -> 0.5 (v=0.95), 0.05 -> 0.5 (v=0.25).
+    np.testing.assert_allclose(out.numpy(), [[0.125, -0.3], [0.375, 0.1], [-0.375, 0.1]],
+                               atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, kernel).numpy(),
+                               [[1, 0], [-1, 0.5], [0, 1]], atol=1e-6)
+    # d/d(step) = sum(upstream * (level - v) inside, sign(v) * 1.5 outside) / sqrt(3 * 1.5).
+    d_step = np.array([1.0 * (0.5 - 0.4) + -1.0 * (1.5 - 1.36) + 3.0 * -1.5,
+                       2.0 * -1.5 + 0.5 * (0.5 - 0.95) + 1.0 * (0.5 - 0.25)]) / np.sqrt(4.5)
+    np.testing.assert_allclose(tape.gradient(loss, variables["log_step"]).numpy(),
+                               d_step * np.array([0.25, 0.2]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bits, weight_range", [(2, "learned"), (3, "learned"),
+                                                (2, "learned_midrise"), (3, "learned_midrise")])
+def test_learned_step_exports_on_its_grid_and_only_below_8_bits(bits, weight_range):
     kernel = tf.constant(np.random.default_rng(2).normal(size=(3, 3, 2, 5)).astype(np.float32))
-    quantizer = ChannelWeightQuantizer(3, "channels_last", "learned")
+    quantizer = ChannelWeightQuantizer(bits, "channels_last", weight_range)
     variables = _step_variables(kernel.shape, "channels_last")
     trained = quantizer(kernel, True, variables).numpy()
     with tflite_export_mode():
         exported = quantizer(kernel, False, variables).numpy()
     np.testing.assert_allclose(exported, trained, atol=1e-5)
-    assert ChannelWeightQuantizer(8, weight_range="learned").learns_step is False
+    # The int8 carrier: per channel, integer multiples of one int8 step within [-127, 127]
+    # (fake_quant at 8 bits would move any value off that grid).
+    steps = np.exp(variables["log_step"].numpy())
+    units = 2.0 if weight_range == "learned_midrise" else 1.0
+    top = 2 ** (bits - 1) - 1 + (0.5 if weight_range == "learned_midrise" else 0.0)
+    int8 = exported / (steps / (units * (127 // int(top * units))))
+    np.testing.assert_allclose(int8, np.round(int8), atol=1e-3)
+    assert np.abs(int8).max() <= 127 + 1e-3
+    assert ChannelWeightQuantizer(8, weight_range=weight_range).learns_step is False
     with pytest.raises(ValueError, match="log_step"):
         quantizer(kernel, True, {})
 
 
-def test_learned_steps_train_in_both_kerases(flavour):
+@pytest.mark.parametrize("weight_range", ["learned", "learned_midrise"])
+def test_learned_steps_train_in_both_kerases(flavour, weight_range):
     keras, L = flavour.module, flavour.module.layers
     inputs = keras.Input((6, 6, 2))
     x = L.Conv2D(4, 3, name="first")(inputs)
     x = L.Conv2D(3, 3, name="middle")(x)
     x = L.DepthwiseConv2D(2, name="depthwise")(x)
     model = keras.Model(inputs, L.Dense(2, name="last")(L.Flatten()(x)))
-    qat = quantize_model(model, 3, 3, weight_range="learned")
+    qat = quantize_model(model, 3, 3, weight_range=weight_range)
     steps = [v for v in qat.weights if "log_step" in v.name]
     # First and last layers stay at 8 bits (no step); the two middle kernels learn theirs.
     assert [tuple(v.shape) for v in steps] == [(3,), (3,)]

@@ -90,6 +90,7 @@ def _quantize(x, training, quantizer: PACTQuantizer, holder: _PACTVariables):
     return quantize_activation(x, training, holder.variables, num_bits=quantizer.num_bits,
                                mode=quantizer.mode,
                                calibration_steps=quantizer.calibration_steps,
+                               calibration=quantizer.calibration,
                                track_range=quantizer.track_range)
 
 
@@ -98,7 +99,7 @@ class PACTActivation(keras3.layers.Layer):
     """Fake-quantizes its input on a trainable PACT clipping range (Keras 3).
 
     The variables are ``{name}_pact_alpha`` and, in asymmetric mode, ``{name}_pact_beta``
-    (plus ``{name}_pact_calibrated_steps`` with ``alpha_init="auto"``).
+    (plus ``{name}_pact_calibrated_steps`` with a calibrating ``alpha_init``).
 
     Args:
       num_bits: bit width, 2 to 8.

@@ -20,7 +20,12 @@ import tensorflow_model_optimization as tfmot
 from tfcompress._keras import keras
 from tfcompress._validate import check_int, check_number
 from tfcompress.quantization._config import ConfigValue
-from tfcompress.quantization.pact_math import MODES, clip_range, quantize_activation
+from tfcompress.quantization.pact_math import (
+    CALIBRATIONS,
+    MODES,
+    clip_range,
+    quantize_activation,
+)
 
 __all__ = ["MODES", "PACTQuantizer", "validate_bits"]
 
@@ -42,9 +47,9 @@ def validate_bits(value: Any, argument: str) -> int:
 
 
 def _check_alpha_init(alpha_init: Any) -> Union[str, float]:
-    allowed = "'auto' or a positive number"
+    allowed = f"one of {CALIBRATIONS} or a positive number"
     if isinstance(alpha_init, str):
-        if alpha_init != "auto":
+        if alpha_init not in CALIBRATIONS:
             raise ValueError(f"`alpha_init` must be {allowed}, got {alpha_init!r}.")
         return alpha_init
     return check_number(alpha_init, "alpha_init", allowed, valid=lambda v: v > 0)
@@ -79,15 +84,17 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
       mode: ``"asymmetric"`` clips to ``[-beta, alpha]`` with both trainable;
         ``"symmetric"`` ties beta to alpha (PaddleSlim's PACT); ``"relu"`` clips to
         ``[0, alpha]`` (the original PACT).
-      alpha_init: ``"auto"`` calibrates alpha (and beta) from the first
-        ``calibration_steps`` training batches: for each batch, the clip range (a fraction
-        of its ``[min, max]``) with the least ``num_bits`` quantization error, averaged over
-        the batches; or a positive number used as the initial alpha.
+      alpha_init: a string calibrates alpha (and beta) from the first
+        ``calibration_steps`` training batches, averaging each batch's range: ``"mse"``,
+        the clip range (a fraction of its ``[min, max]``) with the least ``num_bits``
+        quantization error; ``"minmax"``, its ``[min, max]``; ``"auto"``, the extremes at
+        8 bits and the least error below (:func:`~tfcompress.quantization.pact_math.
+        resolve_calibration`). A positive number is used as the initial alpha.
       beta_init: initial beta in asymmetric mode when ``alpha_init`` is a number; defaults
-        to ``alpha_init``. Ignored with ``"auto"``.
+        to ``alpha_init``. Ignored when calibrating.
       decay: L2 regularization factor on alpha and beta (PaddleSlim decays alpha so the
         range keeps shrinking towards the bulk of the distribution). 0 disables it.
-      calibration_steps: number of training batches used by ``alpha_init="auto"``.
+      calibration_steps: number of training batches a calibrating ``alpha_init`` uses.
       trainable_range: False freezes alpha and beta: they are created non-trainable, so
         ``fit`` never changes them (calibration, if any, still sets them). This is the
         "calibrated clip, no PACT gradient" ablation; the default True is PACT.
@@ -144,7 +151,13 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
 
     @property
     def calibrates(self) -> bool:
-        return self.alpha_init == "auto" and not self.track_range
+        return isinstance(self.alpha_init, str) and not self.track_range
+
+    @property
+    def calibration(self) -> str:
+        """How calibration ranges each batch (one of ``CALIBRATIONS``; ``"auto"`` when
+        ``alpha_init`` is a number, which does not calibrate)."""
+        return self.alpha_init if isinstance(self.alpha_init, str) else "auto"
 
     @property
     def counts_steps(self) -> bool:
@@ -153,9 +166,9 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
 
     def initial_range(self) -> Tuple[float, float]:
         """``(alpha, beta)`` before training (placeholders that calibration replaces)."""
-        # Until calibration runs, "auto" starts from 6.0 (the range of ReLU6 and of tfmot's
+        # Until calibration runs, alpha starts from 6.0 (the range of ReLU6 and of tfmot's
         # MovingAverageQuantizer init), so an uncalibrated model still computes sensibly.
-        auto = self.alpha_init == "auto"
+        auto = isinstance(self.alpha_init, str)
         alpha0 = 6.0 if auto else self.alpha_init
         beta0 = alpha0 if self.beta_init is None or auto else self.beta_init
         return float(alpha0), float(beta0)
@@ -189,7 +202,7 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
     def __call__(self, inputs, training, weights, **kwargs):
         return quantize_activation(inputs, training, weights, num_bits=self.num_bits,
                                    mode=self.mode, calibration_steps=self.calibration_steps,
-                                   track_range=self.track_range)
+                                   calibration=self.calibration, track_range=self.track_range)
 
     def get_config(self) -> Dict[str, Any]:
         return {

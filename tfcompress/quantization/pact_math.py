@@ -28,6 +28,11 @@ from tfcompress.quantization.tflite_mode import exporting
 MODES = ("asymmetric", "symmetric", "relu")
 """Clip ranges: ``[-beta, alpha]``, ``[-alpha, alpha]`` (PaddleSlim) and ``[0, alpha]`` (PACT)."""
 
+CALIBRATIONS = ("auto", "mse", "minmax")
+"""How ``alpha_init`` calibration ranges each batch (:func:`batch_range`): ``"mse"``, the
+clip with the least quantization error; ``"minmax"``, the batch's extremes; ``"auto"``,
+the extremes at 8 bits and the least error below (:func:`resolve_calibration`)."""
+
 MIN_RANGE = 1e-3  # keeps the quantization step positive if alpha is driven to zero
 _CALIBRATION_SAMPLES = 4096  # values per batch used to pick the initial range
 _CALIBRATION_FACTORS = [0.25 + 0.05 * i for i in range(16)]  # 0.25 .. 1.0 of [min, max]
@@ -71,22 +76,45 @@ def clip_range(mode: str, alpha: Any, beta: Optional[Any] = None) -> Tuple[tf.Te
     return -tf.maximum(tf.convert_to_tensor(beta), 0.0), alpha
 
 
-def batch_range(inputs, mode: str, num_bits: int) -> Tuple[tf.Tensor, tf.Tensor]:
-    """The ``(low, high)`` that minimizes this batch's ``num_bits`` quantization error (MSE).
+def resolve_calibration(method: str, num_bits: int) -> str:
+    """The batch ranging a ``num_bits`` tensor really uses: ``"auto"`` takes the extremes at
+    8 bits (where clipping the rare large values costs more accuracy than their rounding
+    error: ``benchmarks/qat.py``'s ``alpha_init="mse"`` row) and the least error below.
 
-    Candidates shrink the batch's ``[min, max]`` by a common factor; at low bit widths the
-    best clip is well inside the extremes (the reason PACT exists), at 8 bits it is close to
-    them.
+    Example:
+      >>> [resolve_calibration("auto", b) for b in (2, 4, 8)]
+      ['mse', 'mse', 'minmax']
     """
-    x = tf.reshape(tf.cast(inputs, tf.float32), [-1])
-    x = x[:: tf.maximum(tf.size(x) // _CALIBRATION_SAMPLES, 1)]
+    if method == "auto":
+        return "minmax" if num_bits >= 8 else "mse"
+    return method
+
+
+def _extremes(x, mode: str) -> Tuple[tf.Tensor, tf.Tensor]:
     high, low = tf.reduce_max(x), tf.minimum(tf.reduce_min(x), 0.0)
     if mode == "symmetric":
         high = tf.maximum(high, -low)
         low = -high
     elif mode == "relu":
         low = tf.zeros_like(low)
-    high = tf.maximum(high, MIN_RANGE)
+    return low, tf.maximum(high, MIN_RANGE)
+
+
+def batch_range(inputs, mode: str, num_bits: int,
+                method: str = "mse") -> Tuple[tf.Tensor, tf.Tensor]:
+    """This batch's ``(low, high)``: with ``method="mse"`` the clip that minimizes its
+    ``num_bits`` quantization error, with ``"minmax"`` its extremes (``"auto"``:
+    :func:`resolve_calibration`).
+
+    MSE candidates shrink the batch's ``[min, max]`` (of a strided sample) by a common
+    factor; at low bit widths the best clip is well inside the extremes (the reason PACT
+    exists), at 8 bits it is closer to them but still clips the rarest values.
+    """
+    x = tf.reshape(tf.cast(inputs, tf.float32), [-1])
+    if resolve_calibration(method, num_bits) == "minmax":
+        return _extremes(x, mode)
+    x = x[:: tf.maximum(tf.size(x) // _CALIBRATION_SAMPLES, 1)]
+    low, high = _extremes(x, mode)
     factors = tf.constant(_CALIBRATION_FACTORS)[:, None]
     lows, highs = low * factors, high * factors
     levels = 2.0 ** num_bits - 1.0 - float(mode == "symmetric")
@@ -98,8 +126,9 @@ def batch_range(inputs, mode: str, num_bits: int) -> Tuple[tf.Tensor, tf.Tensor]
 
 
 def calibrate(inputs, variables: Dict[str, Any], mode: str, num_bits: int,
-              calibration_steps: int) -> tf.Tensor:
-    """Folds this batch's best range into the running means over the first batches.
+              calibration_steps: int, method: str = "mse") -> tf.Tensor:
+    """Folds this batch's range (:func:`batch_range` by ``method``) into the running means
+    over the first batches.
 
     ``variables`` holds ``alpha``, ``calibrated_steps`` and, in asymmetric mode, ``beta``.
     Only the range search sits inside ``tf.cond``; the assignments stay outside it (and
@@ -114,7 +143,7 @@ def calibrate(inputs, variables: Dict[str, Any], mode: str, num_bits: int,
     steps = variables["calibrated_steps"]
     alpha, beta = variables["alpha"], variables.get("beta")
     active = steps < float(calibration_steps)
-    low, high = tf.cond(active, lambda: batch_range(inputs, mode, num_bits),
+    low, high = tf.cond(active, lambda: batch_range(inputs, mode, num_bits, method),
                         lambda: (tf.zeros(()), tf.zeros(())))
     n = steps + 1.0
     # The first batch replaces the placeholder init; later ones average in; keep = 1
@@ -131,10 +160,7 @@ def track(inputs, variables: Dict[str, Any], mode: str) -> tf.Tensor:
     """Widens the range to cover this batch: ``alpha`` (and ``beta``) become the running
     maximum (and minus the running minimum) of every training batch so far, so no value seen
     in training is clipped. Returns the updated step count (a control dependency)."""
-    x = tf.cast(inputs, tf.float32)
-    high, low = tf.reduce_max(x), tf.minimum(tf.reduce_min(x), 0.0)
-    if mode == "symmetric":
-        high = tf.maximum(high, -low)
+    low, high = _extremes(tf.cast(inputs, tf.float32), mode)
     steps, alpha, beta = variables["calibrated_steps"], variables["alpha"], variables.get("beta")
     first = steps < 0.5
     ops = [alpha.assign(tf.where(first, high, tf.maximum(alpha, high)))]
@@ -145,16 +171,17 @@ def track(inputs, variables: Dict[str, Any], mode: str) -> tf.Tensor:
 
 
 def quantize_activation(inputs, training: Any, variables: Dict[str, Any], *, num_bits: int,
-                        mode: str, calibration_steps: int = 32,
+                        mode: str, calibration_steps: int = 32, calibration: str = "auto",
                         track_range: bool = False) -> tf.Tensor:
-    """PACT's forward pass on one tensor: calibrate (training, ``calibrated_steps`` present)
-    or, with ``track_range``, widen the range to the batch (:func:`track`), clip to the
+    """PACT's forward pass on one tensor: calibrate (training, ``calibrated_steps`` present;
+    each batch ranged by ``calibration``, one of :data:`CALIBRATIONS`) or, with
+    ``track_range``, widen the range to the batch (:func:`track`), clip to the
     range, fake-quantize to ``num_bits`` (8 while exporting to TFLite: the learned range
     becomes the int8 range). Symmetric mode uses the narrow integer range so that zero sits
     exactly in the middle of ``[-alpha, alpha]``."""
     if training and "calibrated_steps" in variables:
         update = track(inputs, variables, mode) if track_range else calibrate(
-            inputs, variables, mode, num_bits, calibration_steps)
+            inputs, variables, mode, num_bits, calibration_steps, calibration)
         with tf.control_dependencies([update]):
             inputs = tf.identity(inputs)
     low, high = clip_range(mode, variables["alpha"], variables.get("beta"))

@@ -6,8 +6,9 @@ converter type the tensor as ``i4``/``i2`` …, which no TFLite op accepts. Insi
 the low-bit result:
 
 * **weights** are first rounded to their ``b``-bit grid, then stored on an 8-bit grid whose
-  step divides the ``b``-bit step exactly, so each output channel's int8 values take at
-  most ``2^b - 1`` distinct values and equal the QAT model's weights;
+  step divides the ``b``-bit levels exactly, so each output channel's int8 values take at
+  most ``2^b - 1`` distinct values (``2^b`` on the midrise grid of
+  :mod:`~tfcompress.quantization.kernel_math`) and equal the QAT model's weights;
 * **activations** keep their learned PACT range ``[-beta, alpha]`` as the int8 range: TFLite
   clips exactly where PACT clips, on a finer grid than the ``b``-bit one used in training.
 
