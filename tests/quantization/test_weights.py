@@ -150,7 +150,9 @@ def test_learned_step_starts_at_the_least_squares_step_and_is_stored_on_the_firs
     assert np.abs(values).max() <= 0.5 * (2 ** (bits - 1) - (0.5 if midrise else 1)) + 1e-5
 
 
-def test_learned_step_gradients_are_lsq_by_hand():
+def _lsq_case(weight_range):
+    """``(output, d kernel, d log step)`` of a 2-bit learned quantizer on a 3x2 kernel with
+    steps 0.25 and 0.2, for ``sum(output * upstream)``."""
     kernel = tf.constant([[0.1, -0.9], [0.34, 0.19], [-0.6, 0.05]])
     variables = _step_variables(kernel.shape, "channels_last")
     variables["log_step"].assign(np.log([0.25, 0.2]).astype(np.float32))
@@ -158,44 +160,37 @@ def test_learned_step_gradients_are_lsq_by_hand():
     upstream = tf.constant([[1.0, 2.0], [-1.0, 0.5], [3.0, 1.0]])
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(kernel)
-        out = ChannelWeightQuantizer(2, weight_range="learned")(kernel, True, variables)
+        out = ChannelWeightQuantizer(2, weight_range=weight_range)(kernel, True, variables)
         loss = tf.reduce_sum(out * upstream)
+    return (out.numpy(), tape.gradient(loss, kernel).numpy(),
+            tape.gradient(loss, variables["log_step"]).numpy())
+
+
+def test_learned_step_gradients_are_lsq_by_hand():
+    out, d_kernel, d_log_step = _lsq_case("learned")
     # 2 bits: levels {-1, 0, 1} * step. Channel 0 (step 0.25): 0.1 -> 0 (v=0.4), 0.34 -> 1
     # (v=1.36, clipped), -0.6 -> -1 (v=-2.4, clipped). Channel 1 (step 0.2): -0.9 clipped,
     # 0.19 -> 1 (v=0.95), 0.05 -> 0 (v=0.25).
-    np.testing.assert_allclose(out.numpy(), [[0, -0.2], [0.25, 0.2], [-0.25, 0]], atol=1e-6)
-    np.testing.assert_allclose(tape.gradient(loss, kernel).numpy(),
-                               [[1, 0], [0, 0.5], [0, 1]], atol=1e-6)
+    np.testing.assert_allclose(out, [[0, -0.2], [0.25, 0.2], [-0.25, 0]], atol=1e-6)
+    np.testing.assert_allclose(d_kernel, [[1, 0], [0, 0.5], [0, 1]], atol=1e-6)
     # d/d(step) = sum(upstream * (round(v) - v) inside, sign(v) * levels outside) / sqrt(3 * 1);
     # d/d(log step) = step * that.
     d_step = np.array([1.0 * (0 - 0.4) + -1.0 * 1 + 3.0 * -1,
                        2.0 * -1 + 0.5 * (1 - 0.95) + 1.0 * (0 - 0.25)]) / np.sqrt(3.0)
-    np.testing.assert_allclose(tape.gradient(loss, variables["log_step"]).numpy(),
-                               d_step * np.array([0.25, 0.2]), rtol=1e-5)
+    np.testing.assert_allclose(d_log_step, d_step * np.array([0.25, 0.2]), rtol=1e-5)
 
 
 def test_midrise_gradients_are_lsq_by_hand():
-    kernel = tf.constant([[0.1, -0.9], [0.34, 0.19], [-0.6, 0.05]])
-    variables = _step_variables(kernel.shape, "channels_last")
-    variables["log_step"].assign(np.log([0.25, 0.2]).astype(np.float32))
-    variables["step_ready"].assign(1.0)
-    upstream = tf.constant([[1.0, 2.0], [-1.0, 0.5], [3.0, 1.0]])
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(kernel)
-        out = ChannelWeightQuantizer(2, weight_range="learned_midrise")(kernel, True, variables)
-        loss = tf.reduce_sum(out * upstream)
+    out, d_kernel, d_log_step = _lsq_case("learned_midrise")
     # 2 bits midrise: levels {-1.5, -0.5, 0.5, 1.5} * step, range 1.5 steps. Channel 0
     # (step 0.25): 0.1 -> 0.5 (v=0.4), 0.34 -> 1.5 (v=1.36), -0.6 -> -1.5 (v=-2.4, clipped).
     # Channel 1 (step 0.2): -0.9 clipped (v=-4.5), 0.19 -> 0.5 (v=0.95), 0.05 -> 0.5 (v=0.25).
-    np.testing.assert_allclose(out.numpy(), [[0.125, -0.3], [0.375, 0.1], [-0.375, 0.1]],
-                               atol=1e-6)
-    np.testing.assert_allclose(tape.gradient(loss, kernel).numpy(),
-                               [[1, 0], [-1, 0.5], [0, 1]], atol=1e-6)
+    np.testing.assert_allclose(out, [[0.125, -0.3], [0.375, 0.1], [-0.375, 0.1]], atol=1e-6)
+    np.testing.assert_allclose(d_kernel, [[1, 0], [-1, 0.5], [0, 1]], atol=1e-6)
     # d/d(step) = sum(upstream * (level - v) inside, sign(v) * 1.5 outside) / sqrt(3 * 1.5).
     d_step = np.array([1.0 * (0.5 - 0.4) + -1.0 * (1.5 - 1.36) + 3.0 * -1.5,
                        2.0 * -1.5 + 0.5 * (0.5 - 0.95) + 1.0 * (0.5 - 0.25)]) / np.sqrt(4.5)
-    np.testing.assert_allclose(tape.gradient(loss, variables["log_step"]).numpy(),
-                               d_step * np.array([0.25, 0.2]), rtol=1e-5)
+    np.testing.assert_allclose(d_log_step, d_step * np.array([0.25, 0.2]), rtol=1e-5)
 
 
 @pytest.mark.parametrize("bits, weight_range", [(2, "learned"), (3, "learned"),

@@ -191,8 +191,7 @@ def learned_step(x, variables: Dict[str, Any], num_bits: int, axes, training: An
     ready = tf.convert_to_tensor(ready_flag) > 0.5
 
     def mse_step():
-        high = tf.maximum(tf.reduce_max(tf.abs(x), axis=axes), _MIN_WEIGHT_RANGE)
-        return _best_high(x, high, num_bits, axes, midrise) / top
+        return _best_high(x, weight_range(x, num_bits, axes), num_bits, axes, midrise) / top
 
     if not training:
         stored = tf.exp(tf.convert_to_tensor(log_step))
