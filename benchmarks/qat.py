@@ -18,7 +18,8 @@ epochs and seed), and every accuracy is that of a **LiteRT file**:
   ``weight_range="learned"`` (4 bits, where ``"auto"`` takes the maximum, and 2 bits, where
   it learns a midrise grid); and the options that are not defaults: ``weight_range="mse"``
   (3 and 2 bits), ``weight_range="learned_midrise"`` (3 bits) and distillation from the
-  float model (at every width).
+  float model (at every width); ``alpha_init`` (8 bits: ``"mse"``; 4 and 2 bits:
+  ``"minmax"``) and ``range_learning`` (2 bits: ``"pact"``; 4 and 3 bits: ``"lsq"``).
 
 Per row: mean ± std over the seeds, and the mean ± std of the per-seed difference from the
 control (the same seed's float model, so the seed-to-seed spread cancels).
@@ -91,12 +92,14 @@ def variants():
 # batch_norm, below 8 bits (where they change something) for the others; for weight_range and
 # alpha_init the widths where "auto" differs from that value (weights: 2-3 bits learn the
 # step, on a midrise grid at 2 bits, 4 bits take the max; activations: 8 bits calibrate to
-# the batch extremes, fewer to the least-error clip).
+# the batch extremes, fewer to the least-error clip); for range_learning, PACT's gradient
+# where "auto" takes LSQ's (2 bits) and LSQ's where it takes PACT's (3-4 bits).
 ABLATIONS = (("batch_norm", "fold", (8, 4, 3, 2)), ("first_last_bits", None, (4, 3, 2)),
              ("low_bit_activations", "all", (4, 3, 2)), ("weight_range", "max", (3, 2)),
              ("weight_range", "learned", (4, 2)), ("weight_range", "learned_midrise", (3,)),
              ("weight_range", "mse", (3, 2)), ("alpha_init", "mse", (8,)),
-             ("alpha_init", "minmax", (4, 2)))
+             ("alpha_init", "minmax", (4, 2)), ("range_learning", "pact", (2,)),
+             ("range_learning", "lsq", (4, 3)))
 
 
 def _default(option):

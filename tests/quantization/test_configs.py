@@ -47,12 +47,13 @@ def _variable(layer, short_name):
     return found[0]
 
 
-def _pact_range(wrapper):
-    """(low, high) of the wrapper's one asymmetric PACT quantizer, read from its variables."""
+def _pact_range(wrapper, scale=1.0):
+    """(low, high) of the wrapper's one asymmetric PACT quantizer, read from its variables
+    (stored as ``1 / scale`` of the range: ``range_learning="lsq"``)."""
     alphas = [w for w in wrapper.weights if w.name.endswith("_pact_alpha:0")]
     betas = [w for w in wrapper.weights if w.name.endswith("_pact_beta:0")]
     assert len(alphas) == len(betas) == 1, [w.name for w in wrapper.weights]
-    return -float(betas[0].numpy()), float(alphas[0].numpy())
+    return -scale * float(betas[0].numpy()), scale * float(alphas[0].numpy())
 
 
 def _assert_on_grid(values, step, max_levels):
@@ -119,8 +120,9 @@ def test_the_tfmot_way_puts_weights_and_outputs_on_their_grids(name, bits):
             step = np.abs(float_channel).max() / levels
             _assert_on_grid(channel, step, 2 * levels + 1)
             assert np.abs(channel).max() <= np.abs(float_channel).max() * (1 + 1e-6)
-    # Output: clipped to [-beta, alpha], 2^b levels of step (alpha + beta) / (2^b - 1).
-    low, high = _pact_range(wrapper)
+    # Output: clipped to [-beta, alpha], 2^b levels of step (alpha + beta) / (2^b - 1); at 2
+    # bits the range learns LSQ's way, its variables holding a tenth of it.
+    low, high = _pact_range(wrapper, 10.0 if bits == 2 else 1.0)
     step = (high - low) / (2 ** bits - 1)
     assert out.min() >= low - step and out.max() <= high + step
     _assert_on_grid(out, step, 2 ** bits)
@@ -163,7 +165,10 @@ def test_config_round_trip():
         keras.utils.serialize_keras_object(config)) == config
     restored = keras.utils.deserialize_keras_object(keras.utils.serialize_keras_object(config))
     assert (restored.weight_bits, restored.activation_bits) == (3, 5)
-    assert restored.pact_options == {"mode": "relu", "alpha_init": 4.0, "decay": 1e-3}
+    assert restored.pact_options == {"mode": "relu", "alpha_init": 4.0, "decay": 1e-3,
+                                     "range_learning": "auto"}  # written out: saved as trained
+    old = {k: v for k, v in config.get_config().items() if k != "range_learning"}
+    assert PACTQuantizeConfig.from_config(old).pact_options["range_learning"] == "pact"
     quantizer = config.get_output_quantizers(L.ReLU())[0]
     assert (quantizer.num_bits, quantizer.mode, quantizer.alpha_init) == (5, "relu", 4.0)
     assert config.with_output(False).get_output_quantizers(L.ReLU()) == []

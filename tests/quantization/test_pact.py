@@ -39,9 +39,9 @@ def _pact(flavour, **kwargs):
 # asymmetric [-1, 2] at 4 bits has step 0.2 and zero point 5; symmetric [-1.5, 1.5] at 2 bits
 # (narrow range: -1, 0, 1) has step 1.5; relu [0, 3] at 4 bits has step 0.2.
 CASES = {
-    "asymmetric": dict(num_bits=4, alpha_init=2.0, beta_init=1.0),
-    "symmetric": dict(num_bits=2, alpha_init=1.5),
-    "relu": dict(num_bits=4, alpha_init=3.0),
+    "asymmetric": dict(num_bits=4, alpha_init=2.0, beta_init=1.0, range_learning="pact"),
+    "symmetric": dict(num_bits=2, alpha_init=1.5, range_learning="pact"),
+    "relu": dict(num_bits=4, alpha_init=3.0, range_learning="pact"),
 }
 X = np.array([[-2.5, -1.0, -0.3, 0.5, 2.0, 4.0]], dtype=np.float32)
 UPSTREAM = np.array([[0.5, 1.0, 2.0, 3.0, 5.0, 7.0]], dtype=np.float32)
@@ -83,6 +83,56 @@ def test_gradients_match_hand_computation(mode, flavour):
         np.testing.assert_allclose(grads[2].numpy(), d_beta, rtol=1e-6)
     else:
         assert "beta" not in weights
+
+
+# Inputs whose positions on each case's grid, (x - low) / step, are no ties of round().
+X_LSQ = np.array([[-2.5, -0.93, -0.27, 0.58, 1.33, 4.0]], dtype=np.float32)
+
+
+def _hand_lsq_gradients(mode):
+    """LSQ's range gradients by hand: PACT's clip terms plus, for each value inside the range,
+    its rounding error ``(round(v) - v) / levels`` (``+`` for high, ``-`` for low)."""
+    low, high = HAND_RANGES[mode]
+    levels = 2 ** CASES[mode]["num_bits"] - 1 - (mode == "symmetric")
+    above, below = X_LSQ >= high, X_LSQ <= low
+    inside = ~above & ~below
+    v = (X_LSQ.astype(np.float64) - low) / ((high - low) / levels)
+    rounding = (UPSTREAM * (np.round(v) - v) / levels)[inside].sum()
+    d_high = UPSTREAM[above].sum() + rounding
+    d_low = UPSTREAM[below].sum() - rounding
+    return {"asymmetric": (d_high, -d_low), "symmetric": (d_high - d_low, None),
+            "relu": (d_high, None)}[mode]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lsq_range_learning_adds_the_rounding_error_and_stores_a_tenth(mode, flavour):
+    case = {**CASES[mode], "range_learning": "lsq"}
+    forward, weights, _ = _pact(flavour, mode=mode, **case)
+    low, high = HAND_RANGES[mode]
+    # Stored as a tenth of the range, so that an optimizer step moves the range 10x further.
+    np.testing.assert_allclose(float(weights["alpha"].numpy()), high / 10, rtol=1e-6)
+    if "beta" in weights:
+        np.testing.assert_allclose(float(weights["beta"].numpy()), -low / 10, rtol=1e-6)
+    x = tf.constant(X_LSQ)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(forward(x) * UPSTREAM)
+    variables = [weights["alpha"]] + ([weights["beta"]] if "beta" in weights else [])
+    grads = tape.gradient(loss, [x] + variables)
+    d_alpha, d_beta = _hand_lsq_gradients(mode)
+    np.testing.assert_allclose(grads[0].numpy(), np.where((X_LSQ > low) & (X_LSQ < high),
+                                                          UPSTREAM, 0.0))
+    # d loss / d stored = 10 * d loss / d range end.
+    np.testing.assert_allclose(grads[1].numpy(), 10 * d_alpha, rtol=1e-4)
+    if d_beta is not None:
+        np.testing.assert_allclose(grads[2].numpy(), 10 * d_beta, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bits, expected", [(2, "lsq"), (3, "pact"), (8, "pact")])
+def test_auto_range_learning_is_lsq_at_2_bits_only(bits, expected):
+    assert PACTQuantizer(bits).range_scale == (10.0 if expected == "lsq" else 1.0)
+    old = {k: v for k, v in PACTQuantizer(bits).get_config().items() if k != "range_learning"}
+    assert PACTQuantizer.from_config(old).range_learning == "pact"  # saved before the option
 
 
 @pytest.mark.parametrize("mode", MODES)

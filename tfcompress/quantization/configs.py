@@ -184,7 +184,8 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
         self.weight_range = check_weight_range(weight_range)
         self.activation_bits = validate_bits(activation_bits, "activation_bits")
         self.quantize_output = bool(quantize_output)
-        self.pact_options = dict(pact_options)
+        # Written out, so a saved config keeps the default it was trained with.
+        self.pact_options = {"range_learning": "auto", **pact_options}
         # Validates the options now rather than when the model is built.
         self._activation_quantizer()
 
@@ -246,6 +247,11 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
         return {"weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
                 "quantize_output": self.quantize_output, "weight_range": self.weight_range,
                 **self.pact_options}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizeConfig":
+        """A configuration saved before ``range_learning`` existed learned PACT's way."""
+        return cls(**{"range_learning": "pact", **config})
 
     def with_output(self, quantize_output: bool) -> "PACTQuantizeConfig":
         """A copy of this config with ``quantize_output`` replaced."""

@@ -49,6 +49,11 @@ def _pop_pact_options(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {name: kwargs.pop(name) for name in PACTQuantizer.option_names() if name in kwargs}
 
 
+def _before_range_learning(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A configuration saved before ``range_learning`` existed learned PACT's way."""
+    return {"range_learning": "pact", **config}
+
+
 class _PACTVariables:
     """Holds a layer's PACT variables out of Keras' attribute tracking (they are already
     tracked by ``add_weight``)."""
@@ -91,7 +96,8 @@ def _quantize(x, training, quantizer: PACTQuantizer, holder: _PACTVariables):
                                mode=quantizer.mode,
                                calibration_steps=quantizer.calibration_steps,
                                calibration=quantizer.calibration,
-                               track_range=quantizer.track_range)
+                               track_range=quantizer.track_range,
+                               range_learning=quantizer.range_learning)
 
 
 @_register
@@ -103,7 +109,8 @@ class PACTActivation(keras3.layers.Layer):
 
     Args:
       num_bits: bit width, 2 to 8.
-      mode, alpha_init, beta_init, decay, calibration_steps, trainable_range, track_range: as for
+      mode, alpha_init, beta_init, decay, calibration_steps, trainable_range, track_range,
+        range_learning: as for
         :class:`~tfcompress.quantization.PACTQuantizer`.
       **kwargs: Keras layer arguments (``name`` …).
 
@@ -140,10 +147,14 @@ class PACTActivation(keras3.layers.Layer):
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), **self.quantizer.get_config()}
 
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PACTActivation":
+        return super().from_config(_before_range_learning(config))
+
 
 def _floats(quantizer: PACTQuantizer, holder: _PACTVariables) -> Tuple[float, float]:
     low, high = clip_range(quantizer.mode, holder.variables["alpha"],
-                           holder.variables.get("beta"))
+                           holder.variables.get("beta"), quantizer.range_scale)
     return float(low), float(high)
 
 
@@ -267,6 +278,10 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
                 "activation_bits": self.quantizer.num_bits,
                 "quantize_output": self.quantize_output, "post_activation": post,
                 "weight_range": self.weight_range, **options}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizeWrapper":
+        return super().from_config(_before_range_learning(config))
 
 
 def pact_range(layer) -> Optional[Tuple[str, Tuple[float, float]]]:

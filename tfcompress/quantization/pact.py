@@ -18,13 +18,15 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfcompress._keras import keras
-from tfcompress._validate import check_int, check_number
+from tfcompress._validate import check_choice, check_int, check_number
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.pact_math import (
     CALIBRATIONS,
     MODES,
+    RANGE_LEARNINGS,
     clip_range,
     quantize_activation,
+    range_scale,
 )
 
 __all__ = ["MODES", "PACTQuantizer", "validate_bits"]
@@ -103,6 +105,11 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
         batches, so no value seen in training is clipped (``alpha_init`` and
         ``calibration_steps`` are then unused); ``quantize_model(output_range="track")``
         uses it for the model's outputs.
+      range_learning: how a trainable range learns: ``"pact"``, PACT's gradient above;
+        ``"lsq"``, LSQ's step gradient (the rounding error inside the range pulls on it
+        too) with alpha and beta stored as a tenth of the range, so the optimizer moves the
+        range ten times faster; ``"auto"``, LSQ's at 2 bits and PACT's above
+        (:func:`~tfcompress.quantization.pact_math.resolve_range_learning`).
 
     Example:
       >>> import tensorflow as tf
@@ -124,6 +131,7 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
         calibration_steps: int = 32,
         trainable_range: bool = True,
         track_range: bool = False,
+        range_learning: str = "auto",
     ):
         self.num_bits = validate_bits(num_bits, "num_bits")
         if not isinstance(mode, str):
@@ -142,6 +150,7 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
         if not isinstance(track_range, bool):
             raise TypeError(f"`track_range` must be True or False, got {track_range!r}.")
         self.track_range = track_range
+        self.range_learning = check_choice(range_learning, "range_learning", RANGE_LEARNINGS)
 
     @classmethod
     def option_names(cls) -> Tuple[str, ...]:
@@ -160,18 +169,24 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
         return self.alpha_init if isinstance(self.alpha_init, str) else "auto"
 
     @property
+    def range_scale(self) -> float:
+        """The factor from the stored alpha and beta to the range (:func:`range_scale`)."""
+        return range_scale(self.range_learning, self.num_bits)
+
+    @property
     def counts_steps(self) -> bool:
         """True if the range is set from training batches (calibration or tracking)."""
         return self.calibrates or self.track_range
 
     def initial_range(self) -> Tuple[float, float]:
-        """``(alpha, beta)`` before training (placeholders that calibration replaces)."""
+        """The stored ``(alpha, beta)`` before training (placeholders that calibration
+        replaces), in units of :attr:`range_scale`."""
         # Until calibration runs, alpha starts from 6.0 (the range of ReLU6 and of tfmot's
         # MovingAverageQuantizer init), so an uncalibrated model still computes sensibly.
         auto = isinstance(self.alpha_init, str)
         alpha0 = 6.0 if auto else self.alpha_init
         beta0 = alpha0 if self.beta_init is None or auto else self.beta_init
-        return float(alpha0), float(beta0)
+        return float(alpha0) / self.range_scale, float(beta0) / self.range_scale
 
     def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
         alpha0, beta0 = self.initial_range()
@@ -197,12 +212,13 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
 
     def clip_range(self, weights: Dict[str, tf.Variable]):
         """Returns ``(low, high)`` tensors of the current clipping range."""
-        return clip_range(self.mode, weights["alpha"], weights.get("beta"))
+        return clip_range(self.mode, weights["alpha"], weights.get("beta"), self.range_scale)
 
     def __call__(self, inputs, training, weights, **kwargs):
         return quantize_activation(inputs, training, weights, num_bits=self.num_bits,
                                    mode=self.mode, calibration_steps=self.calibration_steps,
-                                   calibration=self.calibration, track_range=self.track_range)
+                                   calibration=self.calibration, track_range=self.track_range,
+                                   range_learning=self.range_learning)
 
     def get_config(self) -> Dict[str, Any]:
         return {
@@ -214,4 +230,10 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
             "calibration_steps": self.calibration_steps,
             "trainable_range": self.trainable_range,
             "track_range": self.track_range,
+            "range_learning": self.range_learning,
         }
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizer":
+        """A configuration saved before ``range_learning`` existed learned PACT's way."""
+        return cls(**{"range_learning": "pact", **config})

@@ -33,18 +33,34 @@ CALIBRATIONS = ("auto", "mse", "minmax")
 clip with the least quantization error; ``"minmax"``, the batch's extremes; ``"auto"``,
 the extremes at 8 bits and the least error below (:func:`resolve_calibration`)."""
 
+RANGE_LEARNINGS = ("auto", "pact", "lsq")
+"""How a trainable clip range learns (:func:`resolve_range_learning`): ``"pact"``, PACT's
+gradient (only the clipped values pull on it); ``"lsq"``, LSQ's step gradient (the rounding
+error of the values inside the range too), with the range stored in units of
+``1 / LSQ_RANGE_SCALE`` so that it learns ``LSQ_RANGE_SCALE`` times faster than PACT's;
+``"auto"``, LSQ's at ``AUTO_LSQ_BITS`` bits and PACT's above."""
+
+AUTO_LSQ_BITS = 2  # below 3 bits the rounding error dominates what a clip range trades
+LSQ_RANGE_SCALE = 10.0  # benchmarks/qat.py's 2/2 row: 1 (no gain), 10 (best), 30, 100
+
 MIN_RANGE = 1e-3  # keeps the quantization step positive if alpha is driven to zero
 _CALIBRATION_SAMPLES = 4096  # values per batch used to pick the initial range
 _CALIBRATION_FACTORS = [0.25 + 0.05 * i for i in range(16)]  # 0.25 .. 1.0 of [min, max]
 
 
-def fake_quant(x, low, high, num_bits: int, narrow_range: bool):
+def fake_quant(x, low, high, num_bits: int, narrow_range: bool,
+               rounding_gradient: bool = False):
     """Clips ``x`` to ``[low, high]`` and fake-quantizes it, with PACT's gradients.
 
     The forward op is ``FakeQuantWithMinMaxVars`` (which TFLite reads at conversion). The
     gradient is written out rather than taken from that op, so that it is exactly PACT's:
     straight-through inside the range, and the clip boundaries themselves belong to the
     clipped region (``x >= high`` feeds ``high``, ``x <= low`` feeds ``low``), as in the paper.
+
+    With ``rounding_gradient`` the range also gets LSQ's term for the values inside it
+    (Esser et al. 2020): ``y = low + step * round(v)`` with ``v = (x - low) / step`` and
+    ``step = (high - low) / levels``, so ``dy/dhigh = (round(v) - v) / levels`` and
+    ``dy/dlow = -(round(v) - v) / levels`` (``round`` passed straight through).
     """
 
     @tf.custom_gradient
@@ -56,24 +72,59 @@ def fake_quant(x, low, high, num_bits: int, narrow_range: bool):
             above, below = x >= high, x <= low
             inside = tf.logical_not(tf.logical_or(above, below))
             zeros = tf.zeros_like(dy)
-            return (tf.where(inside, dy, zeros),
-                    tf.reduce_sum(tf.where(below, dy, zeros)),
-                    tf.reduce_sum(tf.where(above, dy, zeros)))
+            d_low = tf.reduce_sum(tf.where(below, dy, zeros))
+            d_high = tf.reduce_sum(tf.where(above, dy, zeros))
+            if rounding_gradient:
+                rounding = _rounding_error(x, low, high, num_bits, narrow_range)
+                d_rounding = tf.reduce_sum(tf.where(inside, dy * rounding, zeros))
+                d_low, d_high = d_low - d_rounding, d_high + d_rounding
+            return tf.where(inside, dy, zeros), d_low, d_high
 
         return y, grad
 
     return quantize(x, tf.cast(low, x.dtype), tf.cast(high, x.dtype))
 
 
-def clip_range(mode: str, alpha: Any, beta: Optional[Any] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+def _rounding_error(x, low, high, num_bits: int, narrow_range: bool):
+    """``(round(v) - v) / levels`` for ``v = (x - low) / step``: LSQ's ``dy/dhigh`` inside."""
+    levels = 2.0 ** num_bits - 1.0 - float(narrow_range)
+    v = (x - low) / ((high - low) / levels)
+    return (tf.round(v) - v) / levels
+
+
+def clip_range(mode: str, alpha: Any, beta: Optional[Any] = None,
+               scale: float = 1.0) -> Tuple[tf.Tensor, tf.Tensor]:
     """``(low, high)`` of a PACT range: ``[-beta, alpha]``, ``[-alpha, alpha]`` or ``[0, alpha]``
-    for ``mode`` asymmetric, symmetric, relu (alpha at least ``MIN_RANGE``, beta at least 0)."""
-    alpha = tf.maximum(tf.convert_to_tensor(alpha), MIN_RANGE)
+    for ``mode`` asymmetric, symmetric, relu (alpha at least ``MIN_RANGE``, beta at least 0),
+    where ``alpha`` and ``beta`` are the stored variables times ``scale``
+    (:func:`range_scale`)."""
+    alpha = tf.maximum(tf.convert_to_tensor(alpha) * scale, MIN_RANGE)
     if mode == "relu":
         return tf.constant(0.0), alpha
     if mode == "symmetric":
         return -alpha, alpha
-    return -tf.maximum(tf.convert_to_tensor(beta), 0.0), alpha
+    return -tf.maximum(tf.convert_to_tensor(beta) * scale, 0.0), alpha
+
+
+def resolve_range_learning(method: str, num_bits: int) -> str:
+    """The range learning a ``num_bits`` tensor really uses (:data:`RANGE_LEARNINGS`):
+    ``"auto"`` takes LSQ's at 2 bits and PACT's above (``benchmarks/qat.py``'s
+    ``range_learning`` rows).
+
+    Example:
+      >>> [resolve_range_learning("auto", b) for b in (2, 3, 8)], range_scale("auto", 2)
+      (['lsq', 'pact', 'pact'], 10.0)
+    """
+    if method == "auto":
+        return "lsq" if num_bits <= AUTO_LSQ_BITS else "pact"
+    return method
+
+
+def range_scale(method: str, num_bits: int) -> float:
+    """The factor from the stored alpha and beta to the range: ``LSQ_RANGE_SCALE`` for LSQ's
+    range learning (an optimizer's step on the variable then moves the range that many
+    times further), 1 for PACT's."""
+    return LSQ_RANGE_SCALE if resolve_range_learning(method, num_bits) == "lsq" else 1.0
 
 
 def resolve_calibration(method: str, num_bits: int) -> str:
@@ -126,9 +177,9 @@ def batch_range(inputs, mode: str, num_bits: int,
 
 
 def calibrate(inputs, variables: Dict[str, Any], mode: str, num_bits: int,
-              calibration_steps: int, method: str = "mse") -> tf.Tensor:
-    """Folds this batch's range (:func:`batch_range` by ``method``) into the running means
-    over the first batches.
+              calibration_steps: int, method: str = "mse", scale: float = 1.0) -> tf.Tensor:
+    """Folds this batch's range (:func:`batch_range` by ``method``), divided by the variables'
+    ``scale``, into the running means over the first batches.
 
     ``variables`` holds ``alpha``, ``calibrated_steps`` and, in asymmetric mode, ``beta``.
     Only the range search sits inside ``tf.cond``; the assignments stay outside it (and
@@ -145,6 +196,7 @@ def calibrate(inputs, variables: Dict[str, Any], mode: str, num_bits: int,
     active = steps < float(calibration_steps)
     low, high = tf.cond(active, lambda: batch_range(inputs, mode, num_bits, method),
                         lambda: (tf.zeros(()), tf.zeros(())))
+    low, high = low / scale, high / scale
     n = steps + 1.0
     # The first batch replaces the placeholder init; later ones average in; keep = 1
     # (nothing changes) after calibration.
@@ -156,11 +208,13 @@ def calibrate(inputs, variables: Dict[str, Any], mode: str, num_bits: int,
         return tf.identity(steps.assign_add(tf.where(active, 1.0, 0.0)))
 
 
-def track(inputs, variables: Dict[str, Any], mode: str) -> tf.Tensor:
+def track(inputs, variables: Dict[str, Any], mode: str, scale: float = 1.0) -> tf.Tensor:
     """Widens the range to cover this batch: ``alpha`` (and ``beta``) become the running
-    maximum (and minus the running minimum) of every training batch so far, so no value seen
-    in training is clipped. Returns the updated step count (a control dependency)."""
+    maximum (and minus the running minimum) of every training batch so far, divided by the
+    variables' ``scale``, so no value seen in training is clipped. Returns the updated step
+    count (a control dependency)."""
     low, high = _extremes(tf.cast(inputs, tf.float32), mode)
+    low, high = low / scale, high / scale
     steps, alpha, beta = variables["calibrated_steps"], variables["alpha"], variables.get("beta")
     first = steps < 0.5
     ops = [alpha.assign(tf.where(first, high, tf.maximum(alpha, high)))]
@@ -172,17 +226,22 @@ def track(inputs, variables: Dict[str, Any], mode: str) -> tf.Tensor:
 
 def quantize_activation(inputs, training: Any, variables: Dict[str, Any], *, num_bits: int,
                         mode: str, calibration_steps: int = 32, calibration: str = "auto",
-                        track_range: bool = False) -> tf.Tensor:
+                        track_range: bool = False, range_learning: str = "pact") -> tf.Tensor:
     """PACT's forward pass on one tensor: calibrate (training, ``calibrated_steps`` present;
     each batch ranged by ``calibration``, one of :data:`CALIBRATIONS`) or, with
     ``track_range``, widen the range to the batch (:func:`track`), clip to the
     range, fake-quantize to ``num_bits`` (8 while exporting to TFLite: the learned range
-    becomes the int8 range). Symmetric mode uses the narrow integer range so that zero sits
-    exactly in the middle of ``[-alpha, alpha]``."""
+    becomes the int8 range) with the gradients of ``range_learning`` (one of
+    :data:`RANGE_LEARNINGS`, which also sets the variables' :func:`range_scale`). Symmetric
+    mode uses the narrow integer range so that zero sits exactly in the middle of
+    ``[-alpha, alpha]``."""
+    scale = range_scale(range_learning, num_bits)
     if training and "calibrated_steps" in variables:
-        update = track(inputs, variables, mode) if track_range else calibrate(
-            inputs, variables, mode, num_bits, calibration_steps, calibration)
+        update = track(inputs, variables, mode, scale) if track_range else calibrate(
+            inputs, variables, mode, num_bits, calibration_steps, calibration, scale)
         with tf.control_dependencies([update]):
             inputs = tf.identity(inputs)
-    low, high = clip_range(mode, variables["alpha"], variables.get("beta"))
-    return fake_quant(inputs, low, high, 8 if exporting() else num_bits, mode == "symmetric")
+    low, high = clip_range(mode, variables["alpha"], variables.get("beta"), scale)
+    lsq = resolve_range_learning(range_learning, num_bits) == "lsq"
+    return fake_quant(inputs, low, high, 8 if exporting() else num_bits, mode == "symmetric",
+                      rounding_gradient=lsq)
