@@ -139,7 +139,7 @@ def quantize_model(
         consumes; residual-add operands and other results keep 8 bits, as TFLite runs every
         tensor in int8 (:mod:`tfcompress.quantization.recipe`). ``"all"``: every tensor.
       **pact_options: :class:`PACTQuantizer` options (``mode``, ``alpha_init``, ``beta_init``,
-        ``decay``, ``calibration_steps``, ``trainable_range``).
+        ``decay``, ``calibration_steps``, ``trainable_range``, ``range_learning``).
 
     Returns:
       A new model of the same Keras to compile and train (fine-tune) as usual: tfmot
