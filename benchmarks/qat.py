@@ -30,12 +30,12 @@ control (the same seed's float model, so the seed-to-seed spread cancels).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import gc
 import inspect
 import multiprocessing
 import os
 import pathlib
+import signal
 import sys
 import tempfile
 import time
@@ -159,6 +159,18 @@ def run_seed(args, data, seed, rows=None):
     return result
 
 
+def run_seeds(args):
+    """Every seed's results; with ``args.jobs > 1`` in that many spawned processes, a fresh
+    one per seed (its memory freed after it), which stopping the run (Ctrl-C or SIGTERM)
+    terminates too instead of leaving them to run on."""
+    if args.jobs == 1:
+        return [run_seed(args, args.data, seed) for seed in range(args.seeds)]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # exits the Pool's with-block
+    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+        return pool.starmap(run_seed, [(args, args.data, seed) for seed in range(args.seeds)],
+                            chunksize=1)
+
+
 def _stats(values, sign: str = "") -> str:
     values = 100 * np.asarray(values)
     return f"{values.mean():{sign}.2f} ± {values.std():.2f}"
@@ -239,14 +251,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.data = load_digits(size=SIZE, test_fraction=TEST_FRACTION)
     started = time.perf_counter()
-    if args.jobs == 1:
-        results = [run_seed(args, args.data, seed) for seed in range(args.seeds)]
-    else:  # seeds in parallel processes, a fresh one per seed (its memory freed after it)
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context,
-                                                    max_tasks_per_child=1) as pool:
-            results = list(pool.map(run_seed, [args] * args.seeds, [args.data] * args.seeds,
-                                    range(args.seeds)))
+    results = run_seeds(args)
     text = markdown(results, args, (time.perf_counter() - started) / 60)
     print(text)
     if args.dry_run or args.seeds < 5:
