@@ -320,6 +320,35 @@ def test_low_activation_bits_go_to_what_weighted_layers_read(flavour, low_bit_ac
         quantize_model(model, 3, 3, low_bit_activations="weights")
 
 
+def _range_learnings(qat, flavour):
+    """``{range_learning: [tensor bits, ...]}`` over every PACT quantizer of ``qat``."""
+    found = {}
+    for layer in qat.layers:
+        quantizers = [getattr(layer, "quantizer", None)]  # Keras 3 layers, tfmot input layer
+        if hasattr(layer, "quantize_config"):  # tfmot wrappers
+            quantizers = [q for _, q in layer.quantize_config.get_activations_and_quantizers(
+                layer.layer)] + layer.quantize_config.get_output_quantizers(layer.layer)
+        for q in quantizers:
+            if hasattr(q, "range_learning") and (not flavour.is_keras3 or
+                                                 not hasattr(layer, "weight_bits") or
+                                                 layer.quantize_output):
+                found.setdefault(q.range_learning, []).append(q.num_bits)
+    return found
+
+
+@pytest.mark.parametrize("activation_bits, learning", [(2, "lsq"), (3, "pact")])
+def test_auto_range_learning_is_chosen_once_for_the_whole_model(flavour, activation_bits,
+                                                                learning):
+    """At 2 activation bits every range, the 8-bit edges' too, learns LSQ's way; above, PACT's;
+    an explicit choice is kept."""
+    model = _tiny_model(flavour)
+    found = _range_learnings(quantize_model(model, activation_bits, 4), flavour)
+    assert list(found) == [learning] and 8 in found[learning] and activation_bits in found[learning]
+    explicit = _range_learnings(quantize_model(model, activation_bits, 4, range_learning="pact"),
+                                flavour)
+    assert list(explicit) == ["pact"]
+
+
 def _tiny_model(flavour=TF_KERAS):
     keras, L = flavour.module, flavour.module.layers
     inputs = keras.Input((8, 8, 2))

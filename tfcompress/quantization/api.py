@@ -16,7 +16,12 @@ from tfcompress.quantization.configs import PACTQuantizeConfig, rule_for, suppor
 from tfcompress.quantization.folding import BATCH_NORM_MODES
 from tfcompress.quantization.pact import PACTQuantizer
 from tfcompress.quantization.prepare import prepare_for_qat
-from tfcompress.quantization.recipe import LOW_BIT_ACTIVATIONS, layer_bits, tracked_outputs
+from tfcompress.quantization.recipe import (
+    LOW_BIT_ACTIVATIONS,
+    layer_bits,
+    model_pact_options,
+    tracked_outputs,
+)
 from tfcompress.quantization.scheme import PACTQuantizeScheme
 from tfcompress.quantization.weights import ChannelWeightQuantizer
 
@@ -139,7 +144,10 @@ def quantize_model(
         consumes; residual-add operands and other results keep 8 bits, as TFLite runs every
         tensor in int8 (:mod:`tfcompress.quantization.recipe`). ``"all"``: every tensor.
       **pact_options: :class:`PACTQuantizer` options (``mode``, ``alpha_init``, ``beta_init``,
-        ``decay``, ``calibration_steps``, ``trainable_range``, ``range_learning``).
+        ``decay``, ``calibration_steps``, ``trainable_range``, ``range_learning``); an
+        ``"auto"`` range learning is resolved by ``activation_bits`` for every tensor, so a
+        2-bit model's 8-bit edges learn LSQ's way too (:func:`~tfcompress.quantization.
+        recipe.model_pact_options`).
 
     Returns:
       A new model of the same Keras to compile and train (fine-tune) as usual: tfmot
@@ -180,6 +188,7 @@ def quantize_model(
     require_float32(model, "PACT quantization-aware training")
     config = PACTQuantizeConfig(weight_bits, activation_bits, weight_range=weight_range,
                                 **pact_options)
+    pact_options = model_pact_options(pact_options, config.activation_bits)
     exclude = _check_exclusions(model, exclude, skip_unsupported)
     check_choice(batch_norm, "batch_norm", BATCH_NORM_MODES)
     check_choice(low_bit_activations, "low_bit_activations", LOW_BIT_ACTIVATIONS)

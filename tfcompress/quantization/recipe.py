@@ -42,9 +42,10 @@ from tfcompress._keras import graph_nodes
 from tfcompress._validate import check_choice
 from tfcompress.quantization.configs import rule_for
 from tfcompress.quantization.pact import validate_bits
+from tfcompress.quantization.pact_math import resolve_range_learning
 
 __all__ = ["LOW_BIT_ACTIVATIONS", "OUTPUT_RANGES", "edge_layers", "layer_bits", "layer_inputs",
-           "tracked_outputs"]
+           "model_pact_options", "tracked_outputs"]
 
 LOW_BIT_ACTIVATIONS = ("layer_inputs", "all")
 """Which activations take a ``quantize_model`` ``activation_bits`` below 8: the tensors
@@ -171,3 +172,17 @@ def layer_bits(model: Any, weight_bits: int, activation_bits: int,
         if wanted != (weight_bits, activation_bits):
             bits[name] = wanted
     return bits, max(edge, activation_bits)
+
+
+def model_pact_options(pact_options: Dict[str, Any], activation_bits: int) -> Dict[str, Any]:
+    """``pact_options`` with ``range_learning="auto"`` (or unset) resolved once for the
+    whole model by its ``activation_bits``: in a 2-bit model every range learns LSQ's way,
+    those of the tensors that keep 8 bits too, since the 2-bit layers around them change
+    their distributions the most (``benchmarks/qat.py``'s 2/2 ``range_learning`` row).
+
+    Example:
+      >>> model_pact_options({"mode": "relu"}, 2), model_pact_options({}, 4)
+      ({'mode': 'relu', 'range_learning': 'lsq'}, {'range_learning': 'pact'})
+    """
+    learning = pact_options.get("range_learning", "auto")
+    return {**pact_options, "range_learning": resolve_range_learning(learning, activation_bits)}
