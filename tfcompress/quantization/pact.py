@@ -109,7 +109,8 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
         ``"lsq"``, LSQ's step gradient (the rounding error inside the range pulls on it
         too) with alpha and beta stored as a tenth of the range, so the optimizer moves the
         range ten times faster; ``"auto"``, LSQ's at 2 bits and PACT's above
-        (:func:`~tfcompress.quantization.pact_math.resolve_range_learning`).
+        (:func:`~tfcompress.quantization.pact_math.resolve_range_learning`; ``quantize_model``
+        decides once for the whole model, by its activation bits).
 
     Example:
       >>> import tensorflow as tf
