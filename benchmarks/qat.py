@@ -30,6 +30,7 @@ control (the same seed's float model, so the seed-to-seed spread cancels).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gc
 import inspect
 import multiprocessing
@@ -165,10 +166,19 @@ def run_seeds(args):
     terminates too instead of leaving them to run on."""
     if args.jobs == 1:
         return [run_seed(args, args.data, seed) for seed in range(args.seeds)]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # exits the Pool's with-block
-    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        return pool.starmap(run_seed, [(args, args.data, seed) for seed in range(args.seeds)],
-                            chunksize=1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # raises SystemExit here
+    pool = concurrent.futures.ProcessPoolExecutor(
+        args.jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
+    try:
+        return list(pool.map(run_seed, [args] * args.seeds, [args.data] * args.seeds,
+                             range(args.seeds)))
+    except BaseException:  # shutdown alone would wait for the running seeds to finish
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        raise
+    finally:
+        pool.shutdown()
 
 
 def _stats(values, sign: str = "") -> str:
