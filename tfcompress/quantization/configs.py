@@ -40,7 +40,7 @@ from tfcompress._keras import keras, keras3, layer_classes
 from tfcompress.layers import CHANNEL_BIAS
 from tfcompress.quantization._config import ConfigValue
 from tfcompress.quantization.kernel_math import check_weight_range
-from tfcompress.quantization.pact import PACTQuantizer, validate_bits
+from tfcompress.quantization.pact import PACTQuantizer, saved_pact_options, validate_bits
 from tfcompress.quantization.weights import ChannelWeightQuantizer
 
 
@@ -250,8 +250,7 @@ class PACTQuantizeConfig(ConfigValue, tfmot.quantization.keras.QuantizeConfig):
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizeConfig":
-        """A configuration saved before ``range_learning`` existed learned PACT's way."""
-        return cls(**{"range_learning": "pact", **config})
+        return cls(**saved_pact_options(config))
 
     def with_output(self, quantize_output: bool) -> "PACTQuantizeConfig":
         """A copy of this config with ``quantize_output`` replaced."""

@@ -37,7 +37,7 @@ from tfcompress.quantization.kernel_math import (
     quantize_weight,
     step_variables,
 )
-from tfcompress.quantization.pact import PACTQuantizer, validate_bits
+from tfcompress.quantization.pact import PACTQuantizer, saved_pact_options, validate_bits
 from tfcompress.quantization.pact_math import clip_range, quantize_activation
 
 __all__ = ["PACTActivation", "PACTQuantizeWrapper", "pact_range", "FIXED_RANGE_ACTIVATIONS"]
@@ -47,11 +47,6 @@ _register = keras3.saving.register_keras_serializable(package="tfcompress")
 
 def _pop_pact_options(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {name: kwargs.pop(name) for name in PACTQuantizer.option_names() if name in kwargs}
-
-
-def _before_range_learning(config: Dict[str, Any]) -> Dict[str, Any]:
-    """A configuration saved before ``range_learning`` existed learned PACT's way."""
-    return {"range_learning": "pact", **config}
 
 
 class _PACTVariables:
@@ -149,7 +144,7 @@ class PACTActivation(keras3.layers.Layer):
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "PACTActivation":
-        return super().from_config(_before_range_learning(config))
+        return super().from_config(saved_pact_options(config))
 
 
 def _floats(quantizer: PACTQuantizer, holder: _PACTVariables) -> Tuple[float, float]:
@@ -281,7 +276,7 @@ class PACTQuantizeWrapper(keras3.layers.Wrapper):
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizeWrapper":
-        return super().from_config(_before_range_learning(config))
+        return super().from_config(saved_pact_options(config))
 
 
 def pact_range(layer) -> Optional[Tuple[str, Tuple[float, float]]]:

@@ -29,7 +29,7 @@ from tfcompress.quantization.pact_math import (
     range_scale,
 )
 
-__all__ = ["MODES", "PACTQuantizer", "validate_bits"]
+__all__ = ["MODES", "PACTQuantizer", "saved_pact_options", "validate_bits"]
 
 
 def validate_bits(value: Any, argument: str) -> int:
@@ -46,6 +46,18 @@ def validate_bits(value: Any, argument: str) -> int:
             f"integers), got {value!r}. Pass e.g. `{argument}=4`."
         )
     return value
+
+
+def saved_pact_options(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved configuration holding PACT options, with the values that options added since
+    meant before they existed: ``range_learning="pact"`` (every ``from_config`` of a class
+    that takes PACT options reads its config through this).
+
+    Example:
+      >>> saved_pact_options({"mode": "relu"})
+      {'range_learning': 'pact', 'mode': 'relu'}
+    """
+    return {"range_learning": "pact", **config}
 
 
 def _check_alpha_init(alpha_init: Any) -> Union[str, float]:
@@ -236,5 +248,4 @@ class PACTQuantizer(ConfigValue, tfmot.quantization.keras.quantizers.Quantizer):
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "PACTQuantizer":
-        """A configuration saved before ``range_learning`` existed learned PACT's way."""
-        return cls(**{"range_learning": "pact", **config})
+        return cls(**saved_pact_options(config))
