@@ -224,7 +224,15 @@ def test_sensitivity_drops_steer_the_allocation_away_from_a_sensitive_group():
                                  macs_saved=(1,)) for g in groups]
         return SensitivityResult(1.0, (0.5,), rows, total_macs=100)
 
-    for sensitive in ("block2a_conv", "block2b_conv"):
-        plan = latency_plan(graph, 0.8, "litert-float32", sensitivity=scan(sensitive))
-        assert plan.counts[sensitive] == plan.sizes[sensitive]
-        assert plan.predicted_kept <= 0.8
+    # The table is measured on this machine, so whether a sensitive group can stay whole at
+    # the target depends on it; what must hold on any table is the comparison: a group keeps
+    # at least as many channels when it is the sensitive one as when the other group is, and
+    # one of the two keeps more.
+    pair = ("block2a_conv", "block2b_conv")
+    plans = {sensitive: latency_plan(graph, 0.8, "litert-float32", sensitivity=scan(sensitive))
+             for sensitive in pair}
+    kept = {group: (plans[group].counts[group], plans[other].counts[group])
+            for group, other in (pair, pair[::-1])}
+    assert all(own >= theirs for own, theirs in kept.values()), kept
+    assert any(own > theirs for own, theirs in kept.values()), kept
+    assert all(plan.predicted_kept <= 0.8 for plan in plans.values())
