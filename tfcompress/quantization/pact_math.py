@@ -235,13 +235,13 @@ def quantize_activation(inputs, training: Any, variables: Dict[str, Any], *, num
     :data:`RANGE_LEARNINGS`, which also sets the variables' :func:`range_scale`). Symmetric
     mode uses the narrow integer range so that zero sits exactly in the middle of
     ``[-alpha, alpha]``."""
-    scale = range_scale(range_learning, num_bits)
+    learning = resolve_range_learning(range_learning, num_bits)
+    scale = range_scale(learning, num_bits)
     if training and "calibrated_steps" in variables:
         update = track(inputs, variables, mode, scale) if track_range else calibrate(
             inputs, variables, mode, num_bits, calibration_steps, calibration, scale)
         with tf.control_dependencies([update]):
             inputs = tf.identity(inputs)
     low, high = clip_range(mode, variables["alpha"], variables.get("beta"), scale)
-    lsq = resolve_range_learning(range_learning, num_bits) == "lsq"
     return fake_quant(inputs, low, high, 8 if exporting() else num_bits, mode == "symmetric",
-                      rounding_gradient=lsq)
+                      rounding_gradient=learning == "lsq")
