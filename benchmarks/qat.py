@@ -4,8 +4,9 @@ Digits saturates on its usual split (one test image = 0.22 points, every method 
 this benchmark makes it harder: a stratified **25% / 75%** split (449 training images, 1348
 test images, one test image = 0.074 points), a narrow residual CNN (``width=8``, 16 px) and
 more seeds. Every variant starts from a copy of the same float model and gets the same
-fine-tuning budget (:func:`_pact_variants.fine_tune`: Adam, cosine decay, batch 32, same
-epochs and seed), and every accuracy is that of a **LiteRT file**:
+fine-tuning budget (:func:`_pact_variants.fine_tune`: Adam at peak learning rate ``LR``,
+cosine decay, batch 32, same epochs and seed), and every accuracy is that of a **LiteRT
+file**:
 
 * float control (the float model fine-tuned with that budget, a float32 file), and the
   control with its BatchNorms folded first (the float half of what QAT does);
@@ -19,12 +20,15 @@ epochs and seed), and every accuracy is that of a **LiteRT file**:
   it learns a midrise grid); and the options that are not defaults: ``weight_range="mse"``
   (3 and 2 bits), ``weight_range="learned_midrise"`` (3 bits) and distillation from the
   float model (at every width); ``alpha_init`` (8 bits: ``"mse"``; 4 and 2 bits:
-  ``"minmax"``) and ``range_learning`` (2 bits: ``"pact"``; 4 and 3 bits: ``"lsq"``).
+  ``"minmax"``) and ``range_learning`` (2 bits: ``"pact"``; 4 and 3 bits: ``"lsq"``);
+* the control and PACT at every width fine-tuned at the earlier recipe's learning rate
+  (``PREVIOUS_LR``), each compared with the control at its own rate.
 
 Per row: mean ± std over the seeds, and the mean ± std of the per-seed difference from the
 control (the same seed's float model, so the seed-to-seed spread cancels).
 
     python benchmarks/qat.py [--seeds 5] [--jobs 2] [--float-epochs 40] [--qat-epochs 10]
+                             [--lr 3e-3]
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ from tfcompress.quantization import (  # noqa: E402
 SIZE, WIDTH, TEST_FRACTION, CALIBRATION = 16, 8, 0.75, 256
 CONTROL = "float control"
 PTQ = "converter int8 PTQ of the control"
+# The fine-tuning recipe's peak learning rate (``--lr``), and the earlier recipe's, which the
+# learning-rate ablation rows (the control and each PACT width) fine-tune with instead.
+LR, PREVIOUS_LR = 3e-3, 1e-3
 
 
 def pact(bits, **options):
@@ -75,7 +82,8 @@ def variants():
     Each default of ``quantize_model`` that differs from plain PACT gets its ablation row
     (the option switched back), at every width where it matters; the options that are not
     defaults (``weight_range="mse"``, ``"learned_midrise"`` at 3 bits, distillation) get
-    theirs."""
+    theirs. The control and each PACT width are also fine-tuned at the earlier recipe's
+    learning rate (``PREVIOUS_LR``)."""
     rows = {CONTROL: Row(copy_of),
             "float control, BatchNorm folded first": Row(lambda m: fold_batch_norms(copy_of(m))),
             "tfmot 8/8": Row(lambda m: tfmot_qat(m, 8), "int8")}
@@ -86,6 +94,9 @@ def variants():
                 rows[f"PACT {bits}/{bits}, {option}={_shown(value)}"] = Row(
                     pact(bits, **{option: value}), "int8")
         rows[f"PACT {bits}/{bits} + distillation"] = Row(pact(bits), "int8", distill=True)
+    rows[f"{CONTROL}, lr={PREVIOUS_LR:g}"] = Row(copy_of, lr=PREVIOUS_LR)
+    for bits in (8, 4, 3, 2):
+        rows[f"PACT {bits}/{bits}, lr={PREVIOUS_LR:g}"] = Row(pact(bits), "int8", lr=PREVIOUS_LR)
     return rows
 
 
@@ -122,13 +133,15 @@ def _shown(value) -> str:
 
 class Row:
     """``make(float model)`` -> the model to fine-tune; ``quantize``: its TFLite export;
-    ``distill`` fine-tunes on the float model's logits too (``distillation_loss``)."""
+    ``distill`` fine-tunes on the float model's logits too (``distillation_loss``); ``lr``
+    replaces the recipe's peak learning rate (the learning-rate ablation rows)."""
 
-    def __init__(self, make, quantize=None, distill=False):
-        self.make, self.quantize, self.distill = make, quantize, distill
+    def __init__(self, make, quantize=None, distill=False, lr=None):
+        self.make, self.quantize, self.distill, self.lr = make, quantize, distill, lr
 
     def train(self, base, x, y, epochs, lr):
-        return fine_tune(self.make(base), x, y, epochs, lr, teacher=base if self.distill else None)
+        return fine_tune(self.make(base), x, y, epochs, self.lr or lr,
+                         teacher=base if self.distill else None)
 
 
 def litert_accuracy(model, x, y, folder, quantize=None, calibration=None) -> float:
@@ -210,7 +223,24 @@ def markdown(results, args, minutes) -> str:
         *rows,
         "",
         *verdicts(results),
+        learning_rate_verdict(results, args.lr),
     ])
+
+
+def learning_rate_verdict(results, lr) -> str:
+    """The recipe's peak learning rate against the earlier one, each row paired with the
+    control fine-tuned at the same rate."""
+    mean = {name: 100 * np.mean([r[name] for r in results]) for name in results[0]}
+    old = f", lr={PREVIOUS_LR:g}"
+    control, previous = mean[CONTROL], mean[CONTROL + old]
+    parts = [f"control {control:.2f} vs {previous:.2f} ({control - previous:+.2f}), PTQ of it "
+             f"{mean[PTQ]:.2f} vs {mean[PTQ + old]:.2f}"]
+    for bits in (8, 4, 3, 2):
+        now = mean[f"PACT {bits}/{bits}"] - control
+        then = mean[f"PACT {bits}/{bits}{old}"] - previous
+        parts.append(f"{bits}/{bits} minus its control {now:+.2f} vs {then:+.2f}")
+    return (f"- Fine-tuning peak learning rate {lr:g} (recipe) vs {PREVIOUS_LR:g}: "
+            + "; ".join(parts))
 
 
 def verdicts(results):
@@ -255,7 +285,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--float-epochs", type=int, default=40)
     parser.add_argument("--qat-epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak LR (cosine)")
+    parser.add_argument("--lr", type=float, default=LR, help="fine-tuning peak LR (cosine)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes")
     parser.add_argument("--dry-run", action="store_true", help="RESULTS.md untouched")
     args = parser.parse_args(argv)
