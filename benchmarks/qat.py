@@ -169,7 +169,8 @@ def run_seed(args, data, seed, rows=None):
                 print(f"  seed {seed} {ptq}: {result[ptq]:.4f}", flush=True)
             print(f"  seed {seed} {name}: {result[name]:.4f}", flush=True)
             del model
-            gc.collect()  # 26 models and their traced functions per seed otherwise pile up
+            keras.backend.clear_session()  # ~40 models and their traced functions per seed
+            gc.collect()  # otherwise pile up (a worker reached 11 GB with 36)
     return result
 
 
