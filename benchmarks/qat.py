@@ -70,6 +70,7 @@ PTQ = "converter int8 PTQ of the control"
 # The fine-tuning recipe's peak learning rate (``--lr``), and the earlier recipe's, which the
 # learning-rate ablation rows (the control and each PACT width) fine-tune with instead.
 LR, PREVIOUS_LR = 3e-3, 1e-3
+ROWS_PER_PROCESS = 12
 
 
 def pact(bits, **options):
@@ -150,7 +151,8 @@ def litert_accuracy(model, x, y, folder, quantize=None, calibration=None) -> flo
     return float(np.mean(np.argmax(litert.run(path, x), axis=1) == y))
 
 
-def run_seed(args, data, seed, rows=None):
+def run_rows(args, data, seed, first, last):
+    """Seed ``seed``'s float model, then rows ``first:last`` of :func:`variants` from it."""
     (x, y), (xt, yt) = data
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
@@ -158,8 +160,9 @@ def run_seed(args, data, seed, rows=None):
     base.fit(x, y, batch_size=BATCH, epochs=args.float_epochs, verbose=0)
     result = {}
     with tempfile.TemporaryDirectory() as folder:
-        result["float (no fine-tuning)"] = litert_accuracy(base, xt, yt, folder)
-        for name, row in (rows or variants()).items():
+        if first == 0:
+            result["float (no fine-tuning)"] = litert_accuracy(base, xt, yt, folder)
+        for name, row in list(variants().items())[first:last]:
             keras.utils.set_random_seed(seed)
             model = row.train(base, x, y, args.qat_epochs, args.lr)
             result[name] = litert_accuracy(model, xt, yt, folder, row.quantize)
@@ -169,24 +172,32 @@ def run_seed(args, data, seed, rows=None):
                 print(f"  seed {seed} {ptq}: {result[ptq]:.4f}", flush=True)
             print(f"  seed {seed} {name}: {result[name]:.4f}", flush=True)
             del model
-            keras.backend.clear_session()  # ~40 models and their traced functions per seed
-            gc.collect()  # otherwise pile up (a worker reached 11 GB with 36)
+            gc.collect()
     return result
 
 
 def run_seeds(args):
-    """Every seed's results; with ``args.jobs > 1`` in that many spawned processes, a fresh
-    one per seed (its memory freed after it), which stopping the run (Ctrl-C or SIGTERM)
-    terminates too instead of leaving them to run on."""
-    if args.jobs == 1:
-        return [run_seed(args, args.data, seed) for seed in range(args.seeds)]
+    """Every seed's results, ``{row: accuracy}`` per seed.
+
+    Each seed's rows run in chunks of ``ROWS_PER_PROCESS``, each chunk in a fresh spawned
+    process that retrains the seed's float model (deterministic for a seed) and frees its
+    memory when done: a process grows by about 0.3 GB per row (a worker reached 11 GB
+    after 38 rows), so a whole seed per process ran this 23 GB machine out of memory.
+    ``args.jobs`` processes run at once; stopping the run (Ctrl-C or SIGTERM) terminates
+    them instead of leaving them to run on."""
+    count = len(variants())
+    tasks = [(seed, first, min(first + ROWS_PER_PROCESS, count))
+             for seed in range(args.seeds) for first in range(0, count, ROWS_PER_PROCESS)]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # raises SystemExit here
     pool = concurrent.futures.ProcessPoolExecutor(
         args.jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     try:
-        return list(pool.map(run_seed, [args] * args.seeds, [args.data] * args.seeds,
-                             range(args.seeds)))
-    except BaseException:  # shutdown alone would wait for the running seeds to finish
+        chunks = pool.map(run_rows, *zip(*[(args, args.data, *task) for task in tasks]))
+        results = [{} for _ in range(args.seeds)]
+        for (seed, _, _), chunk in zip(tasks, chunks):
+            results[seed].update(chunk)  # in row order: tasks go through the rows in order
+        return results
+    except BaseException:  # shutdown alone would wait for the running chunks to finish
         pool.shutdown(wait=False, cancel_futures=True)
         for worker in multiprocessing.active_children():
             worker.terminate()
