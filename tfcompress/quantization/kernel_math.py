@@ -30,6 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 import tensorflow as tf
 
 from tfcompress._validate import check_choice
+from tfcompress.quantization.surrogate import with_gradient
 from tfcompress.quantization.tflite_mode import exporting
 
 LAYOUTS = ("channels_last", "depthwise", "transpose", "per_tensor")
@@ -213,21 +214,12 @@ def _learned_fake_quant(x, step, num_bits: int, axes, midrise: bool):
     top = _top(num_bits, midrise)
     count = tf.cast(tf.size(x), tf.float32) / tf.cast(tf.maximum(tf.size(step), 1), tf.float32)
     scale = tf.math.rsqrt(count * top)
-
-    @tf.custom_gradient
-    def quantize(x, step):
-        v = x / step
-        y = _on_grid(v, num_bits, midrise) * step
-
-        def grad(dy):
-            inside = tf.abs(v) <= top
-            d_step = tf.where(inside, _on_grid(v, num_bits, midrise) - v, tf.sign(v) * top)
-            return (tf.where(inside, dy, tf.zeros_like(dy)),
-                    tf.reduce_sum(dy * d_step, axis=axes) * scale)
-
-        return y, grad
-
-    return quantize(x, step)
+    v = x / step
+    grid = _on_grid(v, num_bits, midrise)
+    inside = tf.abs(v) <= top
+    d_step = tf.where(inside, grid - v, tf.sign(v) * top) * scale
+    surrogate = tf.where(inside, x, tf.zeros_like(x)) + tf.stop_gradient(d_step) * step
+    return with_gradient(grid * step, surrogate)
 
 
 def _int8_carrier(x, step, num_bits: int, midrise: bool) -> Tuple[tf.Tensor, tf.Tensor]:

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
+from tfcompress.quantization.surrogate import with_gradient
 from tfcompress.quantization.tflite_mode import exporting
 
 MODES = ("asymmetric", "symmetric", "relu")
@@ -53,7 +54,8 @@ def fake_quant(x, low, high, num_bits: int, narrow_range: bool,
     """Clips ``x`` to ``[low, high]`` and fake-quantizes it, with PACT's gradients.
 
     The forward op is ``FakeQuantWithMinMaxVars`` (which TFLite reads at conversion). The
-    gradient is written out rather than taken from that op, so that it is exactly PACT's:
+    gradient is a surrogate's (:func:`~tfcompress.quantization.surrogate.with_gradient`)
+    rather than that op's, so that it is exactly PACT's:
     straight-through inside the range, and the clip boundaries themselves belong to the
     clipped region (``x >= high`` feeds ``high``, ``x <= low`` feeds ``low``), as in the paper.
 
@@ -62,27 +64,16 @@ def fake_quant(x, low, high, num_bits: int, narrow_range: bool,
     ``step = (high - low) / levels``, so ``dy/dhigh = (round(v) - v) / levels`` and
     ``dy/dlow = -(round(v) - v) / levels`` (``round`` passed straight through).
     """
-
-    @tf.custom_gradient
-    def quantize(x, low, high):
-        y = tf.quantization.fake_quant_with_min_max_vars(
-            x, low, high, num_bits=num_bits, narrow_range=narrow_range)
-
-        def grad(dy):
-            above, below = x >= high, x <= low
-            inside = tf.logical_not(tf.logical_or(above, below))
-            zeros = tf.zeros_like(dy)
-            d_low = tf.reduce_sum(tf.where(below, dy, zeros))
-            d_high = tf.reduce_sum(tf.where(above, dy, zeros))
-            if rounding_gradient:
-                rounding = _rounding_error(x, low, high, num_bits, narrow_range)
-                d_rounding = tf.reduce_sum(tf.where(inside, dy * rounding, zeros))
-                d_low, d_high = d_low - d_rounding, d_high + d_rounding
-            return tf.where(inside, dy, zeros), d_low, d_high
-
-        return y, grad
-
-    return quantize(x, tf.cast(low, x.dtype), tf.cast(high, x.dtype))
+    low, high = tf.cast(low, x.dtype), tf.cast(high, x.dtype)
+    y = tf.quantization.fake_quant_with_min_max_vars(
+        x, low, high, num_bits=num_bits, narrow_range=narrow_range)
+    if exporting():  # the converter reads the FakeQuant op alone
+        return y
+    through = x
+    if rounding_gradient:  # d/dhigh = +error, d/dlow = -error, nothing more for x
+        error = _rounding_error(x, low, high, num_bits, narrow_range)
+        through = x + tf.stop_gradient(error) * (high - low)
+    return with_gradient(y, tf.where(x >= high, high, tf.where(x <= low, low, through)))
 
 
 def _rounding_error(x, low, high, num_bits: int, narrow_range: bool):
