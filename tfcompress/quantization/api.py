@@ -138,7 +138,7 @@ def quantize_model(
         batch statistics, as float training does, and the TFLite converter folds it at
         export (exact: per-channel kernel grids scale with the fold); ``"fold"`` folds it
         into the kernel first and freezes its statistics (0.5 points lower at 8 bits and
-        1.1 at 4 bits on ``benchmarks/qat.py``).
+        0.7 at 4 bits on ``benchmarks/qat.py``).
       low_bit_activations: below 8 activation bits, ``"layer_inputs"`` gives them only to
         the tensors that weighted layers (Conv, Dense …) read, what a low-bit kernel
         consumes; residual-add operands and other results keep 8 bits, as TFLite runs every

@@ -17,8 +17,8 @@ their kernels are quantized per output channel, and scaling a channel by the Bat
 factor scales its grid with it, so the quantized unfolded kernel folds into exactly the
 quantized folded one. The TFLite converter does that fold at export; during QAT the
 BatchNorm keeps training on batch statistics, as in float training. On the QAT benchmark
-(``benchmarks/qat.py``, 5 seeds) keeping it is worth 0.5 points at 8 bits and 1.1 at 4
-bits: folding first costs even the *float* model 0.3 points when it is fine-tuned.
+(``benchmarks/qat.py``, 5 seeds) keeping it is worth 0.5 points at 8 bits and 0.7 at 4
+bits: folding first costs even the *float* model 0.65 points when it is fine-tuned.
 
 Both rewrites work on tf_keras models (by editing their configs) and on Keras 3 models (by
 replaying their graph, :mod:`tfcompress.quantization.keras3_graph`), and both are exact in
