@@ -70,7 +70,7 @@ PTQ = "converter int8 PTQ of the control"
 # The fine-tuning recipe's peak learning rate (``--lr``), and the earlier recipe's, which the
 # learning-rate ablation rows (the control and each PACT width) fine-tune with instead.
 LR, PREVIOUS_LR = 3e-3, 1e-3
-ROWS_PER_PROCESS = 12
+ROWS_PER_PROCESS = 12  # rows per spawned process (see run_seeds)
 
 
 def pact(bits, **options):
@@ -180,9 +180,11 @@ def run_seeds(args):
     """Every seed's results, ``{row: accuracy}`` per seed.
 
     Each seed's rows run in chunks of ``ROWS_PER_PROCESS``, each chunk in a fresh spawned
-    process that retrains the seed's float model (deterministic for a seed) and frees its
-    memory when done: a process grows by about 0.3 GB per row (a worker reached 11 GB
-    after 38 rows), so a whole seed per process ran this 23 GB machine out of memory.
+    process that retrains the seed's float model (deterministic for a seed: the ``lr=0.001``
+    rows reproduced the earlier whole-seed runs to the image) and frees its memory when
+    done. Until the quantizers stopped using ``tf.custom_gradient`` (commit ``e26435c``) a
+    process grew by about 0.3 GB per row and two whole-seed workers ran this 23 GB machine
+    out of memory; chunks keep a run's memory bounded whatever a row holds on to.
     ``args.jobs`` processes run at once; stopping the run (Ctrl-C or SIGTERM) terminates
     them instead of leaving them to run on."""
     count = len(variants())
