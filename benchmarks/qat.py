@@ -241,10 +241,15 @@ def markdown(results, args, minutes) -> str:
     ])
 
 
+def _means(results) -> dict:
+    """``{row: mean accuracy in %}`` over the seeds."""
+    return {name: 100 * np.mean([r[name] for r in results]) for name in results[0]}
+
+
 def learning_rate_verdict(results, lr) -> str:
     """The recipe's peak learning rate against the earlier one, each row paired with the
     control fine-tuned at the same rate."""
-    mean = {name: 100 * np.mean([r[name] for r in results]) for name in results[0]}
+    mean = _means(results)
     old = f", lr={PREVIOUS_LR:g}"
     control, previous = mean[CONTROL], mean[CONTROL + old]
     parts = [f"control {control:.2f} vs {previous:.2f} ({control - previous:+.2f}), PTQ of it "
@@ -258,7 +263,7 @@ def learning_rate_verdict(results, lr) -> str:
 
 
 def verdicts(results):
-    mean = {name: 100 * np.mean([r[name] for r in results]) for name in results[0]}
+    mean = _means(results)
     control, ptq = mean[CONTROL], mean[PTQ]
 
     def met(ok):

@@ -25,38 +25,33 @@ def _registered_gradients() -> int:
     return len(ops._gradient_registry._registry)
 
 
-@pytest.mark.parametrize("rounding_gradient", [False, True])
-def test_tracing_pact_fake_quant_registers_no_gradient_function(rounding_gradient):
-    alpha = tf.Variable(2.0)
+# (quantize(x, trained variable), initial variable value, input): each quantizer with a
+# custom gradient, differentiated with respect to its trained range or step.
+QUANTIZERS = {
+    "pact": (lambda x, a: pact_math.fake_quant(x, -0.5 * a, a, 2, False), 2.0,
+             [[0.1, 1.0, 3.0]]),
+    "pact_lsq": (lambda x, a: pact_math.fake_quant(x, -0.5 * a, a, 2, False, True), 2.0,
+                 [[0.1, 1.0, 3.0]]),
+    "learned_step": (lambda x, s: kernel_math._learned_fake_quant(x, s, 2, True), [0.5, 0.25],
+                     [[0.3, -0.7], [1.4, 0.1]]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_tracing_a_quantizer_registers_no_gradient_function(name):
+    quantize, initial, values = QUANTIZERS[name]
+    variable = tf.Variable(initial)
 
     def trace():
         @tf.function
         def step(x):
             with tf.GradientTape() as tape:
-                y = pact_math.fake_quant(x, -0.5 * alpha, alpha, 2, False, rounding_gradient)
-            return tape.gradient(y, alpha)
-        return step(tf.constant([[0.1, 1.0, 3.0]]))
+                y = quantize(x, variable)
+            return tape.gradient(y, variable)
+        return step(tf.constant(values))
 
     trace()
     before = _registered_gradients()
     for _ in range(3):
         trace()  # a new tf.function each time: a new graph, as every conversion traces one
-    assert _registered_gradients() == before
-
-
-def test_tracing_learned_weight_steps_registers_no_gradient_function():
-    step_size = tf.Variable([0.5, 0.25])
-
-    def trace():
-        @tf.function
-        def step(x):
-            with tf.GradientTape() as tape:
-                y = kernel_math._learned_fake_quant(x, step_size, 2, [0], True)
-            return tape.gradient(y, step_size)
-        return step(tf.constant([[0.3, -0.7], [1.4, 0.1]]))
-
-    trace()
-    before = _registered_gradients()
-    for _ in range(3):
-        trace()
     assert _registered_gradients() == before

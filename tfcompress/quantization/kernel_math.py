@@ -207,10 +207,11 @@ def learned_step(x, variables: Dict[str, Any], num_bits: int, axes, training: An
         return tf.exp(tf.convert_to_tensor(log_step))
 
 
-def _learned_fake_quant(x, step, num_bits: int, axes, midrise: bool):
+def _learned_fake_quant(x, step, num_bits: int, midrise: bool):
     """``x`` on the ``num_bits`` grid of ``step``, with LSQ's gradients: straight through
     inside the range, and for the step the rounding error (inside) or the clipped level
-    (outside), scaled by ``1 / sqrt(values per channel * top level)``."""
+    (outside), scaled by ``1 / sqrt(values per channel * top level)`` (``step`` broadcasts
+    against ``x``, so its gradient sums over the values of its channel)."""
     top = _top(num_bits, midrise)
     count = tf.cast(tf.size(x), tf.float32) / tf.cast(tf.maximum(tf.size(step), 1), tf.float32)
     scale = tf.math.rsqrt(count * top)
@@ -243,7 +244,7 @@ def _symmetric_fake_quant(x, num_bits: int, per_channel: bool, method: str,
                              '`step_ready` variables; quantize through the layer that owns them.')
         step = learned_step(x, variables, num_bits, axes, training, midrise)
         if not exporting():
-            return _learned_fake_quant(x, step, num_bits, axes, midrise)
+            return _learned_fake_quant(x, step, num_bits, midrise)
         high = step * _top(num_bits, midrise)
     else:
         high = weight_range(x, num_bits, axes, method)
